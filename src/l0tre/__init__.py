@@ -1,0 +1,29 @@
+"""l0tre: anytime, tensor-based L0 robustness evaluation with bounds you can trust."""
+
+from .api import evaluate, evaluate_iter
+from .classifier import Classifier, OutputKind, Preprocessing, as_classifier
+from .data import Dataset, load_data
+from .engine.features import FeatureKind
+from .engine.objective import Misclassification, Objective, ObjectiveValues
+from .models import list_models, load_model
+from .result import Result
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Classifier",
+    "Dataset",
+    "FeatureKind",
+    "Misclassification",
+    "Objective",
+    "ObjectiveValues",
+    "OutputKind",
+    "Preprocessing",
+    "Result",
+    "as_classifier",
+    "evaluate",
+    "evaluate_iter",
+    "list_models",
+    "load_data",
+    "load_model",
+]

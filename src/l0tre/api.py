@@ -1,0 +1,122 @@
+"""Public entry points: :func:`evaluate` and :func:`evaluate_iter`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Generator
+
+import torch
+from torch import nn
+
+from .classifier import Classifier, as_classifier
+from .engine.driver import Engine, ProgressHook, estimate_guard
+from .engine.objective import Objective
+from .engine.options import (
+    DEFAULT_MAX_EVALUATIONS,
+    DEFAULT_MAX_MEMORY,
+    EvaluateOptions,
+    check_inputs,
+    check_labels,
+    plan_batch_size,
+)
+from .result import Result
+
+__all__ = ["evaluate", "evaluate_iter", "prepare"]
+
+ModelLike = Classifier | nn.Module | Callable[[torch.Tensor], torch.Tensor]
+
+
+def prepare(
+    model: ModelLike,
+    x: torch.Tensor,
+    *,
+    epsilon: float = 0.5,
+    t_max: int = 2,
+    bounds: tuple[float, float] | None = None,
+    features: str = "pixel",
+    batch_size: int | None = None,
+    max_memory: int = DEFAULT_MAX_MEMORY,
+    time_budget: float | None = None,
+    device: str | torch.device | None = None,
+    checkpoint: str | os.PathLike[str] | None = None,
+    report_every: float = 5.0,
+    labels: torch.Tensor | None = None,
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+    top_k: int | None = None,
+    objective: Objective | None = None,
+    progress: ProgressHook | None = None,
+) -> Engine:
+    """Validate everything and build the :class:`~l0tre.engine.driver.Engine` (no work yet)."""
+    opts = EvaluateOptions.build(
+        epsilon=epsilon, t_max=t_max, features=features, batch_size=batch_size,
+        max_memory=max_memory, time_budget=time_budget, report_every=report_every,
+        max_evaluations=max_evaluations, top_k=top_k,
+    )
+    clf = as_classifier(model, bounds=bounds, device=device)
+    x = check_inputs(x, clf)
+    lab = check_labels(labels, x.shape[0])
+    rows = plan_batch_size(clf, tuple(x.shape[1:]), opts.batch_size, opts.max_memory)
+    engine = Engine(clf, x, opts, labels=lab, batch_size=rows, checkpoint=checkpoint,
+                    objective=objective, progress=progress)
+    estimate_guard(engine, opts.t_max, opts.max_evaluations)
+    engine.load_checkpoint()
+    return engine
+
+
+def evaluate_iter(model: ModelLike, x: torch.Tensor, **kwargs: object) -> Generator[Result, None, None]:
+    """Anytime evaluation: yields :class:`~l0tre.Result` snapshots.
+
+    A snapshot is yielded at the start, after every level ``t`` and at least every
+    ``report_every`` seconds inside a level; the last one says why the run stopped
+    (``t_max``, ``converged``, ``time_budget``, ``interrupted``). Arguments as :func:`evaluate`.
+    """
+    engine = prepare(model, x, **kwargs)  # type: ignore[arg-type]
+    return engine.run()
+
+
+def evaluate(model: ModelLike, x: torch.Tensor, *, epsilon: float = 0.5, t_max: int = 2,
+             show_progress: bool = False, **kwargs: object) -> Result:
+    """Bounds on the maximum safe L0 radius of ``model`` around each input of ``x``.
+
+    Args:
+        model: an :class:`l0tre.Classifier`, a ``torch.nn.Module`` (logits, inputs in
+            ``bounds``) or a callable ``(N, C, H, W) → (N, classes)``.
+        x: ``(N, C, H, W)`` float inputs inside the model's bounds.
+        epsilon: grid step as a fraction of the range; must divide 1 (0.5 → {lo, mid, hi}).
+        t_max: last level (subset size) to evaluate.
+        bounds: input range ``(lo, hi)`` (default: the classifier's, else ``(0, 1)``).
+        features: ``"pixel"`` (a spatial position, all channels) or ``"element"``.
+        batch_size: rows per model call (capped by ``max_memory``, bytes).
+        time_budget: seconds; the run stops at the first unit boundary after it.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``...
+        checkpoint: a file path; written atomically and resumed from when it exists.
+        report_every: seconds between snapshots inside a level.
+        labels: ``(N,)`` true labels (accuracy is reported; the reference stays the prediction).
+        max_evaluations: refuse (``ValueError``) a level that needs more model evaluations.
+        top_k: subsets kept per input for the upper-bound search (default ``max(n, 1024)``).
+        show_progress: a tqdm progress bar on stderr.
+
+    Returns:
+        the last consistent snapshot. ``KeyboardInterrupt`` stops the run and returns it.
+    """
+    progress: ProgressHook | None = kwargs.pop("progress", None)  # type: ignore[assignment]
+    if show_progress and progress is None:
+        from .progress import TqdmProgress
+
+        progress = TqdmProgress()
+    engine = prepare(model, x, epsilon=epsilon, t_max=t_max, progress=progress, **kwargs)  # type: ignore[arg-type]
+    last: Result | None = None
+    gen = engine.run()
+    try:
+        for snap in gen:
+            last = snap
+    except KeyboardInterrupt:
+        gen.close()
+        if last is not None:
+            last.stopped = "interrupted"
+    finally:
+        if progress is not None:
+            progress.close()
+    if last is None:  # interrupted before the first snapshot
+        last = engine.snapshot(False, 0.0, "interrupted")
+    return last

@@ -1,0 +1,413 @@
+"""The anytime driver: levels t = 1, 2, …, input shards, work units, snapshots, checkpoints.
+
+Per level ``t`` the unconverged inputs are split into *shards*; each shard is evaluated as a
+sequence of *work units* (subset-rank ranges, :mod:`.sensitivity`), whose results merge by a
+total order. When a shard's sensitivity pass is complete its lower bounds are final for the
+level, then its upper bounds are searched (:mod:`.upper`) and tightened (:mod:`.tighten`).
+Every adversarial example is re-checked on the model before it changes a bound.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import time
+from collections.abc import Generator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..classifier import Classifier
+from ..result import Result, atomic_torch_save
+from .features import FeatureSpace
+from .grid import colours, grid_values, valid_colours
+from .objective import Misclassification, Objective
+from .options import EvaluateOptions
+from .sensitivity import LevelContext, UnitResult, empty_unit, evaluate_unit, merge_units
+from .subspaces import binomial_table, count_points, n_subsets, unrank
+from .tighten import tighten
+from .upper import accumulate
+
+__all__ = ["Engine", "ProgressHook"]
+
+CHECKPOINT_FORMAT = "l0tre.checkpoint/1"
+
+
+class ProgressHook:
+    """Receives progress events (the CLI / tqdm bar implements this); all methods optional."""
+
+    def level_start(self, t: int, evaluations: int, inputs: int) -> None: ...
+
+    def advance(self, evaluations: int) -> None: ...
+
+    def snapshot(self, result: Result) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class _LevelProgress:
+    """Where a level stands (checkpointed)."""
+
+    t: int
+    shards: list[list[int]]
+    unit_subsets: list[int]  # subsets per unit, per shard
+    shard: int = 0
+    next_rank: int = 0
+    acc: dict[str, torch.Tensor] | None = None
+    started: float = 0.0  # seconds (run clock) when the level started
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Engine:
+    """One evaluation run (state + the loop). Use :func:`l0tre.evaluate_iter` instead."""
+
+    def __init__(
+        self,
+        model: Classifier,
+        x: torch.Tensor,
+        options: EvaluateOptions,
+        *,
+        labels: torch.Tensor | None,
+        batch_size: int,
+        checkpoint: str | os.PathLike[str] | None,
+        objective: Objective | None = None,
+        progress: ProgressHook | None = None,
+    ) -> None:
+        self.model = model
+        self.opts = options
+        self.objective: Objective = objective or Misclassification()
+        self.progress = progress or ProgressHook()
+        self.x0 = x.to(device=model.device, dtype=model.dtype)
+        self.x_orig = x.detach().to("cpu")
+        self.space = FeatureSpace(options.features, tuple(x.shape[1:]))  # type: ignore[arg-type]
+        self.batch_size = batch_size
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.n = self.space.n
+        self.top_k = options.top_k or max(self.n, 1024)
+        self.acc_dtype = torch.float64 if model.dtype == torch.float64 else torch.float32
+        grid = grid_values(options.steps, model.bounds, dtype=model.dtype)
+        self.palette = colours(grid, self.space.channels).to(model.device)
+        self.valid = valid_colours(self.space.values(self.x0), self.palette)  # (N, n, P1)
+        self.valid_counts = self.valid.sum(2).cpu()
+        n_in = x.shape[0]
+        ref = self._reference()
+        self.ref = ref.to(model.device)
+        self.result = Result(
+            lower=torch.zeros(n_in, dtype=torch.int64),
+            upper=torch.full((n_in,), self.n, dtype=torch.int64),
+            found=torch.zeros(n_in, dtype=torch.bool),
+            adversarial=x.detach().to("cpu").clone(),
+            adversarial_label=torch.full((n_in,), -1, dtype=torch.int64),
+            predicted=ref.cpu(),
+            labels=labels,
+            n_features=self.n,
+            epsilon=options.epsilon,
+            features=options.features.value,
+        )
+        self.blocked = torch.zeros(n_in, dtype=torch.bool)  # a grid flip seen but not re-verified
+        self.level: _LevelProgress | None = None
+        self.elapsed_before = 0.0
+        self.fingerprint = self._fingerprint(x)
+        self.tables: dict[int, torch.Tensor] = {}
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _reference(self) -> torch.Tensor:
+        parts = [
+            self.objective.reference(self.model, self.x0[i : i + self.batch_size])
+            for i in range(0, self.x0.shape[0], self.batch_size)
+        ]
+        return torch.cat(parts).to(torch.int64)
+
+    def _fingerprint(self, x: torch.Tensor) -> str:
+        h = hashlib.sha256()
+        h.update(self.model.fingerprint().encode())
+        h.update(x.detach().cpu().contiguous().numpy().tobytes())
+        h.update(repr((self.opts.epsilon, self.opts.features.value, self.model.bounds,
+                       self.objective.name, self.top_k)).encode())
+        return h.hexdigest()
+
+    def level_evaluations(self, t: int, inputs: torch.Tensor | None = None) -> int:
+        """Model evaluations of the sensitivity pass of level ``t`` (exact, before pruning)."""
+        counts = self.valid_counts if inputs is None else self.valid_counts[inputs]
+        return int(count_points(counts, t).sum().item())
+
+    def _now(self, start: float) -> float:
+        return self.elapsed_before + (time.perf_counter() - start)
+
+    def _table(self, t: int) -> torch.Tensor:
+        if t not in self.tables:
+            self.tables[t] = binomial_table(self.n, t)
+        return self.tables[t]
+
+    def snapshot(self, level_complete: bool, seconds: float, stopped: str = "running") -> Result:
+        r = self.result
+        r.seconds = seconds
+        r.level_complete = level_complete
+        r.stopped = stopped
+        r.history.append({
+            "t": float(r.t), "seconds": seconds, "evaluations": float(r.evaluations),
+            "lower": r.global_lower, "upper": r.global_upper, "level_complete": float(level_complete),
+        })
+        snap = r.copy()
+        self.progress.snapshot(snap)
+        return snap
+
+    # -- checkpoint ---------------------------------------------------------------------------
+    def save_checkpoint(self, seconds: float) -> None:
+        if self.checkpoint is None:
+            return
+        lvl = None
+        if self.level is not None:
+            lvl = asdict(self.level)
+        atomic_torch_save({
+            "format": CHECKPOINT_FORMAT,
+            "fingerprint": self.fingerprint,
+            "result": self.result.state(),
+            "blocked": self.blocked,
+            "level": lvl,
+            "seconds": seconds,
+        }, self.checkpoint)
+
+    def load_checkpoint(self) -> bool:
+        """Restore state from the checkpoint file if it exists; return whether it did."""
+        if self.checkpoint is None or not self.checkpoint.exists():
+            return False
+        try:
+            data = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001
+            raise ValueError(f"checkpoint: {str(self.checkpoint)!r} is not readable ({exc})") from exc
+        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"checkpoint: {str(self.checkpoint)!r} is not an l0tre checkpoint")
+        if data["fingerprint"] != self.fingerprint:
+            raise ValueError(
+                f"checkpoint: {str(self.checkpoint)!r} was written for another model, inputs or "
+                "options (epsilon, features, bounds); delete it or choose another checkpoint path"
+            )
+        state = data["result"]
+        labels = self.result.labels
+        self.result = Result(**state)
+        if labels is not None:
+            self.result.labels = labels
+        self.blocked = data["blocked"]
+        self.elapsed_before = float(data["seconds"])
+        lvl = data["level"]
+        self.level = _LevelProgress(**lvl) if lvl is not None else None
+        return True
+
+    # -- bounds updates -----------------------------------------------------------------------
+    def _accept(self, idx: torch.Tensor, x_cand: torch.Tensor) -> None:
+        """Re-check candidate examples ``x_cand`` ``(A, C, H, W)`` for inputs ``idx`` and keep
+        those that are adversarial and shorter than the current best."""
+        if idx.numel() == 0:
+            return
+        ok_all, labels_all = [], []
+        for i in range(0, idx.numel(), self.batch_size):
+            ov = self.objective.evaluate(self.model, x_cand[i : i + self.batch_size],
+                                         self.ref[idx[i : i + self.batch_size].to(self.ref.device)])
+            ok_all.append(ov.success.cpu())
+            labels_all.append(ov.label.cpu())
+        self.result.evaluations += int(idx.numel())
+        ok = torch.cat(ok_all)
+        adv_labels = torch.cat(labels_all)
+        x0 = self.x0[idx.to(self.x0.device)]
+        dist = self.space.l0(x_cand, x0).cpu()
+        r = self.result
+        better = ok & (dist - 1 < r.upper[idx]) & (dist >= 1)
+        sel = idx[better]
+        r.upper[sel] = dist[better] - 1
+        r.found[sel] = True
+        # store in the caller's dtype: unchanged features keep their exact original values
+        keep = better.to(x_cand.device)
+        changed = self.space.changed(x_cand[keep], x0[keep]).cpu()
+        stored = self.space.values(self.x_orig[sel].clone())
+        stored[changed] = self.space.values(x_cand[keep].to("cpu", stored.dtype))[changed]
+        r.adversarial[sel] = self.space.images(stored)
+        r.adversarial_label[sel] = adv_labels[better]
+
+    def _finish_shard(self, t: int, inputs: torch.Tensor, acc: UnitResult) -> None:
+        """Lower bounds, upper bounds and tightening for a shard whose level-t pass is complete."""
+        r = self.result
+        r.evaluations += int(acc.evaluations.sum())
+        has_w = acc.w_rank >= 0
+        # inputs with a grid flip at distance t: build and verify the witness
+        if bool(has_w.any()):
+            wi = inputs[has_w]
+            subs = unrank(acc.w_rank[has_w], self.n, t, self._table(t)).to(self.x0.device)
+            ctx = LevelContext.build(self.space, self.palette, t, self._table(t))
+            xw = self.x0[wi.to(self.x0.device)].clone()
+            self.space.scatter(xw, subs, ctx.values(acc.w_point[has_w].to(self.x0.device)))
+            self._accept(wi, xw)
+            unverified = wi[r.upper[wi] != t - 1]
+            self.blocked[unverified] = True
+        clean = inputs[~has_w]
+        r.lower[clean] = torch.maximum(r.lower[clean], torch.full_like(r.lower[clean], t)).clamp_max(
+            r.upper[clean]
+        )
+        # upper bounds for the still-open inputs of the shard
+        open_mask = (r.lower[inputs] < r.upper[inputs]) & ~has_w
+        if not bool(open_mask.any()):
+            return
+        rows = open_mask.nonzero().squeeze(1)
+        oi = inputs[rows]
+        dev = self.x0.device
+        rank = acc.rank[rows]
+        present = rank >= 0
+        feats = unrank(rank.clamp_min(0).reshape(-1), self.n, t, self._table(t)).view(*rank.shape, t)
+        ctx = LevelContext.build(self.space, self.palette, t, self._table(t))
+        vals = ctx.values(acc.point[rows].clamp_min(0).reshape(-1).to(dev)).view(*rank.shape, t, -1)
+        x0 = self.x0[oi.to(dev)]
+        ref = self.ref[oi.to(dev)]
+        found, x_adv, ev = accumulate(
+            self.model, self.objective, self.space, x0, ref, feats.to(dev), vals, present.to(dev),
+            batch_size=self.batch_size,
+        )
+        r.evaluations += ev
+        self.progress.advance(ev)
+        if bool(found.any()):
+            fi = found.nonzero().squeeze(1)
+            x_t, ev2 = tighten(self.model, self.objective, self.space, x0[fi], ref[fi], x_adv[fi],
+                               batch_size=self.batch_size)
+            r.evaluations += ev2
+            self.progress.advance(ev2)
+            self._accept(oi[fi.cpu()], x_t)
+
+    # -- planning -----------------------------------------------------------------------------
+    def _plan_level(self, t: int, active: torch.Tensor, start: float) -> _LevelProgress:
+        per_input = count_points(self.valid_counts[active], t).clamp_min(1)
+        target = 64 * self.batch_size
+        shards: list[list[int]] = []
+        cur: list[int] = []
+        cur_cost = 0.0
+        max_shard = max(1, min(256, (64 << 20) // (24 * self.top_k)))
+        for i, c in zip(active.tolist(), per_input.tolist(), strict=True):
+            if cur and (cur_cost + c > target or len(cur) >= max_shard):
+                shards.append(cur)
+                cur, cur_cost = [], 0.0
+            cur.append(i)
+            cur_cost += c
+        if cur:
+            shards.append(cur)
+        p1 = self.palette.shape[0]
+        cand_limit = 16 * self.batch_size
+        unit = [max(1, cand_limit // (len(s) * p1**t)) for s in shards]
+        return _LevelProgress(t=t, shards=shards, unit_subsets=unit, started=self._now(start))
+
+    def open_inputs(self) -> torch.Tensor:
+        r = self.result
+        return ((r.lower < r.upper) & ~self.blocked).nonzero().squeeze(1)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def run(self) -> Generator[Result, None, None]:
+        start = time.perf_counter()
+        budget = self.opts.time_budget
+        last_report = time.perf_counter()
+        stopped = "running"
+        try:
+            yield self.snapshot(self.result.t > 0, self._now(start))
+            t_stop = min(self.opts.t_max, self.n)
+            while True:
+                if self.level is None:
+                    t = self.result.t + 1
+                    if t > t_stop:
+                        stopped = "t_max" if len(self.open_inputs()) else "converged"
+                        break
+                    active = self.open_inputs()
+                    if active.numel() == 0:
+                        stopped = "converged"
+                        break
+                    self.level = self._plan_level(t, active, start)
+                lvl = self.level
+                t = lvl.t
+                self.progress.level_start(
+                    t, self.level_evaluations(t, torch.tensor(sum(lvl.shards, []), dtype=torch.long)),
+                    sum(len(s) for s in lvl.shards),
+                )
+                ctx = LevelContext.build(self.space, self.palette, t, self._table(t))
+                total_subsets = n_subsets(self.n, t)
+                while lvl.shard < len(lvl.shards):
+                    shard = torch.tensor(lvl.shards[lvl.shard], dtype=torch.long)
+                    shard = shard[(self.result.lower[shard] < self.result.upper[shard])]
+                    acc = (UnitResult(**lvl.acc) if lvl.acc is not None
+                           else empty_unit(shard, self.top_k, self.acc_dtype))
+                    if lvl.acc is not None:
+                        shard = acc.inputs
+                    dev_idx = shard.to(self.x0.device)
+                    step = lvl.unit_subsets[lvl.shard]
+                    while lvl.next_rank < total_subsets and shard.numel() > 0:
+                        r1 = min(total_subsets, lvl.next_rank + step)
+                        unit = evaluate_unit(
+                            self.model, self.objective, self.x0[dev_idx], self.ref[dev_idx],
+                            self.valid[dev_idx], shard, ctx, lvl.next_rank, r1,
+                            batch_size=self.batch_size, k=self.top_k, on_batch=self.progress.advance,
+                        )
+                        acc = merge_units(acc, _cast(unit, acc.conf.dtype), self.top_k)
+                        lvl.next_rank = r1
+                        lvl.acc = _unit_state(acc)
+                        if budget is not None and self._now(start) >= budget:
+                            raise _OutOfTime
+                        if time.perf_counter() - last_report >= self.opts.report_every:
+                            last_report = time.perf_counter()
+                            self.save_checkpoint(self._now(start))
+                            yield self.snapshot(False, self._now(start))
+                    if shard.numel() > 0:
+                        self._finish_shard(t, shard, acc)
+                    lvl.shard += 1
+                    lvl.next_rank = 0
+                    lvl.acc = None
+                    if budget is not None and self._now(start) >= budget:
+                        raise _OutOfTime
+                    if time.perf_counter() - last_report >= self.opts.report_every and lvl.shard < len(lvl.shards):
+                        last_report = time.perf_counter()
+                        self.save_checkpoint(self._now(start))
+                        yield self.snapshot(False, self._now(start))
+                self.result.t = t
+                self.result.level_seconds.append(self._now(start) - lvl.started)
+                self.level = None
+                last_report = time.perf_counter()
+                self.save_checkpoint(self._now(start))
+                yield self.snapshot(True, self._now(start))
+        except _OutOfTime:
+            stopped = "time_budget"
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+        finally:
+            seconds = self._now(start)
+            self.save_checkpoint(seconds)
+            if stopped != "running":
+                self.final = self.snapshot(self.level is None and self.result.t > 0, seconds, stopped)
+        if stopped != "running":
+            yield self.final
+
+
+class _OutOfTime(Exception):
+    """Internal: the time budget is spent."""
+
+
+def _unit_state(u: UnitResult) -> dict[str, torch.Tensor]:
+    return {k: getattr(u, k) for k in ("inputs", "conf", "score", "rank", "point",
+                                        "w_score", "w_rank", "w_point", "evaluations")}
+
+
+def _cast(u: UnitResult, dtype: torch.dtype) -> UnitResult:
+    if u.conf.dtype == dtype:
+        return u
+    return UnitResult(**{**_unit_state(u), "conf": u.conf.to(dtype), "score": u.score.to(dtype),
+                         "w_score": u.w_score.to(dtype)})
+
+
+def estimate_guard(engine: Engine, t_max: int, limit: int) -> None:
+    """Refuse a run whose sensitivity passes would exceed ``limit`` model evaluations."""
+    for t in range(1, min(t_max, engine.n) + 1):
+        need = engine.level_evaluations(t)
+        if need > limit:
+            n_in = engine.x0.shape[0]
+            raise ValueError(
+                f"max_evaluations: level t={t} needs about {need:,} model evaluations "
+                f"({n_in} inputs, n={engine.n} features, C(n,{t})={math.comb(engine.n, t):,} subsets), "
+                f"above max_evaluations={limit:,}; lower t_max, use a coarser epsilon, "
+                "fewer inputs, or raise max_evaluations"
+            )

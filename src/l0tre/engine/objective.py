@@ -1,0 +1,69 @@
+"""Objectives: what the engine searches for.
+
+The engine is objective-agnostic: for a batch of perturbed inputs an objective returns a
+*score* (lower is closer to success; used to pick each subspace's solution and to tighten),
+a *confidence* (the paper's ``c_j``, used to rank subspaces by sensitivity) and *success*
+(the property we want to violate is violated, e.g. the label changed).
+
+:class:`Misclassification` is the paper's robustness objective. Other applications (e.g.
+coverage-driven test generation: make a hidden neuron fire) plug in another objective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..classifier import Classifier
+
+__all__ = ["ObjectiveValues", "Objective", "Misclassification"]
+
+
+@dataclass(frozen=True)
+class ObjectiveValues:
+    """Per-sample values, each ``(B,)``."""
+
+    score: torch.Tensor
+    confidence: torch.Tensor
+    success: torch.Tensor
+    label: torch.Tensor  # predicted label (or another identifying integer), ``(B,)``
+
+
+class Objective(Protocol):
+    """Protocol for engine objectives."""
+
+    name: str
+
+    def reference(self, model: Classifier, x0: torch.Tensor) -> torch.Tensor:
+        """Per-input reference ``(N,)`` (e.g. the predicted label ``j``) for ``x0`` ``(N,C,H,W)``."""
+        ...
+
+    def evaluate(self, model: Classifier, x: torch.Tensor, ref: torch.Tensor) -> ObjectiveValues:
+        """Values for ``x`` ``(B, C, H, W)`` against references ``ref`` ``(B,)``."""
+        ...
+
+
+class Misclassification:
+    """Flip the label: success iff ``argmax f(x) ≠ j``.
+
+    score = margin ``s_j − max_{k≠j} s_k`` (logits, or log-probabilities for softmax models);
+    confidence = ``log c_j`` (log-softmax of the scores; monotone in the paper's ``c_j``).
+    """
+
+    name = "misclassification"
+
+    def reference(self, model: Classifier, x0: torch.Tensor) -> torch.Tensor:
+        return model(x0).argmax(dim=1)
+
+    def evaluate(self, model: Classifier, x: torch.Tensor, ref: torch.Tensor) -> ObjectiveValues:
+        raw = model(x)
+        s = model.as_scores(raw)
+        ref = ref.to(s.device)
+        s_j = s.gather(1, ref.view(-1, 1)).squeeze(1)
+        others = s.scatter(1, ref.view(-1, 1), float("-inf"))
+        margin = s_j - others.max(dim=1).values
+        conf = torch.log_softmax(s, dim=1).gather(1, ref.view(-1, 1)).squeeze(1)
+        pred = raw.argmax(dim=1)
+        return ObjectiveValues(score=margin, confidence=conf, success=pred != ref, label=pred)

@@ -1,0 +1,160 @@
+"""Typed, validated options of an evaluation (validated once, at the API boundary)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..classifier import Classifier
+from .features import FeatureKind
+from .grid import check_epsilon
+
+__all__ = ["EvaluateOptions", "check_inputs", "check_labels", "plan_batch_size"]
+
+DEFAULT_MAX_MEMORY = 1 << 30  # 1 GiB
+DEFAULT_MAX_EVALUATIONS = 10**10
+
+
+def _positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected a positive integer, got {type(value).__name__} {value!r}")
+    if value < 1:
+        raise ValueError(f"{name}: expected a positive integer, got {value}")
+    return value
+
+
+def _positive_float(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a positive number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(float(value)) or value <= 0:
+        raise ValueError(f"{name}: expected a positive finite number, got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """Options of :func:`l0tre.evaluate` (see its docstring)."""
+
+    epsilon: float = 0.5
+    t_max: int = 2
+    features: FeatureKind = FeatureKind.PIXEL
+    batch_size: int | None = None
+    max_memory: int = DEFAULT_MAX_MEMORY
+    time_budget: float | None = None
+    report_every: float = 5.0
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS
+    top_k: int | None = None
+
+    @staticmethod
+    def build(
+        *,
+        epsilon: object = 0.5,
+        t_max: object = 2,
+        features: object = "pixel",
+        batch_size: object = None,
+        max_memory: object = DEFAULT_MAX_MEMORY,
+        time_budget: object = None,
+        report_every: object = 5.0,
+        max_evaluations: object = DEFAULT_MAX_EVALUATIONS,
+        top_k: object = None,
+    ) -> EvaluateOptions:
+        check_epsilon(epsilon)
+        if not isinstance(features, (str, FeatureKind)):
+            raise TypeError(f"features: expected 'pixel' or 'element', got {type(features).__name__}")
+        return EvaluateOptions(
+            epsilon=float(epsilon),  # type: ignore[arg-type]
+            t_max=_positive_int("t_max", t_max),
+            features=FeatureKind.parse(features),
+            batch_size=None if batch_size is None else _positive_int("batch_size", batch_size),
+            max_memory=_positive_int("max_memory", max_memory),
+            time_budget=None if time_budget is None else _positive_float("time_budget", time_budget),
+            report_every=_positive_float("report_every", report_every),
+            max_evaluations=_positive_int("max_evaluations", max_evaluations),
+            top_k=None if top_k is None else _positive_int("top_k", top_k),
+        )
+
+    @property
+    def steps(self) -> int:
+        return check_epsilon(self.epsilon)
+
+
+def check_inputs(x: object, model: Classifier) -> torch.Tensor:
+    """Validate ``x``: a float ``(N, C, H, W)`` tensor, finite, inside the model's bounds."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x: expected a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x: expected shape (N, C, H, W), got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise TypeError(f"x: expected a floating-point tensor in the model bounds, got dtype {x.dtype}")
+    if x.shape[0] == 0:
+        raise ValueError("x: expected at least one input, got an empty batch (N = 0)")
+    if x.numel() == 0:
+        raise ValueError(f"x: expected non-empty images, got shape {tuple(x.shape)}")
+    if not bool(torch.isfinite(x).all()):
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"x: expected finite values, got {bad} NaN/Inf entries")
+    lo, hi = model.bounds
+    xmin, xmax = float(x.min()), float(x.max())
+    if xmin < lo or xmax > hi:
+        raise ValueError(
+            f"x: expected values inside the model bounds [{lo}, {hi}], got range [{xmin}, {xmax}]"
+        )
+    if model.input_shape is not None and tuple(x.shape[1:]) != tuple(model.input_shape):
+        raise ValueError(
+            f"x: expected images of shape {tuple(model.input_shape)} for this model, "
+            f"got {tuple(x.shape[1:])}"
+        )
+    return x
+
+
+def check_labels(labels: object, n: int) -> torch.Tensor | None:
+    if labels is None:
+        return None
+    if not isinstance(labels, torch.Tensor):
+        try:
+            labels = torch.as_tensor(labels)
+        except Exception as exc:  # noqa: BLE001
+            raise TypeError(f"labels: expected integer labels of shape ({n},), got {type(labels).__name__}") from exc
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool or labels.dim() != 1:
+        raise TypeError(
+            f"labels: expected a 1-D integer tensor of shape ({n},), got {labels.dtype} {tuple(labels.shape)}"
+        )
+    if labels.shape[0] != n:
+        raise ValueError(f"labels: expected shape ({n},) to match x, got {tuple(labels.shape)}")
+    return labels.to(torch.int64).cpu()
+
+
+def _activation_bytes(model: Classifier, shape: tuple[int, ...]) -> int:
+    """Bytes of all leaf-module outputs for one sample (a probe forward pass)."""
+    module = model.modules()
+    total = 0
+    if module is None:
+        return 0
+
+    def hook(_m: nn.Module, _i: object, out: object) -> None:
+        nonlocal total
+        if isinstance(out, torch.Tensor):
+            total += out.numel() * out.element_size()
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if len(list(m.children())) == 0]
+    try:
+        model(torch.full((1, *shape), model.bounds[0], dtype=model.dtype, device=model.device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total
+
+
+def plan_batch_size(model: Classifier, shape: tuple[int, ...], batch_size: int | None, max_memory: int) -> int:
+    """Rows per model call: the user's ``batch_size`` capped by ``max_memory``.
+
+    Per-row cost = input bytes × 3 (input, copy, scatter) + activation bytes × 2 (a probe
+    forward pass with hooks measures the activations of one sample).
+    """
+    elem = torch.empty((), dtype=model.dtype).element_size()
+    per_row = 3 * elem * math.prod(shape) + 2 * _activation_bytes(model, shape) + 64
+    cap = max(1, max_memory // per_row)
+    return max(1, min(batch_size or 4096, cap))

@@ -1,0 +1,252 @@
+"""Subspace sensitivity: evaluate every grid point of a range of t-subsets, batched.
+
+A *work unit* is ``(inputs, t, [r0, r1))``: the inputs (global indices), the level and a
+range of colex subset ranks. Its result (:class:`UnitResult`) holds, per input, the top-K
+subsets by sensitivity and the best adversarial grid point found (the *witness*). Unit
+results merge by a total order (min / top-K), so units can run in any order or on different
+machines and still give the same answer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from ..classifier import Classifier
+from .features import FeatureSpace
+from .objective import Objective
+from .subspaces import unrank
+
+__all__ = ["LevelContext", "UnitResult", "evaluate_unit", "merge_units", "empty_unit", "sort_topk"]
+
+_BIG = torch.iinfo(torch.int64).max
+
+
+@dataclass(frozen=True)
+class LevelContext:
+    """Everything fixed for one level ``t`` (shared by its units).
+
+    Attributes:
+        space: the feature space.
+        palette: ``(P1, Cf)`` colours on the model device.
+        t: the level (subset size).
+        table: binomial table for unranking ``(t+1, n+1)``.
+        digits: ``(P, t)`` colour index of each subset member for point ``p`` (``P = P1^t``).
+    """
+
+    space: FeatureSpace
+    palette: torch.Tensor
+    t: int
+    table: torch.Tensor
+    digits: torch.Tensor
+
+    @staticmethod
+    def build(space: FeatureSpace, palette: torch.Tensor, t: int, table: torch.Tensor) -> LevelContext:
+        p1 = palette.shape[0]
+        p = torch.arange(p1**t, device=palette.device)
+        digits = torch.stack([(p // p1 ** (t - 1 - j)) % p1 for j in range(t)], dim=1)
+        return LevelContext(space=space, palette=palette, t=t, table=table, digits=digits)
+
+    def values(self, point: torch.Tensor) -> torch.Tensor:
+        """Values ``(B, t, Cf)`` of point indices ``point`` ``(B,)``."""
+        return self.palette[self.digits[point]]
+
+
+@dataclass
+class UnitResult:
+    """Mergeable partial result of a level for a set of inputs (all tensors on CPU).
+
+    Attributes:
+        inputs: ``(Na,)`` global input indices.
+        conf: ``(Na, K)`` minimum confidence (``log c_j``) of the top-K subsets (``inf`` = empty).
+        score: ``(Na, K)`` minimum score (margin) of those subsets.
+        rank: ``(Na, K)`` colex rank of those subsets (``-1`` = empty slot).
+        point: ``(Na, K)`` argmin point index (the subset's solution).
+        w_score, w_rank, w_point: ``(Na,)`` best adversarial grid point (``w_rank = -1``: none).
+        evaluations: ``(Na,)`` model evaluations spent per input.
+    """
+
+    inputs: torch.Tensor
+    conf: torch.Tensor
+    score: torch.Tensor
+    rank: torch.Tensor
+    point: torch.Tensor
+    w_score: torch.Tensor
+    w_rank: torch.Tensor
+    w_point: torch.Tensor
+    evaluations: torch.Tensor
+
+
+def empty_unit(inputs: torch.Tensor, k: int, dtype: torch.dtype = torch.float32) -> UnitResult:
+    na = inputs.shape[0]
+    inf = torch.full((na, k), float("inf"), dtype=dtype)
+    neg = torch.full((na, k), -1, dtype=torch.int64)
+    return UnitResult(
+        inputs=inputs.clone(), conf=inf, score=inf.clone(), rank=neg, point=neg.clone(),
+        w_score=torch.full((na,), float("inf"), dtype=dtype),
+        w_rank=torch.full((na,), -1, dtype=torch.int64),
+        w_point=torch.full((na,), -1, dtype=torch.int64),
+        evaluations=torch.zeros(na, dtype=torch.int64),
+    )
+
+
+def sort_topk(
+    conf: torch.Tensor, score: torch.Tensor, rank: torch.Tensor, point: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Sort rows by (conf ↑, score ↑, rank ↑, empty last) and keep the first ``k`` columns."""
+    r = torch.where(rank < 0, torch.full_like(rank, _BIG), rank)
+    order = torch.argsort(r, dim=1, stable=True)
+    for key in (score, conf):
+        keyed = key.gather(1, order)
+        order = order.gather(1, torch.argsort(keyed, dim=1, stable=True))
+    order = order[:, :k]
+    return conf.gather(1, order), score.gather(1, order), rank.gather(1, order), point.gather(1, order)
+
+
+def _better(s1: torch.Tensor, r1: torch.Tensor, p1: torch.Tensor,
+            s2: torch.Tensor, r2: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
+    """Lexicographic (score, rank, point) comparison where rank ``-1`` means "none"."""
+    none1, none2 = r1 < 0, r2 < 0
+    lex = (s1 < s2) | ((s1 == s2) & ((r1 < r2) | ((r1 == r2) & (p1 < p2))))
+    return ~none1 & (none2 | lex)
+
+
+def merge_units(a: UnitResult, b: UnitResult, k: int) -> UnitResult:
+    """Merge two results over the same inputs (order-independent)."""
+    if not torch.equal(a.inputs, b.inputs):
+        raise ValueError("merge_units: unit results cover different inputs")
+    conf, score, rank, point = sort_topk(
+        torch.cat([a.conf, b.conf], 1), torch.cat([a.score, b.score], 1),
+        torch.cat([a.rank, b.rank], 1), torch.cat([a.point, b.point], 1), k,
+    )
+    take_b = _better(b.w_score, b.w_rank, b.w_point, a.w_score, a.w_rank, a.w_point)
+    return UnitResult(
+        inputs=a.inputs, conf=conf, score=score, rank=rank, point=point,
+        w_score=torch.where(take_b, b.w_score, a.w_score),
+        w_rank=torch.where(take_b, b.w_rank, a.w_rank),
+        w_point=torch.where(take_b, b.w_point, a.w_point),
+        evaluations=a.evaluations + b.evaluations,
+    )
+
+
+def candidate_points(valid: torch.Tensor, subsets: torch.Tensor, ctx: LevelContext) -> torch.Tensor:
+    """Valid (input, subset, point) triples, row-major.
+
+    Args:
+        valid: ``(Na, n, P1)`` valid colours per input and feature.
+        subsets: ``(S, t)`` feature indices.
+
+    Returns:
+        LongTensor ``(M, 3)``: a point is valid iff every member takes a colour differing from
+        its original value (points equal to the original on some member belong to a lower level).
+    """
+    v = valid[:, subsets.to(valid.device), :]  # (Na, S, t, P1)
+    ok = v[:, :, 0, :][:, :, ctx.digits[:, 0]]
+    for j in range(1, ctx.t):
+        ok = ok & v[:, :, j, :][:, :, ctx.digits[:, j]]
+    return ok.nonzero()
+
+
+def evaluate_unit(
+    model: Classifier,
+    objective: Objective,
+    x0: torch.Tensor,
+    ref: torch.Tensor,
+    valid: torch.Tensor,
+    inputs: torch.Tensor,
+    ctx: LevelContext,
+    r0: int,
+    r1: int,
+    *,
+    batch_size: int,
+    k: int,
+    on_batch: Callable[[int], None] | None = None,
+) -> UnitResult:
+    """Evaluate all grid points of subsets with ranks ``[r0, r1)`` for the given inputs.
+
+    Args:
+        x0: ``(Na, C, H, W)`` original inputs (model device).
+        ref: ``(Na,)`` references (labels).
+        valid: ``(Na, n, P1)`` valid colour mask.
+        inputs: ``(Na,)`` global indices (stored in the result).
+        batch_size: model batch size (rows per model call).
+        k: how many subsets to keep per input.
+        on_batch: called with the number of evaluations after every model call.
+    """
+    dev = x0.device
+    na = x0.shape[0]
+    subsets = unrank(torch.arange(r0, r1), ctx.space.n, ctx.t, ctx.table).to(dev)
+    s_count = subsets.shape[0]
+    cand = candidate_points(valid, subsets, ctx)
+    dtype = torch.float32 if x0.dtype in (torch.float16, torch.bfloat16) else x0.dtype
+    keys = na * s_count
+    min_conf = torch.full((keys,), float("inf"), dtype=dtype, device=dev)
+    min_score = torch.full((keys,), float("inf"), dtype=dtype, device=dev)
+    best_p = torch.full((keys,), -1, dtype=torch.int64, device=dev)
+    w_score = torch.full((na,), float("inf"), dtype=dtype, device=dev)
+    w_pos = torch.full((na,), -1, dtype=torch.int64, device=dev)
+    evals = torch.zeros(na, dtype=torch.int64, device=dev)
+    for b0 in range(0, cand.shape[0], batch_size):
+        c = cand[b0 : b0 + batch_size]
+        a, s, p = c[:, 0], c[:, 1], c[:, 2]
+        x = x0[a].clone()
+        ctx.space.scatter(x, subsets[s], ctx.values(p))
+        ov = objective.evaluate(model, x, ref[a])
+        score, conf = ov.score.to(dtype), ov.confidence.to(dtype)
+        key = a * s_count + s
+        bc = torch.full_like(min_conf, float("inf")).scatter_reduce(0, key, conf, "amin")
+        bs = torch.full_like(min_score, float("inf")).scatter_reduce(0, key, score, "amin")
+        tie = score == bs[key]
+        bp = torch.full_like(best_p, _BIG).scatter_reduce(
+            0, key, torch.where(tie, p, torch.full_like(p, _BIG)), "amin"
+        )
+        min_conf = torch.minimum(min_conf, bc)
+        upd = bs < min_score  # strict: earlier batches hold smaller p for the same key
+        min_score = torch.where(upd, bs, min_score)
+        best_p = torch.where(upd, bp, best_p)
+        evals += torch.bincount(a, minlength=na)
+        succ = ov.success.to(dev)
+        if bool(succ.any()):
+            sa, ss = a[succ], score[succ]
+            pos = torch.arange(b0, b0 + c.shape[0], device=dev)[succ]
+            bws = torch.full_like(w_score, float("inf")).scatter_reduce(0, sa, ss, "amin")
+            tie_w = ss == bws[sa]
+            bwp = torch.full_like(w_pos, _BIG).scatter_reduce(
+                0, sa, torch.where(tie_w, pos, torch.full_like(pos, _BIG)), "amin"
+            )
+            upd_w = (bws < w_score) | ((w_pos < 0) & (bwp < _BIG))
+            w_score = torch.where(upd_w, bws, w_score)
+            w_pos = torch.where(upd_w, bwp, w_pos)
+        if on_batch is not None:
+            on_batch(int(c.shape[0]))
+    ranks = torch.arange(r0, r1, device=dev).unsqueeze(0).expand(na, s_count)
+    present = best_p.view(na, s_count) >= 0
+    rank = torch.where(present, ranks, torch.full_like(ranks, -1))
+    conf_t, score_t, rank_t, point_t = sort_topk(
+        min_conf.view(na, s_count), min_score.view(na, s_count), rank, best_p.view(na, s_count), k
+    )
+    has_w = w_pos >= 0
+    wc = cand[w_pos.clamp_min(0)]
+    w_rank = torch.where(has_w, wc[:, 1] + r0, torch.full_like(w_pos, -1))
+    w_point = torch.where(has_w, wc[:, 2], torch.full_like(w_pos, -1))
+    result = UnitResult(
+        inputs=inputs.cpu(), conf=conf_t.cpu(), score=score_t.cpu(), rank=rank_t.cpu(),
+        point=point_t.cpu(), w_score=w_score.cpu(), w_rank=w_rank.cpu(), w_point=w_point.cpu(),
+        evaluations=evals.cpu(),
+    )
+    return _pad(result, k)
+
+
+def _pad(u: UnitResult, k: int) -> UnitResult:
+    """Pad the top-K columns to exactly ``k`` (units smaller than ``k`` subsets)."""
+    missing = k - u.conf.shape[1]
+    if missing <= 0:
+        return u
+    e = empty_unit(u.inputs, missing, u.conf.dtype)
+    u.conf = torch.cat([u.conf, e.conf], 1)
+    u.score = torch.cat([u.score, e.score], 1)
+    u.rank = torch.cat([u.rank, e.rank], 1)
+    u.point = torch.cat([u.point, e.point], 1)
+    return u

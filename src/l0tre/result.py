@@ -1,0 +1,202 @@
+"""Results and anytime snapshots of an evaluation."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["Result", "atomic_torch_save"]
+
+
+def atomic_torch_save(obj: object, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temp file in the same folder, then ``os.replace`` (atomic)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+@dataclass
+class Result:
+    """Bounds on the maximum safe L0 radius, per input and global.
+
+    Per-input tensors have ``N`` rows (the order of the inputs given).
+
+    Attributes:
+        lower: ``(N,)`` LongTensor: every perturbation of ≤ ``lower`` features to grid values
+            keeps the label (all levels ``1..lower`` fully checked).
+        upper: ``(N,)`` LongTensor: (L0 of the best adversarial example found) − 1, or ``n``.
+        found: ``(N,)`` BoolTensor: an adversarial example is known.
+        adversarial: ``(N, C, H, W)`` best adversarial example (the original where none).
+        adversarial_label: ``(N,)`` label of ``adversarial`` (−1 where none).
+        predicted: ``(N,)`` the model's label ``j`` of each original input (the reference).
+        labels: ``(N,)`` true labels if given, else ``None``.
+        certified_lower: ``(N,)`` largest t proven for all real values, or ``None``.
+        t: last fully completed level (0 before the first one completes).
+        level_complete: this snapshot is taken at the end of level ``t`` (else mid-level).
+        n_features: ``n``; epsilon, features: the grid and feature convention.
+        evaluations: model evaluations so far; seconds: wall time so far.
+        history: one dict per snapshot (t, seconds, evaluations, global bounds).
+        level_seconds: wall seconds spent in each completed level.
+        stopped: why the run ended (``"running"``, ``"t_max"``, ``"converged"``,
+            ``"time_budget"``, ``"interrupted"``).
+    """
+
+    lower: torch.Tensor
+    upper: torch.Tensor
+    found: torch.Tensor
+    adversarial: torch.Tensor
+    adversarial_label: torch.Tensor
+    predicted: torch.Tensor
+    labels: torch.Tensor | None
+    n_features: int
+    epsilon: float
+    features: str
+    t: int = 0
+    level_complete: bool = False
+    certified_lower: torch.Tensor | None = None
+    evaluations: int = 0
+    seconds: float = 0.0
+    history: list[dict[str, float]] = field(default_factory=list)
+    level_seconds: list[float] = field(default_factory=list)
+    stopped: str = "running"
+
+    # -- derived ------------------------------------------------------------------------------
+    @property
+    def converged(self) -> torch.Tensor:
+        """``(N,)`` BoolTensor: ``lower == upper``."""
+        return self.lower == self.upper
+
+    @property
+    def global_lower(self) -> float:
+        return float(self.lower.double().mean()) if self.lower.numel() else float("nan")
+
+    @property
+    def global_upper(self) -> float:
+        return float(self.upper.double().mean()) if self.upper.numel() else float("nan")
+
+    @property
+    def estimate(self) -> float:
+        """Paper Def. 5: centre ``(global_lower + global_upper) / 2``."""
+        return (self.global_lower + self.global_upper) / 2
+
+    @property
+    def radius(self) -> float:
+        """Paper Def. 5: error bound ``(global_upper − global_lower) / 2``."""
+        return (self.global_upper - self.global_lower) / 2
+
+    @property
+    def global_certified_lower(self) -> float | None:
+        if self.certified_lower is None:
+            return None
+        return float(self.certified_lower.double().mean())
+
+    @property
+    def accuracy(self) -> float | None:
+        """Accuracy of the reference labels against ``labels`` (``None`` without labels)."""
+        if self.labels is None or self.labels.numel() == 0:
+            return None
+        return float((self.predicted == self.labels).double().mean())
+
+    @property
+    def lower_kind(self) -> list[str]:
+        """Per input: ``"certified"`` where the certified bound equals the grid bound, else ``"grid"``."""
+        if self.certified_lower is None:
+            return ["grid"] * int(self.lower.numel())
+        return ["certified" if bool(c == g) else "grid" for c, g in zip(self.certified_lower, self.lower, strict=True)]
+
+    def summary(self) -> dict[str, Any]:
+        """The global numbers as a plain dict."""
+        out: dict[str, Any] = {
+            "lower": self.global_lower,
+            "upper": self.global_upper,
+            "estimate": self.estimate,
+            "radius": self.radius,
+            "t": self.t,
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
+            "accuracy": self.accuracy,
+            "converged": int(self.converged.sum()),
+            "inputs": int(self.lower.numel()),
+        }
+        if self.certified_lower is not None:
+            out["certified_lower"] = self.global_certified_lower
+        return out
+
+    # -- serialisation -----------------------------------------------------------------------
+    def to_dict(self, include_adversarial: bool = False) -> dict[str, Any]:
+        """JSON-serialisable dict: summary, per-input rows, history."""
+        rows = []
+        kinds = self.lower_kind
+        for i in range(int(self.lower.numel())):
+            row: dict[str, Any] = {
+                "index": i,
+                "label": None if self.labels is None else int(self.labels[i]),
+                "predicted": int(self.predicted[i]),
+                "lower": int(self.lower[i]),
+                "upper": int(self.upper[i]),
+                "lower_kind": kinds[i],
+                "converged": bool(self.converged[i]),
+                "found": bool(self.found[i]),
+                "adversarial_label": int(self.adversarial_label[i]) if bool(self.found[i]) else None,
+            }
+            if self.certified_lower is not None:
+                row["certified_lower"] = int(self.certified_lower[i])
+            rows.append(row)
+        out: dict[str, Any] = {
+            "global": self.summary(),
+            "inputs": rows,
+            "n_features": self.n_features,
+            "epsilon": self.epsilon,
+            "features": self.features,
+            "level_complete": self.level_complete,
+            "stopped": self.stopped,
+            "history": list(self.history),
+            "level_seconds": list(self.level_seconds),
+        }
+        if include_adversarial:
+            out["adversarial"] = self.adversarial.tolist()
+        return out
+
+    def state(self) -> dict[str, Any]:
+        """All fields as a dict of tensors and plain values (``torch.load(weights_only=True)``-safe)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def copy(self) -> Result:
+        """A deep copy (tensors cloned) — snapshots never alias the live state."""
+        import copy as _copy
+
+        return _copy.deepcopy(self)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Write atomically (temp file + ``os.replace``); read back with :meth:`load`."""
+        atomic_torch_save({"format": "l0tre.Result/1", **self.state()}, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Result:
+        """Read a result written by :meth:`save`."""
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"path: no result file at {str(p)!r}")
+        try:
+            data = torch.load(p, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any unpickling failure means a bad file
+            raise ValueError(f"path: {str(p)!r} is not a readable l0tre result ({exc})") from exc
+        if not isinstance(data, dict) or data.get("format") != "l0tre.Result/1":
+            raise ValueError(f"path: {str(p)!r} is not an l0tre result file")
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})

@@ -1,0 +1,30 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+def shared_data_dir() -> Path:
+    """The shared data folder: ``$L0TRE_DATA``, else ``shared/data`` beside the repository.
+
+    Fails the test (never skips) when the folder is missing.
+    """
+    env = os.environ.get("L0TRE_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not (root / "MANIFEST.md").is_file():
+        pytest.fail(
+            f"shared data not found at {root} (needs MANIFEST.md); set L0TRE_DATA to the "
+            "shared/data folder",
+            pytrace=False,
+        )
+    return root
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path to the shared data folder (models, MNIST, CIFAR-10 sample, ImageNet samples)."""
+    return shared_data_dir()

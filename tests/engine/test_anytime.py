@@ -1,0 +1,152 @@
+"""Anytime behaviour: chunk invariance, interrupt + resume, time budget, save/load."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import l0tre
+
+from .test_oracle import random_cnn, random_mlp
+
+
+def _inputs(shape: tuple[int, int, int], n: int = 5, seed: int = 3) -> torch.Tensor:
+    return torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def _same(a: l0tre.Result, b: l0tre.Result) -> None:
+    assert torch.equal(a.lower, b.lower)
+    assert torch.equal(a.upper, b.upper)
+    assert torch.equal(a.found, b.found)
+    assert torch.equal(a.adversarial, b.adversarial)
+    assert torch.equal(a.adversarial_label, b.adversarial_label)
+    assert a.t == b.t
+
+
+@pytest.mark.parametrize("make", [random_mlp, random_cnn])
+@pytest.mark.parametrize("shape,t_max,sizes", [((3, 3, 3), 2, (5, 64, 10_000)), ((1, 3, 3), 3, (1, 7, 10_000))])
+def test_identical_results_for_different_chunk_sizes(
+    make: object, shape: tuple[int, int, int], t_max: int, sizes: tuple[int, ...]
+) -> None:
+    model = make(shape, 4, 21)  # type: ignore[operator]
+    x = _inputs(shape, 5)
+    results = [l0tre.evaluate(model, x, epsilon=0.5, t_max=t_max, batch_size=b) for b in sizes]
+    for r in results[1:]:
+        _same(results[0], r)
+    small_mem = l0tre.evaluate(model, x, epsilon=0.5, t_max=t_max, max_memory=60_000)
+    _same(results[0], small_mem)
+
+
+def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
+    shape = (1, 4, 4)
+    model = random_mlp(shape, 3, 5, hidden=16)
+    x = _inputs(shape, 6, seed=9)
+    full = l0tre.evaluate(model, x, epsilon=0.5, t_max=3, batch_size=16)
+    n_snaps = len(list(l0tre.evaluate_iter(model, x, epsilon=0.5, t_max=3, batch_size=16, report_every=1e-9)))
+    assert n_snaps > 6  # mid-level snapshots exist
+    for stop_after in (1, 2, n_snaps // 2, n_snaps - 2):
+        ckpt = tmp_path / f"ck{stop_after}.pt"
+        gen = l0tre.evaluate_iter(model, x, epsilon=0.5, t_max=3, batch_size=16,
+                                  report_every=1e-9, checkpoint=ckpt)
+        for i, _ in enumerate(gen):
+            if i + 1 >= stop_after:
+                break
+        gen.close()  # like Ctrl-C between snapshots
+        assert ckpt.exists()
+        resumed = l0tre.evaluate(model, x, epsilon=0.5, t_max=3, batch_size=16, checkpoint=ckpt)
+        _same(full, resumed)
+
+
+class _InterruptAfter(nn.Module):
+    """Wraps a model and raises KeyboardInterrupt on the k-th forward call."""
+
+    def __init__(self, inner: nn.Module, k: int) -> None:
+        super().__init__()
+        self.inner, self.k, self.calls = inner, k, 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == self.k:
+            raise KeyboardInterrupt
+        return self.inner(x)
+
+
+def test_keyboard_interrupt_returns_consistent_bounds_and_resumes(tmp_path: Path) -> None:
+    shape = (1, 4, 4)
+    inner = random_mlp(shape, 3, 8, hidden=16)
+    x = _inputs(shape, 6, seed=2)
+    counter = _InterruptAfter(inner, -1)
+    full = l0tre.evaluate(counter, x, epsilon=0.5, t_max=3, batch_size=16, report_every=1e-9)
+    total = counter.calls
+    assert total > 10
+    for k in (3, total // 3, total // 2, total - 1):
+        ckpt = tmp_path / f"int{k}.pt"
+        res = l0tre.evaluate(_InterruptAfter(inner, k), x, epsilon=0.5, t_max=3, batch_size=16,
+                             checkpoint=ckpt, report_every=1e-9)
+        assert res.stopped == "interrupted"
+        # consistent: bounds bracket the final answer
+        assert bool((res.lower <= full.lower).all()) and bool((res.upper >= full.upper).all())
+        resumed = l0tre.evaluate(_InterruptAfter(inner, -1), x, epsilon=0.5, t_max=3, batch_size=16,
+                                 checkpoint=ckpt)
+        _same(full, resumed)
+
+
+def test_time_budget_stops_with_consistent_snapshot() -> None:
+    shape = (1, 6, 6)
+    model = random_mlp(shape, 3, 1, hidden=32)
+    x = _inputs(shape, 8)
+    res = l0tre.evaluate(model, x, epsilon=0.25, t_max=4, batch_size=8, time_budget=1e-6)
+    assert res.stopped == "time_budget"
+    assert bool((res.lower <= res.upper).all())
+    check = l0tre.evaluate(model, x, epsilon=0.25, t_max=1)
+    assert bool((res.lower <= check.lower).all())
+
+
+def test_snapshots_monotone_and_final_reason() -> None:
+    shape = (1, 3, 4)
+    model = random_mlp(shape, 3, 4)
+    x = _inputs(shape, 4)
+    snaps = list(l0tre.evaluate_iter(model, x, epsilon=0.5, t_max=2, report_every=1e-9, batch_size=8))
+    for a, b in zip(snaps, snaps[1:], strict=False):
+        assert bool((b.lower >= a.lower).all()) and bool((b.upper <= a.upper).all())
+        assert b.t >= a.t and b.evaluations >= a.evaluations
+    assert snaps[-1].stopped in ("t_max", "converged")
+    assert snaps[-1].t == 2 or snaps[-1].stopped == "converged"
+    assert any(s.level_complete for s in snaps)
+
+
+def test_save_load_roundtrip_and_to_dict(tmp_path: Path) -> None:
+    shape = (3, 2, 2)
+    model = random_mlp(shape, 3, 2)
+    x = _inputs(shape, 3)
+    res = l0tre.evaluate(model, x, epsilon=0.5, t_max=2, labels=torch.tensor([0, 1, 2]))
+    path = tmp_path / "r.pt"
+    res.save(path)
+    back = l0tre.Result.load(path)
+    _same(res, back)
+    d = back.to_dict()
+    assert d["global"]["lower"] == pytest.approx(float(res.lower.double().mean()))
+    assert d["global"]["estimate"] == pytest.approx((d["global"]["lower"] + d["global"]["upper"]) / 2)
+    assert d["global"]["radius"] == pytest.approx((d["global"]["upper"] - d["global"]["lower"]) / 2)
+    assert d["global"]["accuracy"] == pytest.approx(float((res.predicted == torch.tensor([0, 1, 2])).double().mean()))
+    assert [r["lower_kind"] for r in d["inputs"]] == ["grid"] * 3
+    assert not list(tmp_path.glob("*.tmp"))
+    (tmp_path / "bad.pt").write_bytes(b"not a result")
+    with pytest.raises(ValueError, match="path: .*not a readable l0tre result"):
+        l0tre.Result.load(tmp_path / "bad.pt")
+    with pytest.raises(FileNotFoundError, match="path: no result file"):
+        l0tre.Result.load(tmp_path / "missing.pt")
+
+
+def test_checkpoint_for_other_inputs_is_refused(tmp_path: Path) -> None:
+    shape = (1, 2, 2)
+    model = random_mlp(shape, 3, 2)
+    ckpt = tmp_path / "c.pt"
+    l0tre.evaluate(model, _inputs(shape, 2), epsilon=0.5, t_max=1, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="checkpoint: .*another model, inputs or options"):
+        l0tre.evaluate(model, _inputs(shape, 2, seed=99), epsilon=0.5, t_max=1, checkpoint=ckpt)
+    with pytest.raises(ValueError, match="checkpoint: .*another model, inputs or options"):
+        l0tre.evaluate(model, _inputs(shape, 2), epsilon=0.25, t_max=1, checkpoint=ckpt)

@@ -1,0 +1,111 @@
+"""Pixel vs element semantics, grid, reference label, and input guards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import l0tre
+from l0tre.engine.grid import check_epsilon, colours, grid_values
+from l0tre.engine.subspaces import count_points, n_subsets, unrank
+
+from .test_oracle import random_mlp
+
+
+class RedPixelDetector(nn.Module):
+    """Class 1 iff some pixel is bright red (R high, G and B low): one pixel flip, three channels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        red = (x[:, 0] - x[:, 1] - x[:, 2]).amax(dim=(1, 2))  # (N,)
+        return torch.stack([0.5 - red, red - 0.5], 1)
+
+
+def test_pixel_counts_one_per_position_on_rgb() -> None:
+    x = torch.full((2, 3, 3, 3), 0.5)
+    res = l0tre.evaluate(RedPixelDetector(), x, epsilon=0.5, t_max=2)
+    assert res.upper.tolist() == [0, 0] and res.lower.tolist() == [0, 0]
+    changed = (res.adversarial != x).any(1).sum((1, 2))
+    assert changed.tolist() == [1, 1]
+    assert ((res.adversarial != x).sum((1, 2, 3)) >= 2).all()  # several channels of that pixel moved
+    el = l0tre.evaluate(RedPixelDetector(), x, epsilon=0.5, t_max=3, features="element")
+    # element features: red needs R up AND G, B down → 3 elements → d = 2
+    assert el.lower.tolist() == [2, 2] and el.upper.tolist() == [2, 2]
+
+
+def test_grid_and_subsets() -> None:
+    assert check_epsilon(0.5) == 2 and check_epsilon(0.25) == 4 and check_epsilon(0.1) == 10
+    assert grid_values(2, (0.0, 1.0)).tolist() == [0.0, 0.5, 1.0]
+    assert grid_values(4, (-1.0, 1.0)).tolist() == [-1.0, -0.5, 0.0, 0.5, 1.0]
+    assert colours(grid_values(2, (0.0, 1.0)), 3).shape == (27, 3)
+    for n, t in ((5, 1), (6, 2), (7, 3)):
+        subs = unrank(torch.arange(n_subsets(n, t)), n, t)
+        assert len({tuple(s) for s in subs.tolist()}) == n_subsets(n, t)
+        assert bool((subs[:, 1:] > subs[:, :-1]).all()) if t > 1 else True
+        assert bool((subs >= 0).all() and (subs < n).all())
+    v = torch.tensor([[2, 3, 1, 4]])
+    # e_2 = sum of pairwise products
+    assert count_points(v, 2).item() == 2 * 3 + 2 * 1 + 2 * 4 + 3 * 1 + 3 * 4 + 1 * 4
+
+
+def test_evaluations_match_estimate_at_t1() -> None:
+    model = random_mlp((1, 3, 3), 3, 1)
+    x = torch.rand(2, 1, 3, 3, dtype=torch.float64)
+    x[0, 0, 0, 0] = 0.5  # on the grid: one colour skipped
+    res = l0tre.evaluate(model, x, epsilon=0.5, t_max=1, top_k=1)
+    assert res.evaluations >= 2 * 9 * 2 - 1  # the sensitivity pass alone
+
+
+def test_reference_is_prediction_and_accuracy_reported() -> None:
+    model = random_mlp((1, 2, 2), 3, 4)
+    x = torch.rand(4, 1, 2, 2, dtype=torch.float64)
+    pred = model(x).argmax(1)
+    wrong = (pred + 1) % 3
+    res = l0tre.evaluate(model, x, epsilon=0.5, t_max=1, labels=wrong)
+    assert torch.equal(res.predicted, pred)
+    assert torch.equal(res.labels, wrong)
+    assert res.accuracy == 0.0
+
+
+MODEL = random_mlp((1, 2, 2), 3, 0)
+X = torch.rand(2, 1, 2, 2, dtype=torch.float64)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,message",
+    [
+        ({"x": X[0]}, ValueError, r"x: expected shape \(N, C, H, W\), got \(1, 2, 2\)"),
+        ({"x": (X * 255).long()}, TypeError, r"x: expected a floating-point tensor.*int64"),
+        ({"x": X.numpy()}, TypeError, r"x: expected a torch.Tensor.*ndarray"),
+        ({"x": X[:0]}, ValueError, r"x: expected at least one input, got an empty batch"),
+        ({"x": X * 2}, ValueError, r"x: expected values inside the model bounds \[0.0, 1.0\], got range"),
+        ({"x": X.clone().fill_(float("nan"))}, ValueError, r"x: expected finite values, got 8 NaN/Inf"),
+        ({"epsilon": 0}, ValueError, r"epsilon: expected a number in \(0, 1\]"),
+        ({"epsilon": -0.5}, ValueError, r"epsilon: expected a number in \(0, 1\]"),
+        ({"epsilon": 0.3}, ValueError, r"epsilon: expected 1/epsilon to be a whole number.*got 0.3"),
+        ({"epsilon": "0.5"}, TypeError, r"epsilon: expected a number"),
+        ({"t_max": 0}, ValueError, r"t_max: expected a positive integer, got 0"),
+        ({"t_max": 1.5}, TypeError, r"t_max: expected a positive integer, got float"),
+        ({"features": "channel"}, ValueError, r"features: expected 'pixel' or 'element', got 'channel'"),
+        ({"batch_size": 0}, ValueError, r"batch_size: expected a positive integer, got 0"),
+        ({"time_budget": -1}, ValueError, r"time_budget: expected a positive finite number, got -1"),
+        ({"labels": torch.tensor([1])}, ValueError, r"labels: expected shape \(2,\) to match x"),
+        ({"bounds": (1, 0)}, ValueError, r"bounds: expected finite lo < hi, got \(1.0, 0.0\)"),
+        ({"device": "tpu"}, ValueError, r"device: expected 'auto', 'cpu', 'cuda'"),
+        ({"max_evaluations": 10}, ValueError,
+         r"max_evaluations: level t=1 needs about 24 model evaluations .* lower t_max, use a coarser epsilon"),
+    ],
+)
+def test_guards(kwargs: dict[str, object], exc: type[Exception], message: str) -> None:
+    args: dict[str, object] = {"x": X, "epsilon": 0.5, "t_max": 1}
+    args.update(kwargs)
+    x = args.pop("x")
+    with pytest.raises(exc, match=message):
+        l0tre.evaluate(MODEL, x, **args)  # type: ignore[arg-type]
+
+
+def test_model_output_shape_guard() -> None:
+    with pytest.raises(ValueError, match=r"model output: expected shape \(N, classes\) = \(2, K\), got \(2, 3, 1\)"):
+        l0tre.evaluate(lambda x: MODEL(x.double()).unsqueeze(2), X, epsilon=0.5, t_max=1)
+    with pytest.raises(ValueError, match=r"model output: expected shape \(N, classes\)"):
+        l0tre.evaluate(lambda x: MODEL(x.double())[:1], X, epsilon=0.5, t_max=1)
