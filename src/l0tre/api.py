@@ -10,6 +10,7 @@ from torch import nn
 
 from .classifier import Classifier, as_classifier
 from .engine.driver import Engine, ProgressHook, estimate_guard
+from .engine.fastpath import tune
 from .engine.objective import Objective
 from .engine.options import (
     DEFAULT_MAX_EVALUATIONS,
@@ -45,6 +46,7 @@ def prepare(
     top_k: int | None = None,
     objective: Objective | None = None,
     progress: ProgressHook | None = None,
+    mode: str = "auto",
 ) -> Engine:
     """Validate everything and build the :class:`~l0tre.engine.driver.Engine` (no work yet)."""
     opts = EvaluateOptions.build(
@@ -55,7 +57,8 @@ def prepare(
     clf = as_classifier(model, bounds=bounds, device=device)
     x = check_inputs(x, clf)
     lab = check_labels(labels, x.shape[0])
-    rows = plan_batch_size(clf, tuple(x.shape[1:]), opts.batch_size, opts.max_memory)
+    cap = plan_batch_size(clf, tuple(x.shape[1:]), None, opts.max_memory)
+    _, rows = tune(clf, tuple(x.shape[1:]), cap, opts.batch_size, mode)
     engine = Engine(clf, x, opts, labels=lab, batch_size=rows, checkpoint=checkpoint,
                     objective=objective, progress=progress)
     estimate_guard(engine, opts.t_max, opts.max_evaluations)
@@ -94,6 +97,9 @@ def evaluate(model: ModelLike, x: torch.Tensor, *, epsilon: float = 0.5, t_max: 
         labels: ``(N,)`` true labels (accuracy is reported; the reference stays the prediction).
         max_evaluations: refuse (``ValueError``) a level that needs more model evaluations.
         top_k: subsets kept per input for the upper-bound search (default ``max(n, 1024)``).
+        mode: forward execution mode: ``"auto"`` (times eager vs channels_last and keeps the
+            faster), ``"eager"`` (plain, the switch to turn optimisations off),
+            ``"channels_last"``, ``"compile"``, ``"compile+channels_last"``.
         show_progress: a tqdm progress bar on stderr.
 
     Returns:

@@ -114,6 +114,35 @@ class Classifier:
             if isinstance(model, nn.Module):
                 model.to(self.device)
         self._pre: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.channels_last = False
+        self.tuned: dict[tuple[object, ...], tuple[str, int]] = {}  # execution-mode choices, see fastpath
+        self._forward: Callable[[torch.Tensor], torch.Tensor] = model
+
+    # -- execution mode -----------------------------------------------------------------------
+    def set_mode(self, *, channels_last: bool = False, compile: bool = False) -> None:
+        """Execution mode of the forward pass (results are numerically equivalent).
+
+        ``channels_last`` converts the module's weights and inputs to NHWC memory layout;
+        ``compile`` wraps the module in ``torch.compile`` (slow first call, faster after).
+        """
+        module = self.modules()
+        if module is None:
+            if channels_last or compile:
+                raise ValueError("mode: channels_last/compile need a torch.nn.Module model, got a callable")
+            return
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        module.to(memory_format=fmt)  # type: ignore[call-overload]
+        self.channels_last = channels_last
+        self._forward = torch.compile(module) if compile else module
+
+    @property
+    def mode(self) -> str:
+        """``"eager"``, ``"channels_last"``, ``"compile"`` or ``"compile+channels_last"``."""
+        compiled = self._forward is not self.model
+        name = "compile" if compiled else "eager"
+        if self.channels_last:
+            name = "channels_last" if not compiled else "compile+channels_last"
+        return name
 
     # -- forward ------------------------------------------------------------------------------
     def _normalise(self, x: torch.Tensor) -> torch.Tensor:
@@ -129,11 +158,14 @@ class Classifier:
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """Raw model outputs ``(N, classes)`` for pixel-space inputs ``x`` ``(N, C, H, W)``."""
-        x = x.to(device=self.device, dtype=self.dtype)
-        out = self.model(self._normalise(x))
+        n_rows = x.shape[0]
+        x = self._normalise(x.to(device=self.device, dtype=self.dtype))
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        out = self._forward(x)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"model output: expected a torch.Tensor, got {type(out).__name__}")
-        if out.dim() != 2 or out.shape[0] != x.shape[0]:
+        if out.dim() != 2 or out.shape[0] != n_rows:
             raise ValueError(
                 f"model output: expected shape (N, classes) = ({x.shape[0]}, K), got {tuple(out.shape)}"
             )

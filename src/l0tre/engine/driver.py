@@ -278,7 +278,7 @@ class Engine:
     # -- planning -----------------------------------------------------------------------------
     def _plan_level(self, t: int, active: torch.Tensor, start: float) -> _LevelProgress:
         per_input = count_points(self.valid_counts[active], t).clamp_min(1)
-        target = 64 * self.batch_size
+        target = 16 * self.batch_size
         shards: list[list[int]] = []
         cur: list[int] = []
         cur_cost = 0.0

@@ -1,0 +1,123 @@
+"""Choosing the fastest forward-pass execution mode (eager / channels_last / compile).
+
+Modes only change memory layout or kernel fusion, not the function computed; the tests check
+that bounds are identical to the plain path. ``auto`` times eager against channels_last on a
+real batch and keeps the faster one; ``torch.compile`` is only used when asked for (its first
+call takes seconds to minutes).
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+
+import torch
+from torch import nn
+
+from ..classifier import Classifier
+
+__all__ = ["Mode", "select_mode", "time_forward", "tune", "tune_batch_size"]
+
+
+class Mode(str, enum.Enum):
+    AUTO = "auto"
+    EAGER = "eager"
+    CHANNELS_LAST = "channels_last"
+    COMPILE = "compile"
+    COMPILE_CHANNELS_LAST = "compile+channels_last"
+
+    @classmethod
+    def parse(cls, value: str | Mode) -> Mode:
+        if isinstance(value, Mode):
+            return value
+        for m in cls:
+            if m.value == value:
+                return m
+        raise ValueError(
+            f"mode: expected one of {', '.join(repr(m.value) for m in cls)}, got {value!r}"
+        )
+
+
+def time_forward(model: Classifier, x: torch.Tensor, repeats: int = 2) -> float:
+    """Best-of-``repeats`` seconds for one forward pass of ``x`` (after one warm-up call)."""
+    model(x)
+    best = float("inf")
+    for _ in range(repeats):
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        t0 = time.perf_counter()
+        model(x)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize(x.device)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def _has_conv(module: nn.Module | None) -> bool:
+    return module is not None and any(isinstance(m, nn.Conv2d) for m in module.modules())
+
+
+def _sample(model: Classifier, shape: tuple[int, ...], rows: int) -> torch.Tensor:
+    lo, hi = model.bounds
+    gen = torch.Generator().manual_seed(0)
+    return (lo + (hi - lo) * torch.rand(rows, *shape, generator=gen)).to(model.device, model.dtype)
+
+
+def tune_batch_size(model: Classifier, shape: tuple[int, ...], cap: int) -> int:
+    """The batch size (128 … 1024, ≤ ``cap``) with the best measured throughput."""
+    candidates = [b for b in (128, 256, 512, 1024) if b <= cap] or [cap]
+    best, best_rate = candidates[0], 0.0
+    for b in candidates:
+        rate = b / time_forward(model, _sample(model, shape, b), repeats=1)
+        if rate > best_rate * 1.03:  # prefer smaller batches unless clearly faster
+            best, best_rate = b, rate
+    return best
+
+
+def tune(
+    model: Classifier, shape: tuple[int, ...], cap: int, batch_size: int | None, mode: str | Mode = "auto"
+) -> tuple[str, int]:
+    """Configure the execution ``mode`` and choose the batch size.
+
+    ``cap`` is the memory-derived maximum rows per call; a user ``batch_size`` is kept (capped),
+    otherwise ``auto`` measures a few batch sizes (GPU: the cap) and keeps the fastest.
+    Returns ``(mode in use, batch size)``.
+    """
+    rows = min(batch_size, cap) if batch_size is not None else min(cap, 4096)
+    key = (tuple(shape), Mode.parse(mode).value, rows, batch_size is None)
+    if key in model.tuned:
+        used, rows = model.tuned[key]
+        select_mode(model, shape, rows, used)
+        return used, rows
+    used = select_mode(model, shape, min(rows, 256), mode)
+    if batch_size is None and model.device.type == "cpu" and Mode.parse(mode) is not Mode.EAGER:
+        rows = tune_batch_size(model, shape, rows)
+    model.tuned[key] = (used, rows)
+    return used, rows
+
+
+def select_mode(model: Classifier, shape: tuple[int, ...], batch_size: int, mode: str | Mode = Mode.AUTO) -> str:
+    """Configure ``model`` for ``mode`` and return the mode in use.
+
+    ``auto`` considers channels_last only for float32 convolutional modules and keeps it only
+    when it is at least 5 % faster on a batch of ``batch_size`` inputs.
+    """
+    m = Mode.parse(mode)
+    if m is Mode.EAGER:
+        model.set_mode()
+    elif m is Mode.CHANNELS_LAST:
+        model.set_mode(channels_last=True)
+    elif m is Mode.COMPILE:
+        model.set_mode(compile=True)
+    elif m is Mode.COMPILE_CHANNELS_LAST:
+        model.set_mode(channels_last=True, compile=True)
+    else:
+        model.set_mode()
+        if model.dtype == torch.float32 and _has_conv(model.modules()) and len(shape) == 3:
+            x = _sample(model, shape, batch_size)
+            eager = time_forward(model, x)
+            model.set_mode(channels_last=True)
+            cl = time_forward(model, x)
+            if not cl < 0.95 * eager:
+                model.set_mode()
+    return model.mode
