@@ -180,10 +180,11 @@ def main() -> None:
         for r in limit:
             ips = f"{r['images_per_s']:.0f}" if r.get("images_per_s") else "error"
             print(f"{r['mode']:<24}{str(r['batch']):>7}{ips:>12}")
+        first_ub = run["first_upper_bound_s"]
+        first_ub_txt = "none" if first_ub is None else f"{first_ub:.2f} s"
         print(f"\nengine ({run['mode_used']}): {run['evaluations_per_s']:.0f} evaluations/s, "
               f"ratio to limit {run['ratio_to_limit']:.2f}, {run['seconds_per_image']:.3f} s/image, "
-              f"first snapshot {run['first_snapshot_s']:.2f} s, first upper bound "
-              f"{run['first_upper_bound_s'] if run['first_upper_bound_s'] is None else round(run['first_upper_bound_s'], 2)} s")
+              f"first snapshot {run['first_snapshot_s']:.2f} s, first upper bound {first_ub_txt}")
     out = Path(args.json_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
