@@ -47,6 +47,7 @@ def prepare(
     objective: Objective | None = None,
     progress: ProgressHook | None = None,
     mode: str = "auto",
+    incremental: bool | None = None,
 ) -> Engine:
     """Validate everything and build the :class:`~l0tre.engine.driver.Engine` (no work yet)."""
     opts = EvaluateOptions.build(
@@ -60,7 +61,9 @@ def prepare(
     cap = plan_batch_size(clf, tuple(x.shape[1:]), None, opts.max_memory)
     _, rows = tune(clf, tuple(x.shape[1:]), cap, opts.batch_size, mode)
     engine = Engine(clf, x, opts, labels=lab, batch_size=rows, checkpoint=checkpoint,
-                    objective=objective, progress=progress)
+                    objective=objective, progress=progress,
+                    incremental=mode != "eager" if incremental is None else incremental,
+                    force_incremental=bool(incremental))
     estimate_guard(engine, opts.t_max, opts.max_evaluations)
     engine.load_checkpoint()
     return engine
@@ -98,7 +101,10 @@ def evaluate(model: ModelLike, x: torch.Tensor, *, epsilon: float = 0.5, t_max: 
         max_evaluations: refuse (``ValueError``) a level that needs more model evaluations.
         top_k: subsets kept per input for the upper-bound search (default ``max(n, 1024)``).
         mode: forward execution mode: ``"auto"`` (times eager vs channels_last and keeps the
-            faster), ``"eager"`` (plain, the switch to turn optimisations off),
+            faster; incremental t=1 evaluation of leading conv layers), ``"eager"`` (the plain
+            path: the switch that turns every optimisation off),
+        incremental: ``None`` (use the incremental t=1 path when it measures faster), ``True``
+            (always, when the model allows it), ``False`` (never).
             ``"channels_last"``, ``"compile"``, ``"compile+channels_last"``.
         show_progress: a tqdm progress bar on stderr.
 

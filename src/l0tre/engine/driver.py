@@ -24,6 +24,8 @@ from ..classifier import Classifier
 from ..result import Result, atomic_torch_save
 from .features import FeatureSpace
 from .grid import colours, grid_values, valid_colours
+from .fastpath import incremental_pays
+from .incremental import IncrementalPrefix
 from .objective import Misclassification, Objective
 from .options import EvaluateOptions
 from .sensitivity import LevelContext, UnitResult, empty_unit, evaluate_unit, merge_units
@@ -76,6 +78,8 @@ class Engine:
         checkpoint: str | os.PathLike[str] | None,
         objective: Objective | None = None,
         progress: ProgressHook | None = None,
+        incremental: bool = True,
+        force_incremental: bool = False,
     ) -> None:
         self.model = model
         self.opts = options
@@ -113,6 +117,11 @@ class Engine:
         self.elapsed_before = 0.0
         self.fingerprint = self._fingerprint(x)
         self.tables: dict[int, torch.Tensor] = {}
+        self.incremental = IncrementalPrefix.build(model, self.space.shape) if incremental else None
+        if self.incremental is not None and options.t_max >= 1 and not force_incremental:
+            probe = self.x0[: min(8, n_in)]
+            if not incremental_pays(model, self.incremental, probe, min(self.batch_size, 256)):
+                self.incremental = None
 
     # -- helpers ------------------------------------------------------------------------------
     def _reference(self) -> torch.Tensor:
@@ -343,6 +352,7 @@ class Engine:
                             self.model, self.objective, self.x0[dev_idx], self.ref[dev_idx],
                             self.valid[dev_idx], shard, ctx, lvl.next_rank, r1,
                             batch_size=self.batch_size, k=self.top_k, on_batch=self.progress.advance,
+                            incremental=self.incremental,
                         )
                         acc = merge_units(acc, _cast(unit, acc.conf.dtype), self.top_k)
                         lvl.next_rank = r1

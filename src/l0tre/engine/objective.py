@@ -58,7 +58,11 @@ class Misclassification:
         return model(x0).argmax(dim=1)
 
     def evaluate(self, model: Classifier, x: torch.Tensor, ref: torch.Tensor) -> ObjectiveValues:
-        raw = model(x)
+        return self.from_outputs(model, model(x), ref)
+
+    def from_outputs(self, model: Classifier, raw: torch.Tensor, ref: torch.Tensor) -> ObjectiveValues:
+        """Values from raw model outputs ``(B, classes)`` (lets the engine compute outputs its own
+        way, e.g. incrementally)."""
         s = model.as_scores(raw)
         ref = ref.to(s.device)
         s_j = s.gather(1, ref.view(-1, 1)).squeeze(1)

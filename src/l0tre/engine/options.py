@@ -131,8 +131,9 @@ def _activation_bytes(model: Classifier, shape: tuple[int, ...]) -> int:
     """Bytes of all leaf-module outputs for one sample (a probe forward pass)."""
     module = model.modules()
     total = 0
-    if module is None:
-        return 0
+    if module is None or isinstance(module, torch.jit.ScriptModule):
+        # no hooks on callables / TorchScript: assume activations ≈ 64 × the input
+        return 64 * math.prod(shape) * torch.empty((), dtype=model.dtype).element_size()
 
     def hook(_m: nn.Module, _i: object, out: object) -> None:
         nonlocal total

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 
 from ..classifier import Classifier
-from .features import FeatureSpace
-from .objective import Objective
+from .features import FeatureKind, FeatureSpace
+from .incremental import BOUNDARY_TOL, IncrementalPrefix
+from .objective import Objective, ObjectiveValues
 from .subspaces import unrank
 
 __all__ = ["LevelContext", "UnitResult", "evaluate_unit", "merge_units", "empty_unit", "sort_topk"]
@@ -163,6 +164,7 @@ def evaluate_unit(
     batch_size: int,
     k: int,
     on_batch: Callable[[int], None] | None = None,
+    incremental: IncrementalPrefix | None = None,
 ) -> UnitResult:
     """Evaluate all grid points of subsets with ranks ``[r0, r1)`` for the given inputs.
 
@@ -174,6 +176,8 @@ def evaluate_unit(
         batch_size: model batch size (rows per model call).
         k: how many subsets to keep per input.
         on_batch: called with the number of evaluations after every model call.
+        incremental: at ``t = 1``, compute outputs through :class:`IncrementalPrefix` (rows whose
+            margin is within ``BOUNDARY_TOL`` of zero are re-evaluated with the plain forward pass).
     """
     dev = x0.device
     na = x0.shape[0]
@@ -188,12 +192,17 @@ def evaluate_unit(
     w_score = torch.full((na,), float("inf"), dtype=dtype, device=dev)
     w_pos = torch.full((na,), -1, dtype=torch.int64, device=dev)
     evals = torch.zeros(na, dtype=torch.int64, device=dev)
+    use_inc = incremental is not None and ctx.t == 1 and hasattr(objective, "from_outputs")
+    caches = incremental.base(x0) if use_inc and incremental is not None else None
     for b0 in range(0, cand.shape[0], batch_size):
         c = cand[b0 : b0 + batch_size]
         a, s, p = c[:, 0], c[:, 1], c[:, 2]
-        x = x0[a].clone()
-        ctx.space.scatter(x, subsets[s], ctx.values(p))
-        ov = objective.evaluate(model, x, ref[a])
+        if caches is not None and incremental is not None:
+            ov = _incremental_values(model, objective, incremental, caches, x0, ref, ctx, subsets, a, s, p)
+        else:
+            x = x0[a].clone()
+            ctx.space.scatter(x, subsets[s], ctx.values(p))
+            ov = objective.evaluate(model, x, ref[a])
         score, conf = ov.score.to(dtype), ov.confidence.to(dtype)
         key = a * s_count + s
         bc = torch.full_like(min_conf, float("inf")).scatter_reduce(0, key, conf, "amin")
@@ -237,6 +246,36 @@ def evaluate_unit(
         evaluations=evals.cpu(),
     )
     return _pad(result, k)
+
+
+def _incremental_values(
+    model: Classifier, objective: Objective, inc: IncrementalPrefix,
+    caches: tuple[torch.Tensor, torch.Tensor], x0: torch.Tensor, ref: torch.Tensor, ctx: LevelContext,
+    subsets: torch.Tensor, a: torch.Tensor, s: torch.Tensor, p: torch.Tensor,
+) -> ObjectiveValues:
+    """Objective values of t=1 rows via the incremental prefix, near-boundary rows re-checked."""
+    feat = subsets[s, 0]
+    vals = ctx.values(p)[:, 0, :]  # (B, Cf)
+    space = ctx.space
+    if space.kind is FeatureKind.PIXEL:
+        raw = inc.outputs(caches, a, feat, vals)
+    else:
+        hw = space.shape[1] * space.shape[2]
+        raw = inc.outputs(caches, a, feat % hw, vals, channel=feat // hw)
+    ov = objective.from_outputs(model, raw, ref[a])  # type: ignore[attr-defined]
+    near = ov.score.abs() <= BOUNDARY_TOL * (1.0 + raw.abs().amax(dim=1))
+    if bool(near.any()):
+        idx = near.nonzero().squeeze(1)
+        x = x0[a[idx]].clone()
+        space.scatter(x, subsets[s[idx]], ctx.values(p[idx]))
+        exact = objective.evaluate(model, x, ref[a[idx]])
+        fields = {}
+        for name in ("score", "confidence", "success", "label"):
+            v = getattr(ov, name).clone()
+            v[idx] = getattr(exact, name).to(v.dtype)
+            fields[name] = v
+        ov = ObjectiveValues(**fields)
+    return ov
 
 
 def _pad(u: UnitResult, k: int) -> UnitResult:

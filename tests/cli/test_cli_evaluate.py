@@ -1,0 +1,188 @@
+"""``l0tre evaluate`` end to end (subprocess): output files, --json, --resume, Ctrl-C / SIGTERM."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from l0tre.cli import main
+
+from .conftest import Assets, popen_cli, run_cli
+
+GLOBAL_KEYS = {"lower", "upper", "estimate", "radius", "t", "evaluations", "seconds", "accuracy"}
+INPUT_KEYS = {"index", "label", "predicted", "lower", "upper", "lower_kind", "converged", "adversarial_label"}
+CONFIG_KEYS = {"model", "data", "epsilon", "t_max", "features", "time_budget", "device", "batch_size", "out",
+               "resume", "quiet", "seed", "json", "limit", "indices", "start", "only_correct", "data_root",
+               "trust_pickle", "arch", "max_memory", "max_evaluations", "report_every", "l0tre_version"}
+
+
+@pytest.fixture(scope="module")
+def evaluated(assets: Assets, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any, dict[str, Any]]:
+    """One run on the tiny model: 5 of the 6 inputs (indices 0-2,4,5), t_max 2, --json."""
+    out = tmp_path_factory.mktemp("eval") / "run"
+    proc = run_cli("evaluate", "--model", assets.model, "--data", assets.data, "--indices", "0-2,4,5",
+                   "--t-max", "2", "--epsilon", "0.5", "--out", out, "--json", "--seed", "3")
+    assert proc.returncode == 0, proc.stderr
+    return out, proc, json.loads(proc.stdout)
+
+
+def test_results_json_schema(evaluated: tuple[Path, Any, dict[str, Any]]) -> None:
+    out, _, _ = evaluated
+    data = json.loads((out / "results.json").read_text())
+    assert {"config", "global", "inputs"} <= set(data)
+    assert CONFIG_KEYS <= set(data["config"])
+    assert data["config"]["t_max"] == 2 and data["config"]["indices"] == [0, 1, 2, 4, 5]
+    assert data["config"]["seed"] == 3
+    g = data["global"]
+    assert GLOBAL_KEYS <= set(g)
+    assert g["t"] == 2 and g["evaluations"] > 0 and g["accuracy"] == pytest.approx(4 / 5)
+    assert g["lower"] <= g["estimate"] <= g["upper"]
+    assert g["estimate"] == pytest.approx((g["lower"] + g["upper"]) / 2)
+    rows = data["inputs"]
+    assert [r["index"] for r in rows] == [0, 1, 2, 4, 5]  # positions in the source data set
+    for r in rows:
+        assert INPUT_KEYS <= set(r)
+        assert 0 <= r["lower"] <= r["upper"] <= 36
+        assert r["lower_kind"] in ("grid", "certified")
+        assert r["converged"] == (r["lower"] == r["upper"])
+        assert (r["adversarial_label"] is None) == (r["upper"] == 36)
+    assert data["stopped"] in ("t_max", "converged")
+    assert len(data["history"]) >= 3 and len(data["level_seconds"]) == 2
+
+
+def test_json_stdout_matches_file(evaluated: tuple[Path, Any, dict[str, Any]]) -> None:
+    out, proc, printed = evaluated
+    assert printed == json.loads((out / "results.json").read_text())
+    assert "global L0 radius" in proc.stderr  # the summary goes to stderr with --json
+
+
+def test_adversarial_npz_and_csv(evaluated: tuple[Path, Any, dict[str, Any]]) -> None:
+    out, _, data = evaluated
+    with np.load(out / "adversarial.npz") as z:
+        assert z["index"].dtype == np.int64 and z["x_adv"].dtype == np.float32
+        found = [r for r in data["inputs"] if r["adversarial_label"] is not None]
+        assert z["x_adv"].shape == (len(found), 1, 6, 6) and z["x"].shape == z["x_adv"].shape
+        assert z["index"].tolist() == [r["index"] for r in found]
+        assert z["adversarial_label"].tolist() == [r["adversarial_label"] for r in found]
+        changed = (z["x_adv"] != z["x"]).any(1).reshape(len(found), -1).sum(1)
+        assert changed.tolist() == [r["upper"] + 1 for r in found] == z["l0"].tolist()
+    with (out / "per_input.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["index"]) for r in rows] == [0, 1, 2, 4, 5]
+    assert [int(r["upper"]) for r in rows] == [r["upper"] for r in data["inputs"]]
+    assert (out / "result.pt").is_file() and (out / "checkpoint.pt").is_file()
+
+
+def test_report_written_by_evaluate(evaluated: tuple[Path, Any, dict[str, Any]]) -> None:
+    out, _, _ = evaluated
+    for name in ("convergence.png", "per_input.png", "level_time.png", "adversarial.png", "index.html"):
+        assert (out / name).stat().st_size > 500, name
+    assert not list(out.glob(".*.tmp"))  # atomic writes leave no temp files
+
+
+def _bounds(data: dict[str, Any]) -> list[tuple[int, int]]:
+    return [(r["lower"], r["upper"]) for r in data["inputs"]]
+
+
+def test_resume_equals_uninterrupted(assets: Assets, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["--model", str(assets.model), "--data", str(assets.data), "--t-max", "2", "--batch-size", "8",
+              "--quiet", "--no-report", "--json"]
+    assert main(["evaluate", *common, "--out", str(tmp_path / "full")]) == 0  # the reference, in-process
+    ref = json.loads(capsys.readouterr().out)
+    first = run_cli("evaluate", *common, "--out", tmp_path / "part", "--time-budget", "0.01s")
+    assert first.returncode == 0, first.stderr
+    part = json.loads(first.stdout)
+    assert part["stopped"] == "time_budget" and part["global"]["t"] == 0  # stopped after one work unit
+    second = run_cli("evaluate", *common, "--out", tmp_path / "part", "--resume")
+    assert second.returncode == 0, second.stderr
+    done = json.loads(second.stdout)
+    assert done["stopped"] == ref["stopped"] and done["global"]["t"] == 2
+    assert _bounds(done) == _bounds(ref)
+    assert done["global"]["lower"] == ref["global"]["lower"] and done["global"]["upper"] == ref["global"]["upper"]
+
+
+def test_rerun_without_resume_starts_over(assets: Assets, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    common = ["evaluate", "--model", str(assets.model), "--data", str(assets.data), "--limit", "2", "--quiet",
+              "--no-report", "--json", "--t-max", "1", "--out", str(tmp_path)]
+    assert main(common) == 0
+    capsys.readouterr()
+    # a different epsilon would refuse the old checkpoint; without --resume it is replaced
+    assert main([*common, "--epsilon", "0.25"]) == 0
+    assert json.loads(capsys.readouterr().out)["config"]["epsilon"] == 0.25
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_stops_with_bounds(assets: Assets, tmp_path: Path, sig: signal.Signals) -> None:
+    out = tmp_path / "run"
+    proc = popen_cli("evaluate", "--model", assets.steady, "--data", assets.data, "--t-max", "4",
+                     "--report-every", "0.5", "--out", out, "--no-report")
+    try:
+        deadline = time.monotonic() + 60
+        while not (out / "results.json").exists():
+            assert proc.poll() is None, proc.communicate()[1]
+            assert time.monotonic() < deadline, "no results.json within 60 s"
+            time.sleep(0.1)
+        time.sleep(1.0)
+        assert proc.poll() is None, "the run ended before the signal (workload too small)"
+        proc.send_signal(sig)
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert "interrupted" in stderr and "global L0 radius" in stdout
+    data = json.loads((out / "results.json").read_text())
+    assert data["stopped"] == "interrupted"
+    assert data["global"]["upper"] == 36 and data["global"]["lower"] >= 0
+    assert (out / "checkpoint.pt").is_file()
+
+
+def test_uint8_notice_and_quiet(assets: Assets, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["evaluate", "--model", str(assets.model), "--data", str(assets.data_uint8), "--t-max", "1",
+            "--limit", "2", "--no-report", "--out", str(tmp_path)]
+    assert main(args) == 0
+    assert "uint8 input scaled by 1/255" in capsys.readouterr().err
+    assert main([*args, "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip() == "" and "global L0 radius" in captured.out
+
+
+def test_only_correct_and_limit(assets: Assets, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # input 5 has a wrong label: --only-correct keeps 0..4, --limit counts the kept ones
+    assert main(["evaluate", "--model", str(assets.model), "--data", str(assets.data), "--only-correct",
+                 "--limit", "3", "--t-max", "1", "--quiet", "--no-report", "--json", "--out", str(tmp_path)]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert [r["index"] for r in data["inputs"]] == [0, 1, 2]
+    assert data["global"]["accuracy"] == 1.0
+
+
+def test_interrupt_while_writing_gets_a_final_snapshot(assets: Assets) -> None:
+    """Ctrl-C landing in the output writer (outside the engine) still ends with an
+    ``interrupted`` snapshot, written once more."""
+    import l0tre
+    from l0tre.api import prepare
+    from l0tre.cli_run import drive
+
+    model = l0tre.load_model(str(assets.model))
+    data = l0tre.load_data(str(assets.data))
+    engine = prepare(model, data.x, t_max=2, batch_size=8)
+    seen: list[str] = []
+
+    def on_snapshot(snap: l0tre.Result) -> None:
+        seen.append(snap.stopped)
+        if len(seen) == 2:
+            raise KeyboardInterrupt
+
+    final = drive(engine, on_snapshot)
+    assert final.stopped == "interrupted"
+    assert seen[-1] == "interrupted" and len(seen) == 3
+    assert final.lower.shape == (6,) and bool((final.lower <= final.upper).all())
