@@ -22,9 +22,9 @@ import torch
 
 from ..classifier import Classifier
 from ..result import Result, atomic_torch_save
+from .fastpath import incremental_pays
 from .features import FeatureSpace
 from .grid import colours, grid_values, valid_colours
-from .fastpath import incremental_pays
 from .incremental import IncrementalPrefix
 from .objective import Misclassification, Objective
 from .options import EvaluateOptions
