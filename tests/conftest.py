@@ -6,6 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # one torch thread per xdist worker: 2 workers on 2 cores, no oversubscription
+    torch.set_num_threads(1)
 
 
 def shared_data_dir() -> Path:

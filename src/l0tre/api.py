@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .classifier import Classifier, as_classifier
+from .engine.certified import CertifyMode, CertifyOptions
 from .engine.driver import Engine, ProgressHook, estimate_guard
 from .engine.fastpath import tune
 from .engine.objective import Objective
@@ -48,6 +49,9 @@ def prepare(
     progress: ProgressHook | None = None,
     mode: str = "auto",
     incremental: bool | None = None,
+    certify: bool | str = False,
+    certify_time_limit: float = 60.0,
+    certify_method: str = "crown",
 ) -> Engine:
     """Validate everything and build the :class:`~l0tre.engine.driver.Engine` (no work yet)."""
     opts = EvaluateOptions.build(
@@ -63,10 +67,19 @@ def prepare(
     engine = Engine(clf, x, opts, labels=lab, batch_size=rows, checkpoint=checkpoint,
                     objective=objective, progress=progress,
                     incremental=mode != "eager" if incremental is None else incremental,
-                    force_incremental=bool(incremental))
-    estimate_guard(engine, opts.t_max, opts.max_evaluations)
+                    force_incremental=bool(incremental),
+                    certify=CertifyOptions(CertifyMode.parse(certify), certify_method,
+                                           _positive_seconds("certify_time_limit", certify_time_limit)))
+    if engine.certify.mode is not CertifyMode.ONLY:
+        estimate_guard(engine, opts.t_max, opts.max_evaluations)
     engine.load_checkpoint()
     return engine
+
+
+def _positive_seconds(name: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name}: expected a positive number of seconds, got {value!r}")
+    return float(value)
 
 
 def evaluate_iter(model: ModelLike, x: torch.Tensor, **kwargs: object) -> Generator[Result, None, None]:
@@ -103,6 +116,10 @@ def evaluate(model: ModelLike, x: torch.Tensor, *, epsilon: float = 0.5, t_max: 
         mode: forward execution mode: ``"auto"`` (times eager vs channels_last and keeps the
             faster; incremental t=1 evaluation of leading conv layers), ``"eager"`` (the plain
             path: the switch that turns every optimisation off),
+        certify: ``True``/``"on"``: also prove lower bounds for *all real values* of the changed
+            features (``res.certified_lower``; ``lower_kind == "certified"`` where it equals the
+            grid bound); ``"only"``: certification only (no grid pass, no upper-bound search).
+        certify_time_limit: seconds per input and level for certification (then "unknown").
         incremental: ``None`` (use the incremental t=1 path when it measures faster), ``True``
             (always, when the model allows it), ``False`` (never).
             ``"channels_last"``, ``"compile"``, ``"compile+channels_last"``.

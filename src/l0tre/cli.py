@@ -217,6 +217,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--quiet", action="store_true", help="no progress bar and no notices")
     g.add_argument("--json", action="store_true", help="print the final results.json to stdout")
     g.add_argument("--no-report", action="store_true", help="skip the PNG/HTML report")
+    c = ev.add_argument_group("certification and speed")
+    c.add_argument("--certify", action="store_true",
+                   help="also prove lower bounds for all real values (lower_kind 'certified')")
+    c.add_argument("--certify-only", action="store_true",
+                   help="certified lower bounds only: no grid pass, no upper-bound search")
+    c.add_argument("--certify-time-limit", type=float, default=60.0, metavar="SEC",
+                   help="seconds per input and level for certification (default 60)")
+    c.add_argument("--mode", choices=("auto", "eager", "channels_last", "compile", "compile+channels_last"),
+                   default="auto", help="forward execution mode; 'eager' turns every optimisation off")
 
     info = sub.add_parser("info", parents=[common], help="model summary, evaluations per level, time estimate",
                           description="Model summary and the number of model evaluations each level needs, "

@@ -168,6 +168,8 @@ def _config(args: argparse.Namespace, model: Classifier, data: Dataset, engine: 
         "parameters": sum(p.numel() for p in module.parameters()) if module is not None else None,
         "n_features": engine.n,
         "batch_size_used": engine.batch_size,
+        "mode_used": model.mode,
+        "incremental_used": engine.incremental is not None,
         "device_used": str(model.device),
         "max_memory_used": engine.opts.max_memory,
         "max_evaluations_used": engine.opts.max_evaluations,
@@ -275,6 +277,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_memory=args.max_memory or DEFAULT_MAX_MEMORY,
         checkpoint=ckpt, report_every=args.report_every, labels=data.y,
         max_evaluations=args.max_evaluations or DEFAULT_MAX_EVALUATIONS, progress=progress,
+        certify="only" if args.certify_only else bool(args.certify),
+        certify_time_limit=args.certify_time_limit, mode=args.mode,
     )
     if args.resume and ckpt.exists():
         _notice(args, f"resume: continuing from level t={engine.result.t + 1} "

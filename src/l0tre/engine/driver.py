@@ -22,6 +22,7 @@ import torch
 
 from ..classifier import Classifier
 from ..result import Result, atomic_torch_save
+from .certified import Certifier, CertifyMode, CertifyOptions
 from .fastpath import incremental_pays
 from .features import FeatureSpace
 from .grid import colours, grid_values, valid_colours
@@ -80,6 +81,7 @@ class Engine:
         progress: ProgressHook | None = None,
         incremental: bool = True,
         force_incremental: bool = False,
+        certify: CertifyOptions | None = None,
     ) -> None:
         self.model = model
         self.opts = options
@@ -117,6 +119,11 @@ class Engine:
         self.elapsed_before = 0.0
         self.fingerprint = self._fingerprint(x)
         self.tables: dict[int, torch.Tensor] = {}
+        self.certify = certify or CertifyOptions()
+        self.certifier: Certifier | None = None
+        if self.certify.mode is not CertifyMode.OFF:
+            self.certifier = Certifier(model, self.space.shape, options.features.value, self.certify)
+            self.result.certified_lower = torch.zeros(n_in, dtype=torch.int64)
         self.incremental = IncrementalPrefix.build(model, self.space.shape) if incremental else None
         if self.incremental is not None and options.t_max >= 1 and not force_incremental:
             probe = self.x0[: min(8, n_in)]
@@ -284,6 +291,44 @@ class Engine:
             self.progress.advance(ev2)
             self._accept(oi[fi.cpu()], x_t)
 
+    def _certify_inputs(self, t: int, inputs: torch.Tensor) -> None:
+        """Try to certify level ``t`` for inputs whose grid pass at ``t`` was clean and whose
+        level ``t − 1`` is certified."""
+        r = self.result
+        if self.certifier is None or r.certified_lower is None:
+            return
+        for i in inputs.tolist():
+            if r.certified_lower[i] == t - 1 and r.lower[i] >= t:
+                if self.certifier.level(self.x0[i], int(self.ref[i]), t):
+                    r.certified_lower[i] = t
+
+    def _run_certify_only(self, start: float, t_stop: int) -> Generator[Result, None, None]:
+        """Certified lower bounds only: no grid pass, no upper-bound search (``upper`` stays ``n``
+        unless known). ``lower`` is the certified bound (a certificate implies the grid bound)."""
+        r = self.result
+        if r.certified_lower is None:
+            return
+        done = torch.zeros_like(r.lower, dtype=torch.bool)
+        for t in range(r.t + 1, t_stop + 1):
+            open_ = ((r.certified_lower == t - 1) & ~done).nonzero().squeeze(1)
+            if open_.numel() == 0:
+                break
+            self.progress.level_start(t, 0, int(open_.numel()))
+            level_start = self._now(start)
+            for i in open_.tolist():
+                ok = self.certifier.level(self.x0[i], int(self.ref[i]), t) if self.certifier else False
+                if ok:
+                    r.certified_lower[i] = t
+                    r.lower[i] = max(int(r.lower[i]), t)
+                else:
+                    done[i] = True
+                if self.opts.time_budget is not None and self._now(start) >= self.opts.time_budget:
+                    raise _OutOfTime
+            r.t = t
+            r.level_seconds.append(self._now(start) - level_start)
+            self.save_checkpoint(self._now(start))
+            yield self.snapshot(True, self._now(start))
+
     # -- planning -----------------------------------------------------------------------------
     def _plan_level(self, t: int, active: torch.Tensor, start: float) -> _LevelProgress:
         per_input = count_points(self.valid_counts[active], t).clamp_min(1)
@@ -318,7 +363,10 @@ class Engine:
         try:
             yield self.snapshot(self.result.t > 0, self._now(start))
             t_stop = min(self.opts.t_max, self.n)
-            while True:
+            if self.certify.mode is CertifyMode.ONLY:
+                yield from self._run_certify_only(start, t_stop)
+                stopped = "t_max"
+            while stopped == "running":
                 if self.level is None:
                     t = self.result.t + 1
                     if t > t_stop:
@@ -365,6 +413,7 @@ class Engine:
                             yield self.snapshot(False, self._now(start))
                     if shard.numel() > 0:
                         self._finish_shard(t, shard, acc)
+                        self._certify_inputs(t, shard)
                     lvl.shard += 1
                     lvl.next_rank = 0
                     lvl.acc = None
