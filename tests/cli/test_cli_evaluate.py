@@ -186,3 +186,26 @@ def test_interrupt_while_writing_gets_a_final_snapshot(assets: Assets) -> None:
     assert final.stopped == "interrupted"
     assert seen[-1] == "interrupted" and len(seen) == 3
     assert final.lower.shape == (6,) and bool((final.lower <= final.upper).all())
+
+
+@pytest.mark.parametrize("flag", ["--certify", "--certify-only"])
+def test_certify_flags_write_certified_lower(assets: Assets, tmp_path: Path, flag: str) -> None:
+    import torch
+
+    from .conftest import TinyNet
+
+    torch.manual_seed(0)
+    model_path = tmp_path / "full.pt"
+    torch.save(TinyNet().eval(), model_path)  # a plain nn.Module (certification needs one)
+    out = tmp_path / "run"
+    code = main(["evaluate", "--model", str(model_path), "--trust-pickle", "--data", str(assets.data),
+                 "--t-max", "2", "--out", str(out), "--quiet", "--no-report", flag])
+    assert code == 0
+    data = json.loads((out / "results.json").read_text())
+    assert "certified_lower" in data["global"]
+    for r in data["inputs"]:
+        assert 0 <= r["certified_lower"] <= r["lower"] <= r["upper"]
+        assert r["lower_kind"] == ("certified" if r["certified_lower"] == r["lower"] else "grid")
+        if flag == "--certify-only":
+            assert r["lower"] == r["certified_lower"] and r["upper"] == 36
+    assert data["config"]["certify" if flag == "--certify" else "certify_only"] is True

@@ -1,0 +1,43 @@
+"""Sound certification of L0 robustness: bound propagation over feature-subset boxes.
+
+The engine's grid lower bound holds on an ε-grid of pixel values; this package proves
+robustness for *all* real values in a box, with interval bound propagation (IBP), forward
+linear bounds and backward CROWN / DeepPoly relaxations, branch and bound over the input,
+and box coverings of whole L0 levels.
+
+Main entry points:
+
+* :func:`certify_subsets`: one-shot certification of many feature subsets of one input.
+* :func:`certify_boxes` / :func:`certify_boxes_bab`: general boxes, with branch and bound.
+* :func:`certify_level`: is every change of at most ``t`` features safe?
+* :func:`bound_model`: sound output / margin bounds over boxes.
+
+Soundness caveat: bounds are computed in float64 (by default) without directed rounding;
+``margin_tol`` (1e-6 where a status is decided by branch and bound or covering) guards
+against rounding in the bound computation and in the deployed model.
+"""
+
+from l0tre.certify.api import bound_model
+from l0tre.certify.bab import certify_boxes_bab
+from l0tre.certify.boxes import certify_boxes, certify_subsets, subset_boxes
+from l0tre.certify.cover import certify_level, covering_blocks, initial_regions, refine_block
+from l0tre.certify.graph import Graph, build_graph
+from l0tre.certify.types import CertifyResult, LevelResult, Status, UnsupportedLayerError
+
+__all__ = [
+    "CertifyResult",
+    "Graph",
+    "LevelResult",
+    "Status",
+    "UnsupportedLayerError",
+    "bound_model",
+    "build_graph",
+    "certify_boxes",
+    "certify_boxes_bab",
+    "certify_level",
+    "certify_subsets",
+    "covering_blocks",
+    "initial_regions",
+    "refine_block",
+    "subset_boxes",
+]

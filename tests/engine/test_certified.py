@@ -1,0 +1,64 @@
+"""Certified lower bounds inside the engine: never above the grid bound or the truth."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import l0tre
+
+from .oracle import brute_force_dm
+from .test_oracle import random_mlp, trained_mlp
+
+
+@pytest.mark.parametrize("make,seed", [(trained_mlp, 0), (random_mlp, 3), (random_mlp, 4)])
+def test_certified_lower_is_sound_and_below_grid(make: object, seed: int) -> None:
+    shape = (1, 3, 3)
+    model = make(shape, seed) if make is trained_mlp else make(shape, 3, seed)  # type: ignore[operator]
+    x = torch.rand(4, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    truth = torch.tensor([brute_force_dm(model, xi, 2)[0] for xi in x])
+    res = l0tre.evaluate(model, x, epsilon=0.5, t_max=9, certify=True)
+    assert res.certified_lower is not None
+    assert bool((res.certified_lower <= res.lower).all())
+    assert bool((res.certified_lower <= truth).all())
+    assert torch.equal(res.lower, truth) and torch.equal(res.upper, truth)
+    kinds = res.lower_kind
+    for i in range(4):
+        assert kinds[i] == ("certified" if int(res.certified_lower[i]) == int(res.lower[i]) else "grid")
+    # every certified level survives dense sampling of real values on random t-subsets
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        ref = model(x).argmax(1)
+        for i in range(4):
+            t = int(res.certified_lower[i])
+            if t == 0:
+                continue
+            for _ in range(50):
+                feats = torch.randperm(9, generator=gen)[:t]
+                xs = x[i].repeat(200, 1, 1, 1)
+                xs.view(200, -1)[:, feats] = torch.rand(200, t, generator=gen, dtype=torch.float64)
+                assert bool((model(xs).argmax(1) == ref[i]).all())
+
+
+def test_certify_only_reports_certified_lower_without_search() -> None:
+    model = trained_mlp((1, 3, 3), 0)
+    x = torch.rand(3, 1, 3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    full = l0tre.evaluate(model, x, epsilon=0.5, t_max=3, certify=True)
+    only = l0tre.evaluate(model, x, epsilon=0.5, t_max=3, certify="only")
+    assert torch.equal(only.certified_lower, full.certified_lower)
+    assert torch.equal(only.lower, only.certified_lower)
+    assert bool((only.upper == 9).all()) and not bool(only.found.any())
+    d = only.to_dict()
+    assert all("certified_lower" in row for row in d["inputs"])
+    assert d["global"]["certified_lower"] == pytest.approx(float(only.certified_lower.double().mean()))
+
+
+def test_certify_guards() -> None:
+    model = trained_mlp((1, 3, 3), 0)
+    x = torch.rand(1, 1, 3, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="certify: expected False, True, 'on', 'off' or 'only', got 'yes'"):
+        l0tre.evaluate(model, x, certify="yes")
+    with pytest.raises(ValueError, match="certify_time_limit: expected a positive number of seconds"):
+        l0tre.evaluate(model, x, certify=True, certify_time_limit=0)
+    with pytest.raises(ValueError, match="certify: needs a torch.nn.Module model"):
+        l0tre.evaluate(lambda z: model(z.double()), x.float(), certify=True)
