@@ -51,7 +51,7 @@ def prepare(
     incremental: bool | None = None,
     certify: bool | str = False,
     certify_time_limit: float = 60.0,
-    certify_method: str = "crown",
+    certify_method: str = "hybrid",
 ) -> Engine:
     """Validate everything and build the :class:`~l0tre.engine.driver.Engine` (no work yet)."""
     opts = EvaluateOptions.build(

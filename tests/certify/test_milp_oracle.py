@@ -66,7 +66,7 @@ def _subsets(n: int, k: int, count: int, g: torch.Generator) -> torch.Tensor:
     return torch.stack([torch.randperm(n, generator=g)[:k] for _ in range(count)])
 
 
-_SETTINGS = settings(max_examples=8, deadline=None, derandomize=True,
+_SETTINGS = settings(max_examples=8, deadline=None, derandomize=True, database=None,
                      suppress_health_check=[HealthCheck.too_slow])
 
 

@@ -71,7 +71,7 @@ def test_windowed_equals_dense(name: str, method: str, monkeypatch: pytest.Monke
     assert torch.allclose(lb_w, lb_d, atol=1e-8) and torch.allclose(ub_w, ub_d, atol=1e-8)
 
 
-@settings(max_examples=40, deadline=None, derandomize=True)
+@settings(max_examples=40, deadline=None, derandomize=True, database=None)
 @given(
     full=st.tuples(st.integers(2, 7), st.integers(2, 7)),
     win=st.tuples(st.integers(0, 6), st.integers(1, 4), st.integers(0, 6), st.integers(1, 4)),

@@ -12,6 +12,12 @@ Main entry points:
 * :func:`certify_level`: is every change of at most ``t`` features safe?
 * :func:`bound_model`: sound output / margin bounds over boxes.
 
+Bounding methods: ``"ibp"``, ``"forward"`` (linear bounds in the box's free coordinates),
+``"crown"`` (backward relaxation to the input) and ``"hybrid"`` (CROWN over the fully
+connected head, forward bounds on the convolutional body; the default of
+:func:`certify_level`). Boxes that free few pixels are computed on spatial windows only
+(:mod:`l0tre.certify.window`).
+
 Soundness caveat: bounds are computed in float64 (by default) without directed rounding;
 ``margin_tol`` (1e-6 where a status is decided by branch and bound or covering) guards
 against rounding in the bound computation and in the deployed model.

@@ -29,7 +29,13 @@ from torch import Tensor
 
 from l0tre.certify import ops as O
 from l0tre.certify.crown import BackwardContext, backward
-from l0tre.certify.forward import LinBounds, concretize, input_bounds, propagate
+from l0tre.certify.forward import (
+    LinBounds,
+    affine_with_interval,
+    concretize,
+    input_bounds,
+    propagate,
+)
 from l0tre.certify.graph import Graph
 from l0tre.certify.relax import PoolRelax, ReluRelax, interval, pool_relax, relu_relax
 from l0tre.certify.window import Plan, crop, make_plan
@@ -173,12 +179,17 @@ class _Sweep:
                 relax = pool_relax(op, *ins[0])
             if relax is not None:
                 ctx.relax[i] = relax
-            lo, hi = interval(op, ins)
             if self.use_forward:
                 lin_ins = [self._read_lin(lin, i, k) for k in range(len(node.inputs))]
-                lin[i] = propagate(op, lin_ins, relax)
+                if isinstance(op, O.AffineOp):
+                    lin[i], (lo, hi) = affine_with_interval(op, lin_ins[0], *ins[0])
+                else:
+                    lin[i] = propagate(op, lin_ins, relax)
+                    lo, hi = interval(op, ins)
                 flo, fhi = concretize(lin[i])
                 lo, hi = torch.maximum(lo, flo), torch.minimum(hi, fhi)
+            else:
+                lo, hi = interval(op, ins)
             if i in refine:
                 lo, hi = self._refine(i, lo, hi, relu_only=refine[i])
             lows[i], highs[i] = lo, torch.maximum(hi, lo)

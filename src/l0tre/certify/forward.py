@@ -17,7 +17,7 @@ from torch import Tensor
 from l0tre.certify import ops as O
 from l0tre.certify.relax import PoolRelax, ReluRelax
 
-__all__ = ["LinBounds", "concretize", "input_bounds", "propagate"]
+__all__ = ["LinBounds", "affine_with_interval", "concretize", "input_bounds", "propagate"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,35 @@ def concretize(lin: LinBounds) -> tuple[Tensor, Tensor]:
 
 def _flat(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0] * t.shape[1], *t.shape[2:])
+
+
+def affine_with_interval(op: O.AffineOp, x: LinBounds, lo: Tensor, hi: Tensor
+                         ) -> tuple[LinBounds, tuple[Tensor, Tensor]]:
+    """Forward-mode bounds of an affine node together with its interval bounds from the
+    input interval ``[lo, hi]``, in two batched calls of the operation.
+
+    Uses ``L⁺p + L⁻q = L(p+q)/2 - |L|(q-p)/2`` and ``L⁺q + L⁻p = L(p+q)/2 + |L|(q-p)/2``."""
+    b, n = x.lw.shape[:2]
+    if x.exact:
+        parts = [_flat(x.lw), x.lb, (lo + hi) / 2]
+        out = op.linear(torch.cat(parts))
+        w = out[: b * n].view(b, n, *op.out_shape)
+        c = out[b * n: b * n + b]
+        c = c if op.bias is None else c + op.bias
+        mid = out[b * n + b:]
+        mid = mid if op.bias is None else mid + op.bias
+        rad = op.abs_linear((hi - lo) / 2)
+        return LinBounds(w, c, w, c), (mid - rad, mid + rad)
+    mids = torch.cat([_flat(x.lw + x.uw) / 2, (x.lb + x.ub) / 2, (lo + hi) / 2])
+    rads = torch.cat([_flat(x.uw - x.lw) / 2, (x.ub - x.lb) / 2, (hi - lo) / 2])
+    m, r = op.linear(mids), op.abs_linear(rads)
+    lin_w = (m[: b * n] - r[: b * n]).view(b, n, *op.out_shape)
+    lin_uw = (m[: b * n] + r[: b * n]).view(b, n, *op.out_shape)
+    mc, rc = m[b * n: b * n + b], r[b * n: b * n + b]
+    mi, ri = m[b * n + b:], r[b * n + b:]
+    if op.bias is not None:
+        mc, mi = mc + op.bias, mi + op.bias
+    return LinBounds(lin_w, mc - rc, lin_uw, mc + rc), (mi - ri, mi + ri)
 
 
 def _affine(op: O.AffineOp, x: LinBounds) -> LinBounds:
