@@ -62,6 +62,7 @@ def prepare(
     clf = as_classifier(model, bounds=bounds, device=device)
     x = check_inputs(x, clf)
     lab = check_labels(labels, x.shape[0])
+    clf(x[: min(2, x.shape[0])])  # validates the output shape on the caller's own inputs first
     cap = plan_batch_size(clf, tuple(x.shape[1:]), None, opts.max_memory)
     _, rows = tune(clf, tuple(x.shape[1:]), cap, opts.batch_size, mode)
     engine = Engine(clf, x, opts, labels=lab, batch_size=rows, checkpoint=checkpoint,

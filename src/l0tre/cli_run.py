@@ -277,8 +277,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size, max_memory=args.max_memory or DEFAULT_MAX_MEMORY,
         checkpoint=ckpt, report_every=args.report_every, labels=data.y,
         max_evaluations=args.max_evaluations or DEFAULT_MAX_EVALUATIONS, progress=progress,
-        certify="only" if args.certify_only else bool(args.certify),
-        certify_time_limit=args.certify_time_limit, mode=args.mode,
+        certify="only" if getattr(args, "certify_only", False) else bool(getattr(args, "certify", False)),
+        certify_time_limit=getattr(args, "certify_time_limit", 60.0), mode=getattr(args, "mode", "auto"),
     )
     if args.resume and ckpt.exists():
         _notice(args, f"resume: continuing from level t={engine.result.t + 1} "

@@ -49,12 +49,13 @@ def test_unknown_mode_is_refused() -> None:
 
 
 def test_fast_path_identical_on_20_mnist_images(shared_data: object) -> None:
-    """paper-mnist, 20 real MNIST test images, t=1: every fast mode gives the plain path's bounds."""
+    """paper-mnist, 20 real MNIST test images, t=1: the fast paths (channels_last + the incremental
+    prefix, forced on) give the plain path's bounds."""
     x = l0tre.load_data("mnist:test", data_root=shared_data, limit=20).x  # type: ignore[arg-type]
     base = None
-    for mode in ("eager", "channels_last", "auto"):
+    for mode, inc in (("eager", False), ("channels_last", True)):
         clf = l0tre.load_model("paper-mnist")
-        res = l0tre.evaluate(clf, x, epsilon=0.5, t_max=1, mode=mode)
+        res = l0tre.evaluate(clf, x, epsilon=0.5, t_max=1, mode=mode, incremental=inc)
         if base is None:
             base = res
             continue
