@@ -1,6 +1,7 @@
 """l0tre: anytime, tensor-based L0 robustness evaluation with bounds you can trust."""
 
 from .api import evaluate, evaluate_iter
+from .attack import AttackResult, attack
 from .classifier import Classifier, OutputKind, Preprocessing, as_classifier
 from .data import Dataset, load_data
 from .engine.features import FeatureKind
@@ -11,6 +12,7 @@ from .result import Result
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttackResult",
     "Classifier",
     "Dataset",
     "FeatureKind",
@@ -21,6 +23,7 @@ __all__ = [
     "Preprocessing",
     "Result",
     "as_classifier",
+    "attack",
     "evaluate",
     "evaluate_iter",
     "list_models",

@@ -238,6 +238,10 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", parents=[common], help="list the built-in models")
     models.add_argument("--data-root", metavar="DIR", help="where the shared data lives (default: $L0TRE_DATA)")
 
+    from .attack.cli import add_parser as add_attack_parser
+
+    add_attack_parser(sub)
+
     rep = sub.add_parser("report", parents=[common], help="(re)build the report of an output folder")
     rep.add_argument("dir", metavar="DIR", help="an `l0tre evaluate` output folder")
 
@@ -285,8 +289,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the handler of ``args.command``; returns the exit code."""
     from . import cli_run
+    from .attack.cli import run as cmd_attack
 
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
+        "attack": cmd_attack,
         "evaluate": cli_run.cmd_evaluate,
         "info": cli_run.cmd_info,
         "demo": cli_run.cmd_demo,

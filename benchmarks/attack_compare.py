@@ -1,0 +1,460 @@
+#!/usr/bin/env python
+"""Compare ``l0tre.attack`` with peer L0 attacks on the same model, inputs and device.
+
+Run it in the benchmark's own virtual environment (peers are the ``[compare]`` extra and
+never test dependencies)::
+
+    python3 -m venv .venv-compare
+    .venv-compare/bin/pip install torch==2.14.1 torchvision==0.29.1   # torchvision that imports
+    .venv-compare/bin/pip install -e '.[compare,plots]'
+    L0TRE_DATA=/work/shared/data .venv-compare/bin/python benchmarks/attack_compare.py \\
+        --workload mnist --limit 100
+
+Protocol (identical for every method):
+
+* the same model (``paper-mnist`` on the first ``--limit`` MNIST test images, or
+  ``cifar10-resnet20`` on the bundled CIFAR-10 test images), in eval mode, float32, on
+  ``--device``, with ``torch.set_num_threads(--threads)``; only inputs the model classifies
+  correctly are attacked (untargeted: any label other than the true one);
+* every method returns images in pixel space ``[0, 1]``; an image outside ``[0, 1]`` (beyond
+  1e-6) counts as a failure;
+* success is re-checked on the model here (``argmax != label``), whatever a method reports;
+* L0 = number of positions ``(h, w)`` where any channel changed by more than 1e-6 (a CIFAR
+  pixel counts once); statistics are over the successful images;
+* time = wall-clock seconds of the method's calls (model loading excluded) / images attempted;
+  a method whose cumulative time exceeds ``--budget`` seconds stops after the chunk in
+  progress and its remaining images are reported as not attempted (status column).
+
+Peer settings are the libraries' defaults unless the paper that introduced the attack
+recommends otherwise for L0 (noted in ``PEERS`` below). Foolbox's L0 attacks and ART's
+Carlini-L0 count channel elements, not pixels; they are scored with the pixel rule above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import random
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+import l0tre  # noqa: E402
+from l0tre.attack import attack  # noqa: E402
+
+WORKLOADS: dict[str, dict[str, Any]] = {
+    "mnist": {"model": "paper-mnist", "data": "mnist:test", "default_limit": 1000},
+    "cifar": {"model": "cifar10-resnet20", "data": "cifar10:test", "default_limit": 100},
+}
+# l0tre settings per workload (documented in docs/benchmarks_attack.md)
+L0TRE_SETTINGS: dict[str, dict[str, Any]] = {
+    "mnist": {"epsilon": 0.5, "candidates": 128, "rounds": 2},
+    "cifar": {"epsilon": 1.0, "candidates": 512, "rounds": 2},
+}
+PEERS: dict[str, str] = {
+    "l0tre": "l0tre.attack (settings per workload, see L0TRE_SETTINGS)",
+    "fb-L0FMN": "foolbox 3 L0FMNAttack, library defaults (steps=100, max_stepsize=1, gamma=0.05, "
+                "binary_search_steps=10)",
+    "fb-Pointwise": "foolbox 3 PointwiseAttack, defaults (init: SaltAndPepperNoiseAttack, "
+                    "l2_binary_search=True)",
+    "ta-JSMA": "torchattacks JSMA, defaults (theta=1.0, gamma=0.1; untargeted mode = target (y+1) mod 10)",
+    "ta-SparseFool": "torchattacks SparseFool, defaults (steps=10, lam=3, overshoot=0.02)",
+    "ta-Pixle": "torchattacks Pixle, defaults (x/y_dimensions=(2,10), restarts=20, max_iterations=10)",
+    "art-JSMA": "ART SaliencyMapMethod, theta=1.0 (JSMA paper's L0 setting), gamma=1.0, random "
+                "incorrect target (seeded)",
+    "art-CWL0": "ART CarliniL0Method, defaults (lr=0.01, binary_search_steps=10, max_iter=10, "
+                "initial_const=0.01, warm_start=True)",
+}
+ALL_METHODS = list(PEERS)
+
+
+class PixelSpaceNet(nn.Module):
+    """The classifier as a plain module on ``[0, 1]`` inputs (normalisation inside)."""
+
+    def __init__(self, clf: l0tre.Classifier) -> None:
+        super().__init__()
+        module = clf.modules()
+        if module is None:
+            raise TypeError("the benchmark needs a torch.nn.Module model")
+        self.net = module
+        pre = clf.preprocessing
+        mean = torch.tensor(pre.mean if pre else (0.0,)).view(1, -1, 1, 1)
+        std = torch.tensor(pre.std if pre else (1.0,)).view(1, -1, 1, 1)
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - self.mean) / self.std)
+
+
+@dataclass
+class Chunked:
+    """A method that attacks a chunk of images: ``(x, y) -> x_adv`` (all torch, CPU/device)."""
+
+    run: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    chunk: int
+    version: str
+
+
+def seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_method(name: str, net: nn.Module, shape: tuple[int, int, int], device: str,
+                 workload: str, seed: int, batch: int) -> Chunked:
+    """Import and configure a method (raises ImportError when it is not installed)."""
+    if name == "l0tre":
+        clf = l0tre.Classifier(net, device=device, input_shape=shape, name="benchmark")
+        settings = L0TRE_SETTINGS[workload]
+
+        def run_l0tre(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            res = attack(clf, x, labels=y, seed=seed, **settings)
+            return res.x_adv
+
+        return Chunked(run_l0tre, batch, l0tre.__version__)
+    if name.startswith("fb-"):
+        import foolbox as fb
+
+        fmodel = fb.PyTorchModel(net, bounds=(0, 1), device=device)
+        atk = fb.attacks.L0FMNAttack() if name == "fb-L0FMN" else fb.attacks.PointwiseAttack()
+
+        def run_fb(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            raw, _, _ = atk(fmodel, x.to(device), y.to(device), epsilons=None)
+            return raw.detach()
+
+        return Chunked(run_fb, batch, fb.__version__)
+    if name.startswith("ta-"):
+        import torchattacks as ta
+
+        if name == "ta-JSMA":
+            ta_atk = ta.JSMA(net)
+        elif name == "ta-SparseFool":
+            ta_atk = ta.SparseFool(net)
+        else:
+            ta_atk = ta.Pixle(net)
+
+        def run_ta(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return ta_atk(x.to(device), y.to(device)).detach()
+
+        chunk = batch if name == "ta-Pixle" else 5
+        return Chunked(run_ta, chunk, ta.__version__)
+    if name.startswith("art-"):
+        import art
+        from art.attacks.evasion import CarliniL0Method, SaliencyMapMethod
+        from art.estimators.classification import PyTorchClassifier
+
+        est = PyTorchClassifier(model=net, loss=nn.CrossEntropyLoss(), input_shape=shape, nb_classes=10,
+                                clip_values=(0.0, 1.0), device_type="gpu" if device.startswith("cuda") else "cpu")
+        if name == "art-JSMA":
+            art_atk: Any = SaliencyMapMethod(est, theta=1.0, gamma=1.0, batch_size=batch, verbose=False)
+        else:
+            art_atk = CarliniL0Method(est, batch_size=1, verbose=False)
+
+        def run_art(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            if name == "art-JSMA":
+                out = art_atk.generate(x=x.cpu().numpy())  # y=None: a random incorrect target
+            else:
+                out = art_atk.generate(x=x.cpu().numpy(), y=np.eye(10, dtype=np.float32)[y.cpu().numpy()])
+            return torch.from_numpy(np.asarray(out, dtype=np.float32))
+
+        chunk = batch if name == "art-JSMA" else 2
+        return Chunked(run_art, chunk, art.__version__)
+    raise ValueError(f"unknown method {name!r}; expected one of {ALL_METHODS}")
+
+
+def score(net: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
+          device: str) -> tuple[np.ndarray, np.ndarray]:
+    """The shared rule: success (re-checked, inside [0, 1]) and L0 in positions."""
+    x_adv = x_adv.detach().to("cpu", torch.float32)
+    if x_adv.shape != x.shape:
+        raise ValueError(f"method returned shape {tuple(x_adv.shape)}, expected {tuple(x.shape)}")
+    inside = ((x_adv >= -1e-6) & (x_adv <= 1 + 1e-6)).flatten(1).all(1) & torch.isfinite(x_adv).flatten(1).all(1)
+    with torch.no_grad():
+        pred = torch.cat([net(x_adv[i : i + 256].to(device)).argmax(1).cpu() for i in range(0, x.shape[0], 256)])
+    l0 = ((x_adv - x).abs() > 1e-6).any(dim=1).flatten(1).sum(1)
+    success = inside & (pred != y) & (l0 >= 1)
+    return success.numpy(), l0.numpy()
+
+
+def run_method(name: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, shape: tuple[int, int, int],
+               args: argparse.Namespace, workload: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"settings": PEERS[name], "attempted": 0}
+    try:
+        seed_all(args.seed)
+        method = build_method(name, net, shape, args.device, workload, args.seed, args.batch)
+    except ImportError as exc:
+        out["status"] = f"not installed ({exc.name or exc})"
+        return out
+    except Exception as exc:  # noqa: BLE001 - report any set-up failure in the table
+        out["status"] = f"set-up failed: {type(exc).__name__}: {exc}"[:200]
+        return out
+    out["version"] = method.version
+    if name == "l0tre":
+        out["settings"] = f"l0tre.attack({', '.join(f'{k}={v}' for k, v in L0TRE_SETTINGS[workload].items())})"
+    success = np.zeros(0, dtype=bool)
+    l0 = np.zeros(0, dtype=np.int64)
+    elapsed = 0.0
+    status = "ok"
+    n = x.shape[0]
+    for c0 in range(0, n, method.chunk):
+        if elapsed >= args.budget:
+            status = f"time budget {args.budget:.0f}s: {c0}/{n} images attempted"
+            break
+        xb, yb = x[c0 : c0 + method.chunk], y[c0 : c0 + method.chunk]
+        seed_all(args.seed + c0)
+        t0 = time.perf_counter()
+        try:
+            adv = method.run(xb.clone(), yb.clone())
+        except Exception as exc:  # noqa: BLE001
+            elapsed += time.perf_counter() - t0
+            status = f"error after {c0}/{n} images: {type(exc).__name__}: {exc}"[:200]
+            if not args.quiet:
+                traceback.print_exc()
+            break
+        elapsed += time.perf_counter() - t0
+        s, d = score(net, xb, yb, adv, args.device)
+        success = np.concatenate([success, s])
+        l0 = np.concatenate([l0, d])
+        if not args.quiet:
+            print(f"  {name}: {success.size}/{n} images, {elapsed:.1f}s, success {success.mean():.3f}, "
+                  f"mean L0 {l0[success].mean() if success.any() else float('nan'):.2f}", flush=True)
+    m = int(success.size)
+    ok_l0 = l0[success].astype(np.float64)
+    out.update({
+        "status": status,
+        "attempted": m,
+        "success_rate": float(success.mean()) if m else None,
+        "mean_l0": float(ok_l0.mean()) if ok_l0.size else None,
+        "median_l0": float(np.median(ok_l0)) if ok_l0.size else None,
+        "std_l0": float(ok_l0.std()) if ok_l0.size else None,
+        "seconds": elapsed,
+        "seconds_per_image": elapsed / m if m else None,
+        "success": success.tolist(),
+        "l0": l0.tolist(),
+    })
+    return out
+
+
+def run_workload(workload: str, args: argparse.Namespace) -> dict[str, Any]:
+    spec = WORKLOADS[workload]
+    limit = args.limit if args.limit is not None else spec["default_limit"]
+    clf = l0tre.load_model(spec["model"], device=args.device, data_root=args.data_root)
+    data = l0tre.load_data(spec["data"], data_root=args.data_root, limit=limit)
+    if data.y is None:
+        raise ValueError(f"{spec['data']}: labels are needed")
+    pred = clf.predict(data.x)
+    keep = pred == data.y
+    x, y = data.x[keep].contiguous(), data.y[keep].contiguous()
+    net = PixelSpaceNet(clf).to(args.device).eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    shape = tuple(int(v) for v in x.shape[1:])
+    print(f"[{workload}] {spec['model']} on {spec['data']} first {limit}: {int(keep.sum())} correctly classified",
+          flush=True)
+    methods: dict[str, Any] = {}
+    for name in args.methods:
+        print(f"[{workload}] {name} ...", flush=True)
+        methods[name] = run_method(name, net, x, y, shape, args, workload)  # type: ignore[arg-type]
+        r = methods[name]
+        print(f"[{workload}] {name}: {r['status']}; success {r.get('success_rate')}, mean L0 {r.get('mean_l0')}, "
+              f"s/img {r.get('seconds_per_image')}", flush=True)
+    # head-to-head: l0tre's mean L0 on the images each peer attacked successfully
+    if "l0tre" in methods and methods["l0tre"].get("attempted"):
+        ours = methods["l0tre"]
+        for name, r in methods.items():
+            if name == "l0tre" or not r.get("attempted"):
+                continue
+            m = min(r["attempted"], ours["attempted"])
+            both = [i for i in range(m) if r["success"][i] and ours["success"][i]]
+            r["common_images"] = len(both)
+            r["common_mean_l0"] = float(np.mean([r["l0"][i] for i in both])) if both else None
+            r["common_l0tre_mean_l0"] = float(np.mean([ours["l0"][i] for i in both])) if both else None
+    return {
+        "model": spec["model"], "data": spec["data"], "limit": limit, "n_loaded": len(data),
+        "n_correct": int(keep.sum()), "indices": data.indices[keep].tolist(), "methods": methods,
+    }
+
+
+# -- reporting ----------------------------------------------------------------------------------
+def _fmt(v: Any, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines: list[str] = []
+    meta = results["meta"]
+    lines.append(f"Generated by `benchmarks/attack_compare.py` on {meta['date']} ({meta['device_name']}, "
+                 f"{meta['threads']} torch threads, torch {meta['torch']}).")
+    lines.append("")
+    for workload, w in results["workloads"].items():
+        lines.append(f"### {workload}: `{w['model']}`, `{w['data']}` first {w['limit']} "
+                     f"({w['n_correct']} correctly classified, attacked)")
+        lines.append("")
+        lines.append("| method | success | mean L0 | median L0 | std L0 | s / image | "
+                     "head-to-head mean L0 (peer vs l0tre, images both fooled) | status |")
+        lines.append("|---|---|---|---|---|---|---|---|")
+        for name, r in w["methods"].items():
+            sr = r.get("success_rate")
+            h2h = "–"
+            if r.get("common_images"):
+                h2h = f"{_fmt(r['common_mean_l0'])} vs {_fmt(r['common_l0tre_mean_l0'])} (n={r['common_images']})"
+            lines.append(
+                f"| {name} | {'–' if sr is None else f'{100 * sr:.1f} %'} ({r.get('attempted', 0)} img) | "
+                f"{_fmt(r.get('mean_l0'))} | {_fmt(r.get('median_l0'), 1)} | {_fmt(r.get('std_l0'))} | "
+                f"{_fmt(r.get('seconds_per_image'), 3)} | {h2h} | {r['status']} |"
+            )
+        lines.append("")
+        lines.append(_verdict(w))
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _verdict(w: dict[str, Any]) -> str:
+    ms = {k: v for k, v in w["methods"].items() if v.get("attempted")}
+    if "l0tre" not in ms:
+        return "_l0tre was not run._"
+    ours = ms["l0tre"]
+    notes = []
+    for name, r in ms.items():
+        if name == "l0tre":
+            continue
+        if r.get("mean_l0") is not None and ours.get("mean_l0") is not None and r["mean_l0"] < ours["mean_l0"]:
+            notes.append(f"{name} has a lower mean L0 ({r['mean_l0']:.2f} vs {ours['mean_l0']:.2f})")
+        if (r.get("success_rate") or 0) > (ours.get("success_rate") or 0):
+            notes.append(f"{name} has a higher success rate")
+        if (r.get("seconds_per_image") is not None and ours.get("seconds_per_image") is not None
+                and r["seconds_per_image"] < ours["seconds_per_image"]):
+            notes.append(f"{name} is faster ({r['seconds_per_image']:.3f} vs {ours['seconds_per_image']:.3f} s/image)")
+    if not notes:
+        return "**Peers winning somewhere:** none on this workload."
+    return "**Peers winning somewhere:** " + "; ".join(notes) + "."
+
+
+def figures(results: dict[str, Any], img_dir: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    img_dir.mkdir(parents=True, exist_ok=True)
+    ws = list(results["workloads"].items())
+    paths = []
+    for kind in ("l0", "time"):
+        fig, axes = plt.subplots(1, len(ws), figsize=(5.5 * len(ws), 4), squeeze=False)
+        for ax, (workload, w) in zip(axes[0], ws, strict=True):
+            names = [k for k, v in w["methods"].items() if v.get("attempted")]
+            colors = ["tab:red" if k == "l0tre" else "tab:blue" for k in names]
+            if kind == "l0":
+                vals = [w["methods"][k]["mean_l0"] or 0.0 for k in names]
+                errs = [w["methods"][k]["std_l0"] or 0.0 for k in names]
+                ax.bar(names, vals, yerr=errs, capsize=4, color=colors)
+                ax.set_ylabel("adversarial L0 (pixels), mean ± std")
+            else:
+                vals = [w["methods"][k]["seconds_per_image"] or 0.0 for k in names]
+                ax.bar(names, vals, color=colors)
+                ax.set_yscale("log")
+                ax.set_ylabel("seconds per image (log scale)")
+            ax.set_title(f"{workload}: {w['model']} ({w['n_correct']} images)")
+            ax.tick_params(axis="x", rotation=45)
+        fig.tight_layout()
+        path = img_dir / f"attack_{kind}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_doc(path: Path, table: str) -> None:
+    begin, end = "<!-- BEGIN attack_compare -->", "<!-- END attack_compare -->"
+    block = f"{begin}\n{table}\n{end}"
+    if path.exists():
+        text = path.read_text()
+        if begin in text and end in text:
+            text = text[: text.index(begin)] + block + text[text.index(end) + len(end) :]
+        else:
+            text = text.rstrip() + "\n\n" + block + "\n"
+    else:
+        text = "# L0 attack comparison\n\n" + block + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workload", choices=["mnist", "cifar", "all"], default="all")
+    ap.add_argument("--limit", type=int, default=None, help="images per workload (default: 1000 MNIST, 100 CIFAR)")
+    ap.add_argument("--methods", default=",".join(ALL_METHODS),
+                    help="comma-separated subset of: " + ", ".join(ALL_METHODS))
+    ap.add_argument("--budget", type=float, default=600.0, help="seconds per method and workload (checked per chunk)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=100, help="images per call for batched methods")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--data-root", default=None)
+    ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "attack_compare.json")
+    ap.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks_attack.md")
+    ap.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img")
+    ap.add_argument("--fresh", action="store_true", help="do not merge with the workloads already in --json")
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args(argv)
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    bad = [m for m in args.methods if m not in ALL_METHODS]
+    if bad:
+        ap.error(f"--methods: unknown {bad}; expected some of {ALL_METHODS}")
+    torch.set_num_threads(args.threads)
+    torch.use_deterministic_algorithms(False)
+    workloads = ["mnist", "cifar"] if args.workload == "all" else [args.workload]
+
+    results: dict[str, Any] = {"workloads": {}}
+    if args.json.exists() and not args.fresh:
+        results = json.loads(args.json.read_text())
+    device_name = args.device if not args.device.startswith("cuda") else torch.cuda.get_device_name(0)
+    if args.device == "cpu":
+        device_name = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    versions = {}
+    for mod in ("foolbox", "torchattacks", "art", "numba"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception as exc:  # noqa: BLE001
+            versions[mod] = f"unavailable ({type(exc).__name__})"
+    results["meta"] = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "device": args.device, "device_name": device_name, "threads": args.threads, "torch": torch.__version__,
+        "python": platform.python_version(), "peers": versions, "budget_s": args.budget, "seed": args.seed,
+        "pixel_rule": "L0 = positions (h, w) with any channel changed by > 1e-6; success re-checked on the model",
+    }
+    for workload in workloads:
+        res = run_workload(workload, args)
+        res["command"] = results["meta"]["command"]
+        results["workloads"][workload] = res
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(results, indent=1))
+    table = markdown(results)
+    write_doc(args.doc, table)
+    figures(results, args.img_dir)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
