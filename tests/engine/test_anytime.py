@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 import l0tre
+import l0tre.engine.driver
 
 from .test_oracle import random_cnn, random_mlp
 
@@ -61,17 +62,29 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path) -> None:
 
 
 class _InterruptAfter(nn.Module):
-    """Wraps a model and raises KeyboardInterrupt on the k-th forward call."""
+    """Wraps a model and raises KeyboardInterrupt on the k-th forward call after ``armed``."""
 
     def __init__(self, inner: nn.Module, k: int) -> None:
         super().__init__()
-        self.inner, self.k, self.calls = inner, k, 0
+        self.inner, self.k, self.calls, self.armed = inner, k, 0, False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == self.k:
-            raise KeyboardInterrupt
+        if self.armed:
+            self.calls += 1
+            if self.calls == self.k:
+                raise KeyboardInterrupt
         return self.inner(x)
+
+
+def _run_armed(model: _InterruptAfter, x: torch.Tensor, **kw: object) -> l0tre.Result:
+    """Prepare (not interrupted), then run with the interrupter armed; the engine turns the
+    KeyboardInterrupt into a final snapshot."""
+    engine = l0tre.api.prepare(model, x, **kw)  # type: ignore[arg-type]
+    model.armed = True
+    try:
+        return list(engine.run())[-1]
+    finally:
+        model.armed = False
 
 
 def test_keyboard_interrupt_returns_consistent_bounds_and_resumes(tmp_path: Path) -> None:
@@ -79,19 +92,35 @@ def test_keyboard_interrupt_returns_consistent_bounds_and_resumes(tmp_path: Path
     inner = random_mlp(shape, 3, 8, hidden=16)
     x = _inputs(shape, 6, seed=2)
     counter = _InterruptAfter(inner, -1)
-    full = l0tre.evaluate(counter, x, epsilon=0.5, t_max=3, batch_size=16, report_every=1e-9)
+    full = _run_armed(counter, x, epsilon=0.5, t_max=3, batch_size=16, report_every=1e-9)
     total = counter.calls
     assert total > 10
     for k in (3, total // 3, total // 2, total - 1):
         ckpt = tmp_path / f"int{k}.pt"
-        res = l0tre.evaluate(_InterruptAfter(inner, k), x, epsilon=0.5, t_max=3, batch_size=16,
-                             checkpoint=ckpt, report_every=1e-9)
+        res = _run_armed(_InterruptAfter(inner, k), x, epsilon=0.5, t_max=3, batch_size=16,
+                         checkpoint=ckpt, report_every=1e-9)
         assert res.stopped == "interrupted"
         # consistent: bounds bracket the final answer
         assert bool((res.lower <= full.lower).all()) and bool((res.upper >= full.upper).all())
         resumed = l0tre.evaluate(_InterruptAfter(inner, -1), x, epsilon=0.5, t_max=3, batch_size=16,
                                  checkpoint=ckpt)
         _same(full, resumed)
+
+
+def test_evaluate_returns_last_snapshot_on_interrupt() -> None:
+    """``evaluate`` itself: an interrupt inside the run returns bounds (no exception)."""
+    shape = (1, 4, 4)
+    inner = random_mlp(shape, 3, 8, hidden=16)
+    x = _inputs(shape, 4, seed=2)
+
+    class Hook(l0tre.engine.driver.ProgressHook):
+        def level_start(self, t: int, evaluations: int, inputs: int) -> None:
+            wrapped.armed = True
+
+    wrapped = _InterruptAfter(inner, 5)
+    res = l0tre.evaluate(wrapped, x, epsilon=0.5, t_max=3, batch_size=16, progress=Hook())
+    assert res.stopped == "interrupted"
+    assert bool((res.lower <= res.upper).all())
 
 
 def test_time_budget_stops_with_consistent_snapshot() -> None:
