@@ -63,8 +63,8 @@ WORKLOADS: dict[str, dict[str, Any]] = {
 }
 # l0tre settings per workload (documented in docs/benchmarks_attack.md)
 L0TRE_SETTINGS: dict[str, dict[str, Any]] = {
-    "mnist": {"epsilon": 0.5, "candidates": 128, "rounds": 2},
-    "cifar": {"epsilon": 1.0, "candidates": 512, "rounds": 2},
+    "mnist": {"epsilon": 0.5, "candidates": 128, "rounds": 2},  # the defaults
+    "cifar": {"epsilon": 1.0, "candidates": 512, "rounds": 2},  # corner colours, wider screen
 }
 PEERS: dict[str, str] = {
     "l0tre": "l0tre.attack (settings per workload, see L0TRE_SETTINGS)",
@@ -252,7 +252,9 @@ def run_method(name: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, shap
     return out
 
 
-def run_workload(workload: str, args: argparse.Namespace) -> dict[str, Any]:
+def run_workload(workload: str, args: argparse.Namespace, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run ``args.methods`` on a workload; methods of ``previous`` (the same workload, images and
+    limit, from an earlier run) that were not re-run are kept."""
     spec = WORKLOADS[workload]
     limit = args.limit if args.limit is not None else spec["default_limit"]
     clf = l0tre.load_model(spec["model"], device=args.device, data_root=args.data_root)
@@ -269,12 +271,18 @@ def run_workload(workload: str, args: argparse.Namespace) -> dict[str, Any]:
     print(f"[{workload}] {spec['model']} on {spec['data']} first {limit}: {int(keep.sum())} correctly classified",
           flush=True)
     methods: dict[str, Any] = {}
+    kept: dict[str, Any] = {}
+    if previous and previous.get("indices") == data.indices[keep].tolist() and previous.get("limit") == limit:
+        kept = {k: v for k, v in previous.get("methods", {}).items() if k not in args.methods}
     for name in args.methods:
         print(f"[{workload}] {name} ...", flush=True)
         methods[name] = run_method(name, net, x, y, shape, args, workload)  # type: ignore[arg-type]
+        methods[name]["command"] = args.command_line
+        methods[name]["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         r = methods[name]
         print(f"[{workload}] {name}: {r['status']}; success {r.get('success_rate')}, mean L0 {r.get('mean_l0')}, "
               f"s/img {r.get('seconds_per_image')}", flush=True)
+    methods = {k: (methods[k] if k in methods else kept[k]) for k in ALL_METHODS if k in methods or k in kept}
     # head-to-head: l0tre's mean L0 on the images each peer attacked successfully
     if "l0tre" in methods and methods["l0tre"].get("attempted"):
         ours = methods["l0tre"]
@@ -436,16 +444,16 @@ def main(argv: list[str] | None = None) -> int:
             versions[mod] = __import__(mod).__version__
         except Exception as exc:  # noqa: BLE001
             versions[mod] = f"unavailable ({type(exc).__name__})"
+    args.command_line = " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])])
     results["meta"] = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "command": " ".join([Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]),
+        "command": args.command_line,
         "device": args.device, "device_name": device_name, "threads": args.threads, "torch": torch.__version__,
         "python": platform.python_version(), "peers": versions, "budget_s": args.budget, "seed": args.seed,
         "pixel_rule": "L0 = positions (h, w) with any channel changed by > 1e-6; success re-checked on the model",
     }
     for workload in workloads:
-        res = run_workload(workload, args)
-        res["command"] = results["meta"]["command"]
+        res = run_workload(workload, args, results["workloads"].get(workload))
         results["workloads"][workload] = res
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))

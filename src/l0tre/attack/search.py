@@ -74,7 +74,7 @@ class SearchConfig:
     candidates: int = 128
     per_step: int = 16
     pool: int = 8
-    rounds: int = 1
+    rounds: int = 2
     reduce_limit: int = 64
     reduce_pairs: int = 8
     moves_per_row: int = 8
@@ -172,23 +172,33 @@ class Searcher:
 
     # -- model access -------------------------------------------------------------------------
     def evaluate_edits(
-        self, base: torch.Tensor, owner: torch.Tensor, feat: torch.Tensor, val: torch.Tensor
+        self,
+        base: torch.Tensor,
+        owner: torch.Tensor,
+        feat: torch.Tensor,
+        val: torch.Tensor,
+        index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Evaluate ``base`` rows with features set.
+        """Evaluate rows of ``base`` with features set (rows are built chunk by chunk).
 
         Args:
-            base: ``(R, C, H, W)`` examples; owner: ``(R,)`` input index of each row.
+            base: ``(B, C, H, W)`` examples.
+            owner: ``(R,)`` input index of each row.
             feat: ``(R, m)`` features to set; val: ``(R, m, Cf)`` their values.
+            index: ``(R,)`` row of ``base`` each edited row starts from (``None``: row ``r``
+                starts from ``base[r]``, ``B = R``).
 
         Returns:
-            score ``(R,)``, success ``(R,)`` bool, label ``(R,)``.
+            score ``(R,)`` (float64), success ``(R,)`` bool, label ``(R,)``.
         """
         scores, succ, labels = [], [], []
-        for b0 in range(0, base.shape[0], self.batch_size):
-            xb = base[b0 : b0 + self.batch_size].clone()
+        r_count = owner.shape[0]
+        for b0 in range(0, r_count, self.batch_size):
+            sl = slice(b0, b0 + self.batch_size)
+            xb = base[sl].clone() if index is None else base[index[sl]]
             if feat.shape[1]:
-                self.space.scatter(xb, feat[b0 : b0 + self.batch_size], val[b0 : b0 + self.batch_size])
-            ov = self.objective.evaluate(self.model, xb, self.ref[owner[b0 : b0 + self.batch_size]])
+                self.space.scatter(xb, feat[sl], val[sl])
+            ov = self.objective.evaluate(self.model, xb, self.ref[owner[sl]])
             scores.append(ov.score.to(self.dev, torch.float64))
             succ.append(ov.success.to(self.dev))
             labels.append(ov.label.to(self.dev))
@@ -306,7 +316,7 @@ class Searcher:
         """
         row, feat, col = self.additions(x, owner, m_grad, m_pool)
         score, succ, _ = self.evaluate_edits(
-            x[row], owner[row], feat.unsqueeze(1), self.palette[col].unsqueeze(1)
+            x, owner[row], feat.unsqueeze(1), self.palette[col].unsqueeze(1), index=row
         )
         return row, feat, col, score, succ
 
@@ -549,8 +559,8 @@ class Searcher:
         fine = self.fine.view(1, q, -1)
         ok = (fine != cur.unsqueeze(1)).any(2) & (fine != orig.unsqueeze(1)).any(2)  # (M, Q)
         mi, qi = ok.nonzero(as_tuple=True)
-        es, esucc, _ = self.evaluate_edits(x[src[mi]], rows[src[mi]], feat[mi].unsqueeze(1),
-                                           self.fine[qi].unsqueeze(1))
+        es, esucc, _ = self.evaluate_edits(x, rows[src[mi]], feat[mi].unsqueeze(1),
+                                           self.fine[qi].unsqueeze(1), index=src[mi])
         owner = src[mi]
         win = pick(owner, es, esucc & (es < score[owner]), b)
         has = win >= 0
