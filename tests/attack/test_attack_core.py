@@ -192,6 +192,8 @@ def test_time_budget_returns_verified_examples(cnn_case: tuple[nn.Module, torch.
         ({"max_pixels": 1.5}, TypeError),
         ({"epsilon": 0.3}, ValueError),
         ({"screen": "fast"}, ValueError),
+        ({"effort": "quick"}, ValueError),
+        ({"candidates": 0}, ValueError),
         ({"time_budget": -1}, ValueError),
         ({"seed": "a"}, TypeError),
         ({"features": "channel"}, ValueError),
@@ -202,6 +204,27 @@ def test_invalid_arguments(kwargs: dict[str, object], error: type[Exception]) ->
     model = tiny_cnn(0, channels=1, side=4)
     with pytest.raises(error):
         attack(model, inputs(0, 2, (1, 4, 4)), **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("effort", ["fast", "thorough"])
+def test_effort_presets_return_verified_examples(effort: str) -> None:
+    model = tiny_cnn(3)
+    x = inputs(4, 6, (3, 6, 6))
+    res = attack(model, x, effort=effort, seed=1)
+    assert res.config["effort"] == effort
+    with torch.no_grad():
+        pred = model(res.x_adv).argmax(1)
+    assert bool((pred[res.success] != res.predicted[res.success]).all())
+    assert torch.equal(res.l0, (res.x_adv != x).any(dim=1).flatten(1).sum(1))
+
+
+def test_torchscript_model_is_attacked() -> None:
+    model = torch.jit.script(tiny_cnn(5, channels=1, side=4))
+    x = inputs(6, 3, (1, 4, 4))
+    res = attack(model, x, screen="exact")
+    with torch.no_grad():
+        pred = model(res.x_adv).argmax(1)
+    assert bool((pred[res.success] != res.predicted[res.success]).all())
 
 
 def test_gradient_screen_needs_a_module() -> None:
