@@ -8,6 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+# tests never read or write the user's tuning cache (tests of the cache switch it on in a tmp dir)
+os.environ["L0TRE_TUNING_CACHE"] = "off"
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # one torch thread per xdist worker: 2 workers on 2 cores, no oversubscription
     torch.set_num_threads(1)

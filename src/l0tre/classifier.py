@@ -13,6 +13,7 @@ import enum
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -115,7 +116,7 @@ class Classifier:
                 model.to(self.device)
         self._pre: tuple[torch.Tensor, torch.Tensor] | None = None
         self.channels_last = False
-        self.tuned: dict[tuple[object, ...], tuple[str, int]] = {}  # execution-mode choices, see fastpath
+        self.tuned: dict[tuple[object, ...], tuple[Any, int]] = {}  # execution-mode choices, see fastpath
         self._forward: Callable[[torch.Tensor], torch.Tensor] = model
 
     # -- execution mode -----------------------------------------------------------------------

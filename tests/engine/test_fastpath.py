@@ -81,7 +81,7 @@ def test_incremental_prefix_identical_to_plain(features: str) -> None:
     x = torch.rand(6, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     plain = l0tre.evaluate(clf, x, epsilon=0.5, t_max=1, mode="eager", features=features)
     prep = l0tre.api.prepare(clf, x, epsilon=0.5, t_max=1, incremental=True, features=features)
-    assert prep.incremental is not None and prep.incremental.grow == 4
+    assert prep.incremental is not None and prep.incremental.depth == 3  # conv, bn, relu (then too wide)
     fast = list(prep.run())[-1]
     assert torch.equal(fast.lower, plain.lower) and torch.equal(fast.upper, plain.upper)
     assert torch.equal(fast.adversarial, plain.adversarial)
@@ -93,11 +93,124 @@ def test_incremental_outputs_match_full_forward(shared_data: object) -> None:
     clf = l0tre.load_model("paper-mnist")
     x = l0tre.load_data("mnist:test", data_root=shared_data, limit=4).x  # type: ignore[arg-type]
     inc = IncrementalPrefix.build(clf, (1, 28, 28))
-    assert inc is not None and inc.grow == 4 and len(inc.prefix) == 4
+    # conv, relu, conv, relu, maxpool, conv, relu: the fourth conv's window (7x7 of 8x8) is too wide
+    assert inc is not None and inc.depth == 7 and len(inc.spatial) == 4
     gen = torch.Generator().manual_seed(0)
     a = torch.randint(0, 4, (64,), generator=gen)
     pix = torch.cat([torch.tensor([0, 27, 756, 783]), torch.randint(0, 784, (60,), generator=gen)])
     vals = torch.rand(64, 1, generator=gen)
     xb = x[a].clone()
     xb.view(64, -1)[torch.arange(64), pix] = vals[:, 0]
-    torch.testing.assert_close(inc.outputs(inc.base(x), a, pix, vals), clf(xb), rtol=1e-5, atol=1e-5)
+    for chunk in (0, 7):
+        inc.chunk = chunk
+        torch.testing.assert_close(inc.outputs(inc.base(x), a, pix, vals), clf(xb), rtol=1e-5, atol=1e-5)
+
+
+def _spatial_net(seed: int, channels: int, layers: list[tuple[str, int, int, int]]) -> torch.nn.Sequential:
+    """A random CNN from (kind, kernel, stride, padding) specs, float64, with a linear head."""
+    torch.manual_seed(seed)
+    mods: list[torch.nn.Module] = []
+    c = channels
+    for kind, k, s, p in layers:
+        if kind == "conv":
+            mods += [torch.nn.Conv2d(c, 4, k, stride=s, padding=p), torch.nn.ReLU()]
+            c = 4
+        elif kind == "bn":
+            bn = torch.nn.BatchNorm2d(c)
+            with torch.no_grad():
+                bn.running_mean.uniform_(-0.3, 0.3)
+                bn.running_var.uniform_(0.5, 2.0)
+                bn.bias.uniform_(-0.5, 0.5)
+            mods.append(bn)
+        elif kind == "max":
+            mods.append(torch.nn.MaxPool2d(k, s))
+        else:
+            mods.append(torch.nn.AvgPool2d(k, s))
+    mods += [torch.nn.Flatten(), torch.nn.LazyLinear(3)]
+    return torch.nn.Sequential(*mods).double()
+
+
+@pytest.mark.parametrize(
+    ("layers", "shape"),
+    [
+        ([("conv", 3, 1, 0), ("conv", 3, 1, 0), ("max", 2, 2, 0), ("conv", 3, 1, 0)], (1, 16, 16)),
+        ([("conv", 3, 1, 1), ("bn", 0, 0, 0), ("conv", 5, 2, 2), ("avg", 2, 2, 0), ("conv", 3, 1, 1)], (3, 19, 23)),
+        ([("conv", 4, 3, 1), ("max", 3, 2, 0), ("conv", 2, 1, 0)], (2, 30, 27)),
+        ([("bn", 0, 0, 0), ("conv", 5, 1, 2), ("max", 3, 3, 0)], (1, 12, 12)),
+    ],
+)
+@pytest.mark.parametrize("features", ["pixel", "element"])
+def test_incremental_windows_match_full_forward(
+    layers: list[tuple[str, int, int, int]], shape: tuple[int, int, int], features: str,
+) -> None:
+    """Every pixel of the image (borders included) and random values: the windowed chain
+    (strides, padding, pooling, BatchNorm, normalisation) equals the plain forward pass."""
+    from l0tre.engine.incremental import IncrementalPrefix
+
+    net = _spatial_net(len(layers), shape[0], layers)
+    c, h, w = shape
+    net(torch.zeros(1, *shape, dtype=torch.float64))  # materialise the lazy head
+    net.eval()
+    pre = {"mean": [0.3] * c, "std": [0.7] * c}
+    clf = l0tre.Classifier(net, preprocessing=pre)
+    inc = IncrementalPrefix.build(clf, shape)
+    assert inc is not None and len(inc.spatial) >= 1
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(3, *shape, generator=gen, dtype=torch.float64)
+    rows = 3 * h * w
+    a = torch.arange(3).repeat_interleave(h * w)
+    pix = torch.arange(h * w).repeat(3)
+    xb = x[a].clone()
+    if features == "pixel":
+        vals = torch.rand(rows, c, generator=gen, dtype=torch.float64)
+        xb.view(rows, c, -1)[torch.arange(rows), :, pix] = vals
+        got = inc.outputs(inc.base(x), a, pix, vals)
+    else:
+        ch = torch.randint(0, c, (rows,), generator=gen)
+        vals = torch.rand(rows, 1, generator=gen, dtype=torch.float64)
+        xb.view(rows, c, -1)[torch.arange(rows), ch, pix] = vals[:, 0]
+        got = inc.outputs(inc.base(x), a, pix, vals, channel=ch)
+    torch.testing.assert_close(got, clf(xb), rtol=1e-10, atol=1e-10)
+
+
+def test_tuning_cache_skips_measurements_on_the_second_run(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The first run measures and stores its choices; a second run with a fresh classifier of
+    the same weights reads them (no measurement) and gives identical bounds; a corrupt file is
+    ignored; ``L0TRE_TUNING_CACHE=off`` writes nothing."""
+    import json
+    from pathlib import Path
+
+    from l0tre.engine import fastpath
+
+    root = Path(str(tmp_path))
+    monkeypatch.setenv("L0TRE_TUNING_CACHE", "on")
+    monkeypatch.setenv("L0TRE_CACHE_DIR", str(root))
+    shape = (1, 8, 8)
+    net = _float32_cnn(shape).eval()
+    x = torch.rand(3, *shape, generator=torch.Generator().manual_seed(3))
+    first = l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=1)
+    stored = json.loads((root / "tuning.json").read_text())
+    assert any('"tune"' in k for k in stored) and any('"incremental"' in k for k in stored)
+
+    def no_measuring(*_a: object, **_k: object) -> float:
+        raise AssertionError("measured although the cache holds the answer")
+
+    with monkeypatch.context() as m:
+        m.setattr(fastpath, "time_forward", no_measuring)
+        m.setattr(fastpath, "_best_of", no_measuring)
+        second = l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=1)
+    assert torch.equal(second.lower, first.lower) and torch.equal(second.upper, first.upper)
+    assert torch.equal(second.adversarial, first.adversarial)
+
+    (root / "tuning.json").write_text("{not json")
+    again = l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=1)
+    assert torch.equal(again.upper, first.upper)
+    assert json.loads((root / "tuning.json").read_text())  # rewritten
+
+    off = root / "off"
+    monkeypatch.setenv("L0TRE_CACHE_DIR", str(off))
+    monkeypatch.setenv("L0TRE_TUNING_CACHE", "off")
+    l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=1)
+    assert not off.exists()

@@ -127,7 +127,7 @@ class Engine:
         self.incremental = IncrementalPrefix.build(model, self.space.shape) if incremental else None
         if self.incremental is not None and options.t_max >= 1 and not force_incremental:
             probe = self.x0[: min(8, n_in)]
-            if not incremental_pays(model, self.incremental, probe, min(self.batch_size, 256)):
+            if not incremental_pays(model, self.incremental, probe, min(self.batch_size, 512)):
                 self.incremental = None
 
     # -- helpers ------------------------------------------------------------------------------

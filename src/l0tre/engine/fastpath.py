@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ..classifier import Classifier
+from . import tuning_cache
 from .incremental import IncrementalPrefix
 
 __all__ = ["Mode", "incremental_pays", "select_mode", "time_forward", "tune", "tune_batch_size"]
@@ -66,8 +67,9 @@ def _sample(model: Classifier, shape: tuple[int, ...], rows: int) -> torch.Tenso
 
 
 def tune_batch_size(model: Classifier, shape: tuple[int, ...], cap: int) -> int:
-    """The batch size (128 … 1024, ≤ ``cap``) with the best measured throughput."""
-    candidates = [b for b in (128, 256, 512, 1024) if b <= cap] or [cap]
+    """The batch size (128 … 512, ≤ ``cap``) with the best measured throughput (larger batches
+    fall out of the CPU caches and run slower on the models we measured)."""
+    candidates = [b for b in (128, 256, 512) if b <= cap] or [cap]
     best, best_rate = candidates[0], 0.0
     for b in candidates:
         rate = b / time_forward(model, _sample(model, shape, b), repeats=1)
@@ -87,14 +89,20 @@ def tune(
     """
     rows = min(batch_size, cap) if batch_size is not None else min(cap, 4096)
     key = (tuple(shape), Mode.parse(mode).value, rows, batch_size is None)
+    if key not in model.tuned and Mode.parse(mode) is Mode.AUTO:
+        stored = tuning_cache.lookup(tuning_cache.context_key(model, "tune", *key))
+        if isinstance(stored, list) and len(stored) == 2 and stored[0] in ("eager", "channels_last"):
+            model.tuned[key] = (str(stored[0]), int(stored[1]))
     if key in model.tuned:
         used, rows = model.tuned[key]
-        select_mode(model, shape, rows, used)
-        return used, rows
+        select_mode(model, shape, rows, str(used))
+        return str(used), rows
     used = select_mode(model, shape, min(rows, 256), mode)
     if batch_size is None and model.device.type == "cpu" and Mode.parse(mode) is not Mode.EAGER:
         rows = tune_batch_size(model, shape, rows)
     model.tuned[key] = (used, rows)
+    if Mode.parse(mode) is Mode.AUTO:
+        tuning_cache.store(tuning_cache.context_key(model, "tune", *key), [used, rows])
     return used, rows
 
 
@@ -127,7 +135,17 @@ def select_mode(model: Classifier, shape: tuple[int, ...], batch_size: int, mode
 
 def incremental_pays(model: Classifier, inc: IncrementalPrefix, x0: torch.Tensor, rows: int) -> bool:
     """Whether the incremental t=1 path is at least 10 % faster than the full forward pass on
-    ``rows`` single-pixel perturbations of ``x0`` ``(N, C, H, W)`` (best of 2 after a warm-up)."""
+    ``rows`` single-pixel perturbations of ``x0`` ``(N, C, H, W)``; on success it also sets
+    ``inc.chunk`` to the fastest of a few sub-batch sizes. Cached in ``model.tuned``."""
+    key = ("incremental", tuple(x0.shape[1:]), model.mode, rows, inc.depth)
+    disk = tuning_cache.context_key(model, *key)
+    stored = tuning_cache.lookup(disk) if key not in model.tuned else None
+    if isinstance(stored, list) and len(stored) == 2 and isinstance(stored[0], bool):
+        model.tuned[key] = (stored[0], int(stored[1]))
+    if key in model.tuned:
+        pays, chunk = model.tuned[key]
+        inc.chunk = chunk
+        return bool(pays)
     gen = torch.Generator().manual_seed(0)
     n_in, c, h, w = x0.shape
     a = torch.randint(0, n_in, (rows,), generator=gen).to(x0.device)
@@ -138,8 +156,17 @@ def incremental_pays(model: Classifier, inc: IncrementalPrefix, x0: torch.Tensor
     x = x0[a].clone()
     x.view(rows, c, h * w)[torch.arange(rows, device=x0.device), :, pix] = vals
     full = _best_of(lambda: model(x))
-    fast = _best_of(lambda: inc.outputs(caches, a, pix, vals))
-    return fast < 0.9 * full
+    best, best_chunk = float("inf"), 0
+    for chunk in [b for b in (128, 256, 512) if b < rows] + [0]:
+        inc.chunk = chunk
+        t = _best_of(lambda: inc.outputs(caches, a, pix, vals), repeats=1)
+        if t < best * 0.97:
+            best, best_chunk = t, chunk
+    inc.chunk = best_chunk
+    pays = best < 0.9 * full
+    model.tuned[key] = (pays, best_chunk)
+    tuning_cache.store(disk, [pays, best_chunk])
+    return pays
 
 
 def _best_of(fn: Callable[[], object], repeats: int = 2) -> float:

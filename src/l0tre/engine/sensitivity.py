@@ -16,7 +16,7 @@ import torch
 
 from ..classifier import Classifier
 from .features import FeatureKind, FeatureSpace
-from .incremental import BOUNDARY_TOL, IncrementalPrefix
+from .incremental import BOUNDARY_TOL, IncrementalCaches, IncrementalPrefix
 from .objective import Objective, ObjectiveValues
 from .subspaces import unrank
 
@@ -250,7 +250,7 @@ def evaluate_unit(
 
 def _incremental_values(
     model: Classifier, objective: Objective, inc: IncrementalPrefix,
-    caches: tuple[torch.Tensor, torch.Tensor], x0: torch.Tensor, ref: torch.Tensor, ctx: LevelContext,
+    caches: IncrementalCaches, x0: torch.Tensor, ref: torch.Tensor, ctx: LevelContext,
     subsets: torch.Tensor, a: torch.Tensor, s: torch.Tensor, p: torch.Tensor,
 ) -> ObjectiveValues:
     """Objective values of t=1 rows via the incremental prefix, near-boundary rows re-checked."""
