@@ -63,8 +63,9 @@ def test_fast_path_identical_on_20_mnist_images(shared_data: object) -> None:
         assert torch.equal(res.found, base.found)
 
 
+@pytest.mark.parametrize("t_max", [1, 2])
 @pytest.mark.parametrize("features", ["pixel", "element"])
-def test_incremental_prefix_identical_to_plain(features: str) -> None:
+def test_incremental_prefix_identical_to_plain(features: str, t_max: int) -> None:
     """The incremental t=1 path (forced) gives exactly the plain path's results, incl. padding,
     BatchNorm and normalisation inside the classifier."""
     torch.manual_seed(0)
@@ -79,12 +80,13 @@ def test_incremental_prefix_identical_to_plain(features: str) -> None:
     net.eval()
     clf = l0tre.Classifier(net, preprocessing={"mean": [0.4, 0.5, 0.6], "std": [0.2, 0.25, 0.3]})
     x = torch.rand(6, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
-    plain = l0tre.evaluate(clf, x, epsilon=0.5, t_max=1, mode="eager", features=features)
-    prep = l0tre.api.prepare(clf, x, epsilon=0.5, t_max=1, incremental=True, features=features)
+    plain = l0tre.evaluate(clf, x, epsilon=0.5, t_max=t_max, mode="eager", features=features)
+    prep = l0tre.api.prepare(clf, x, epsilon=0.5, t_max=t_max, incremental=True, features=features)
     assert prep.incremental is not None and prep.incremental.depth == 3  # conv, bn, relu (then too wide)
     fast = list(prep.run())[-1]
     assert torch.equal(fast.lower, plain.lower) and torch.equal(fast.upper, plain.upper)
     assert torch.equal(fast.adversarial, plain.adversarial)
+    assert fast.t == plain.t == t_max or bool((plain.lower == plain.upper).all())
 
 
 def test_incremental_outputs_match_full_forward(shared_data: object) -> None:
@@ -144,7 +146,8 @@ def test_incremental_windows_match_full_forward(
     layers: list[tuple[str, int, int, int]], shape: tuple[int, int, int], features: str,
 ) -> None:
     """Every pixel of the image (borders included) and random values: the windowed chain
-    (strides, padding, pooling, BatchNorm, normalisation) equals the plain forward pass."""
+    (strides, padding, pooling, BatchNorm, normalisation) equals the plain forward pass.
+    Also for 2 and 3 changed features per row, neighbours (overlapping windows) included."""
     from l0tre.engine.incremental import IncrementalPrefix
 
     net = _spatial_net(len(layers), shape[0], layers)
@@ -171,6 +174,23 @@ def test_incremental_windows_match_full_forward(
         xb.view(rows, c, -1)[torch.arange(rows), ch, pix] = vals[:, 0]
         got = inc.outputs(inc.base(x), a, pix, vals, channel=ch)
     torch.testing.assert_close(got, clf(xb), rtol=1e-10, atol=1e-10)
+    for t in (2, 3):
+        pix_t = torch.stack([pix, (pix + 1) % (h * w), (pix + w + 3) % (h * w)], dim=1)[:, :t]
+        xt = x[a].clone()
+        if features == "pixel":
+            vt = torch.rand(rows, t, c, generator=gen, dtype=torch.float64)
+            for j in range(t):
+                xt.view(rows, c, -1)[torch.arange(rows), :, pix_t[:, j]] = vt[:, j]
+            got = inc.outputs(inc.base(x), a, pix_t, vt)
+        else:  # the second feature shares the first one's pixel when c > 1
+            ch_t = torch.stack([ch, (ch + 1) % c, ch], dim=1)[:, :t]
+            pix_e = pix_t.clone()
+            pix_e[:, 1] = pix if c > 1 else pix_t[:, 1]
+            vt = torch.rand(rows, t, 1, generator=gen, dtype=torch.float64)
+            for j in range(t):
+                xt.view(rows, c, -1)[torch.arange(rows), ch_t[:, j], pix_e[:, j]] = vt[:, j, 0]
+            got = inc.outputs(inc.base(x), a, pix_e, vt, channel=ch_t)
+        torch.testing.assert_close(got, clf(xt), rtol=1e-10, atol=1e-10)
 
 
 def test_tuning_cache_skips_measurements_on_the_second_run(

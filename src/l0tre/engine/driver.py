@@ -125,12 +125,26 @@ class Engine:
             self.certifier = Certifier(model, self.space.shape, options.features.value, self.certify)
             self.result.certified_lower = torch.zeros(n_in, dtype=torch.int64)
         self.incremental = IncrementalPrefix.build(model, self.space.shape) if incremental else None
-        if self.incremental is not None and options.t_max >= 1 and not force_incremental:
-            probe = self.x0[: min(8, n_in)]
-            if not incremental_pays(model, self.incremental, probe, min(self.batch_size, 512)):
-                self.incremental = None
+        self.force_incremental = force_incremental
+        self._inc_levels: dict[int, tuple[bool, int]] = {}  # t -> (pays, chunk)
+        if self.incremental is not None and options.t_max >= 1 and self._incremental_for(1) is None:
+            self.incremental = None  # does not pay at t=1: it will not at larger t either
 
     # -- helpers ------------------------------------------------------------------------------
+    def _incremental_for(self, t: int) -> IncrementalPrefix | None:
+        """The incremental chain when it is on and pays at level ``t`` (measured once per level)."""
+        inc = self.incremental
+        if inc is None or t > MAX_INCREMENTAL_T:
+            return None
+        if self.force_incremental:
+            return inc
+        if t not in self._inc_levels:
+            probe = self.x0[: min(8, self.x0.shape[0])]
+            pays = incremental_pays(self.model, inc, probe, min(self.batch_size, 512), t)
+            self._inc_levels[t] = (pays, inc.chunk)
+        pays, inc.chunk = self._inc_levels[t]
+        return inc if pays else None
+
     def _reference(self) -> torch.Tensor:
         parts = [
             self.objective.reference(self.model, self.x0[i : i + self.batch_size])
@@ -384,6 +398,7 @@ class Engine:
                     sum(len(s) for s in lvl.shards),
                 )
                 ctx = LevelContext.build(self.space, self.palette, t, self._table(t))
+                inc = self._incremental_for(t)
                 total_subsets = n_subsets(self.n, t)
                 while lvl.shard < len(lvl.shards):
                     shard = torch.tensor(lvl.shards[lvl.shard], dtype=torch.long)
@@ -400,7 +415,7 @@ class Engine:
                             self.model, self.objective, self.x0[dev_idx], self.ref[dev_idx],
                             self.valid[dev_idx], shard, ctx, lvl.next_rank, r1,
                             batch_size=self.batch_size, k=self.top_k, on_batch=self.progress.advance,
-                            incremental=self.incremental,
+                            incremental=inc,
                         )
                         acc = merge_units(acc, _cast(unit, acc.conf.dtype), self.top_k)
                         lvl.next_rank = r1
@@ -440,6 +455,11 @@ class Engine:
                 self.final = self.snapshot(self.level is None and self.result.t > 0, seconds, stopped)
         if stopped != "running":
             yield self.final
+
+
+#: the incremental chain recomputes one window per changed pixel; beyond this many the plain
+#: forward pass is used
+MAX_INCREMENTAL_T = 4
 
 
 class _OutOfTime(Exception):

@@ -87,6 +87,46 @@ class IncrementalCaches:
     pixels: torch.Tensor
 
 
+@dataclass
+class _Window:
+    """New values ``(B, C, wh, ww)`` of a feature map at rows ``r0 …`` / cols ``c0 …`` ``(B,)``
+    (real-map coordinates; may reach outside the map)."""
+
+    values: torch.Tensor
+    r0: torch.Tensor
+    c0: torch.Tensor
+
+
+def _inside(w: _Window, size: _Pair) -> torch.Tensor:
+    """``(B, wh, ww)``: which window positions lie inside a map of ``size``."""
+    dev = w.values.device
+    rr = w.r0.unsqueeze(1) + torch.arange(w.values.shape[2], device=dev)
+    cc = w.c0.unsqueeze(1) + torch.arange(w.values.shape[3], device=dev)
+    return ((rr >= 0) & (rr < size[0])).unsqueeze(2) & ((cc >= 0) & (cc < size[1])).unsqueeze(1)
+
+
+def _paste(
+    target: torch.Tensor, w: _Window, o_r: torch.Tensor | int, o_c: torch.Tensor | int,
+    size: _Pair, *, exact: bool,
+) -> None:
+    """Write window ``w`` into ``target`` ``(B, H, W, C)`` (channels-last) whose origin is at
+    ``o_r``/``o_c`` in the window's coordinates; with ``exact`` the window is known to lie
+    inside, else positions outside ``size`` are dropped."""
+    b, ch, wh, ww = w.values.shape
+    dev = w.values.device
+    rr = (w.r0 - o_r).unsqueeze(1) + torch.arange(wh, device=dev)  # (B, wh)
+    cc = (w.c0 - o_c).unsqueeze(1) + torch.arange(ww, device=dev)
+    lin = (rr.unsqueeze(2) * size[1] + cc.unsqueeze(1)).view(b, wh * ww)
+    src = w.values.permute(0, 2, 3, 1).reshape(b, wh * ww, ch)
+    flat = target.view(b, size[0] * size[1], ch)
+    if exact:
+        flat[torch.arange(b, device=dev).view(b, 1).expand(b, wh * ww), lin] = src
+        return
+    ok = ((rr >= 0) & (rr < size[0])).unsqueeze(2) & ((cc >= 0) & (cc < size[1])).unsqueeze(1)
+    bi, ji = ok.view(b, -1).nonzero(as_tuple=True)
+    flat[bi, lin[bi, ji]] = src[bi, ji]
+
+
 def _spatial_params(layer: nn.Module) -> tuple[_Pair, _Pair, _Pair] | None:
     """(kernel, stride, padding) of a supported spatial layer, else ``None``."""
     if isinstance(layer, nn.Conv2d):
@@ -197,15 +237,21 @@ class IncrementalPrefix:
         self, caches: IncrementalCaches, a: torch.Tensor, pixel: torch.Tensor,
         values: torch.Tensor, channel: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Raw model outputs ``(B, K)`` for single-feature perturbations.
+        """Raw model outputs ``(B, K)`` for perturbations of ``t`` features each.
 
         Args:
             caches: from :meth:`base` for the shard's inputs.
             a: ``(B,)`` row → input (index into the caches).
-            pixel: ``(B,)`` spatial index ``h·W + w`` of the changed pixel.
-            values: ``(B, Cf)`` new pixel-space values (all channels, or one with ``channel``).
-            channel: ``(B,)`` channel of an element feature, or ``None`` for pixel features.
+            pixel: ``(B,)`` or ``(B, t)`` spatial indices ``h·W + w`` of the changed pixels
+                (distinct within a row for pixel features).
+            values: ``(B, Cf)`` or ``(B, t, Cf)`` new pixel-space values (all channels, or the
+                one given by ``channel``).
+            channel: ``(B,)`` / ``(B, t)`` channels of element features, or ``None`` for pixels.
         """
+        if pixel.dim() == 1:
+            pixel = pixel.unsqueeze(1)
+            values = values.unsqueeze(1)
+            channel = None if channel is None else channel.unsqueeze(1)
         step = self.chunk if self.chunk > 0 else max(1, a.shape[0])
         if a.shape[0] <= step:
             return self._outputs(caches, a, pixel, values, channel)
@@ -220,78 +266,62 @@ class IncrementalPrefix:
         self, caches: IncrementalCaches, a: torch.Tensor, pixel: torch.Tensor,
         values: torch.Tensor, channel: torch.Tensor | None,
     ) -> torch.Tensor:
-        dev = a.device
-        b = a.shape[0]
+        b, t = pixel.shape
         w_img = self.spatial[0].map_in[1]
-        r0, c0 = pixel // w_img, pixel % w_img
-        new = self._normalise_values(values, channel)
-        if channel is None:
-            win = new.view(b, -1, 1, 1)
-        else:
-            win = caches.pixels[a, :, pixel].clone()  # (B, C)
-            win[torch.arange(b, device=dev), channel] = new[:, 0]
-            win = win.view(b, -1, 1, 1)
+        new = self._normalise_values(values, channel)  # (B, t, Cf)
+        wins: list[_Window] = []
+        for j in range(t):
+            if channel is None:
+                v = new[:, j, :]
+            else:  # every change at this pixel (element features may share one)
+                v = caches.pixels[a, :, pixel[:, j]].clone()  # (B, C)
+                for k in range(t):
+                    hit = (pixel[:, k] == pixel[:, j]).nonzero().squeeze(1)
+                    v[hit, channel[hit, k]] = new[hit, k, 0]
+            wins.append(_Window(v.reshape(b, -1, 1, 1), pixel[:, j] // w_img, pixel[:, j] % w_img))
         si = 0
         for layer in self.modules:
             if si < len(self.spatial) and layer is self.spatial[si].module:
-                win, r0, c0 = self._spatial_step(self.spatial[si], caches.inputs[si], win, r0, c0, a)
+                wins = self._spatial_step(self.spatial[si], caches.inputs[si], wins, a)
                 si += 1
             else:
-                win = layer(win)
-        out = self._paste_rest(caches.rest, win, r0, c0, a)
-        result = self.rest(out)
+                wins = [_Window(layer(w.values), w.r0, w.c0) for w in wins]
+        out = caches.rest.index_select(0, a)  # (B, H, W, C)
+        for w in wins:
+            _paste(out, w, 0, 0, (out.shape[1], out.shape[2]), exact=False)
+        result = self.rest(out.permute(0, 3, 1, 2))
         if not isinstance(result, torch.Tensor) or result.dim() != 2:
             raise ValueError("model output: expected shape (N, classes) from the incremental path")
         return result
 
     @staticmethod
-    def _spatial_step(
-        sp: _Spatial, base: torch.Tensor, win: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor, a: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Window at the output of ``sp`` from the window ``win`` ``(B, C, wh, ww)`` at rows/cols
-        starting ``r0``/``c0`` of its input map (cached channels-last with margins in ``base``
-        ``(N, Hm, Wm, C)``)."""
-        dev = win.device
-        b, ch = win.shape[0], win.shape[1]
+    def _spatial_step(sp: _Spatial, base: torch.Tensor, wins: list[_Window], a: torch.Tensor) -> list[_Window]:
+        """Windows at the output of ``sp`` from the windows at its input (base map cached
+        channels-last with margins in ``base`` ``(N, Hm, Wm, C)``). Each output window is
+        computed from its patch with *every* window pasted in, so changes whose receptive
+        fields meet are combined exactly."""
+        dev = a.device
+        b = a.shape[0]
         (kh, kw), (sh, sw), (ph, pw) = sp.kernel, sp.stride, sp.padding
-        wh, ww = sp.win_in
-        hm, wm = base.shape[1], base.shape[2]
-        # positions outside the real input map read the layer's zero padding
-        ar_h, ar_w = torch.arange(wh, device=dev), torch.arange(ww, device=dev)
-        rr = r0.unsqueeze(1) + ar_h
-        cc = c0.unsqueeze(1) + ar_w
-        inside = ((rr >= 0) & (rr < sp.map_in[0])).unsqueeze(2) & ((cc >= 0) & (cc < sp.map_in[1])).unsqueeze(1)
-        win_rows = win.permute(0, 2, 3, 1) * inside.unsqueeze(3).to(win.dtype)  # (B, wh, ww, C)
-        o_r = torch.div(r0 + ph - kh + sh, sh, rounding_mode="floor")
-        o_c = torch.div(c0 + pw - kw + sw, sw, rounding_mode="floor")
-        p_r, p_c = o_r * sh - ph, o_c * sw - pw  # patch origin (real-map coordinates)
+        hm, wm, ch = base.shape[1], base.shape[2], base.shape[3]
         hp, wp = sp.patch
-        rows = (p_r + sp.margin_lo[0]).unsqueeze(1) + torch.arange(hp, device=dev)  # (B, hp)
-        cols = (p_c + sp.margin_lo[1]).unsqueeze(1) + torch.arange(wp, device=dev)
-        lin = (a.view(b, 1, 1) * hm + rows.unsqueeze(2)) * wm + cols.unsqueeze(1)  # (B, hp, wp)
-        patch = base.view(-1, ch).index_select(0, lin.view(-1)).view(b, hp * wp, ch)
-        pos = ((r0 - p_r).view(b, 1, 1) + ar_h.view(1, wh, 1)) * wp + (c0 - p_c).view(b, 1, 1) + ar_w.view(1, 1, ww)
-        bi = torch.arange(b, device=dev).view(b, 1).expand(b, wh * ww)
-        patch[bi, pos.view(b, -1)] = win_rows.reshape(b, wh * ww, ch)
-        return sp.run(patch.view(b, hp, wp, ch).permute(0, 3, 1, 2)), o_r, o_c
-
-    @staticmethod
-    def _paste_rest(
-        rest: torch.Tensor, win: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor, a: torch.Tensor,
-    ) -> torch.Tensor:
-        """The base map ``rest[a]`` (cached ``(N, H, W, C)``) with the real-map part of each
-        window ``(B, C, wh, ww)`` pasted; returned ``(B, C, H, W)`` in channels-last memory."""
-        dev = win.device
-        b, ch, wh, ww = win.shape
-        h, w = rest.shape[1], rest.shape[2]
-        out = rest.index_select(0, a)  # (B, H, W, C)
-        rr = r0.unsqueeze(1) + torch.arange(wh, device=dev)  # (B, wh)
-        cc = c0.unsqueeze(1) + torch.arange(ww, device=dev)
-        ok = ((rr >= 0) & (rr < h)).unsqueeze(2) & ((cc >= 0) & (cc < w)).unsqueeze(1)  # (B, wh, ww)
-        lin = (rr.unsqueeze(2) * w + cc.unsqueeze(1)).view(b, -1)
-        bi, ji = ok.view(b, -1).nonzero(as_tuple=True)
-        out.view(b, h * w, ch)[bi, lin[bi, ji]] = win.permute(0, 2, 3, 1).reshape(b, wh * ww, ch)[bi, ji]
-        return out.permute(0, 3, 1, 2)
+        # positions outside the real input map read the layer's zero padding
+        masked = [_Window(w.values * _inside(w, sp.map_in).unsqueeze(1).to(w.values.dtype), w.r0, w.c0) for w in wins]
+        out: list[_Window] = []
+        for j, wj in enumerate(masked):
+            o_r = torch.div(wj.r0 + ph - kh + sh, sh, rounding_mode="floor")
+            o_c = torch.div(wj.c0 + pw - kw + sw, sw, rounding_mode="floor")
+            p_r, p_c = o_r * sh - ph, o_c * sw - pw  # patch origin (real-map coordinates)
+            rows = (p_r + sp.margin_lo[0]).unsqueeze(1) + torch.arange(hp, device=dev)  # (B, hp)
+            cols = (p_c + sp.margin_lo[1]).unsqueeze(1) + torch.arange(wp, device=dev)
+            lin = (a.view(b, 1, 1) * hm + rows.unsqueeze(2)) * wm + cols.unsqueeze(1)  # (B, hp, wp)
+            patch = base.view(-1, ch).index_select(0, lin.view(-1)).view(b, hp, wp, ch)
+            for k, wk in enumerate(masked):
+                if k != j:  # other windows: only the part inside this patch
+                    _paste(patch, wk, p_r, p_c, (hp, wp), exact=False)
+            _paste(patch, wj, p_r, p_c, (hp, wp), exact=True)  # own window: always inside
+            out.append(_Window(sp.run(patch.permute(0, 3, 1, 2)), o_r, o_c))
+        return out
 
     def _normalise_values(self, values: torch.Tensor, channel: torch.Tensor | None) -> torch.Tensor:
         v = values.to(self.model.device, self.model.dtype)

@@ -176,8 +176,8 @@ def evaluate_unit(
         batch_size: model batch size (rows per model call).
         k: how many subsets to keep per input.
         on_batch: called with the number of evaluations after every model call.
-        incremental: at ``t = 1``, compute outputs through :class:`IncrementalPrefix` (rows whose
-            margin is within ``BOUNDARY_TOL`` of zero are re-evaluated with the plain forward pass).
+        incremental: compute outputs through :class:`IncrementalPrefix` (rows whose margin is
+            within ``BOUNDARY_TOL`` of zero are re-evaluated with the plain forward pass).
     """
     dev = x0.device
     na = x0.shape[0]
@@ -192,7 +192,7 @@ def evaluate_unit(
     w_score = torch.full((na,), float("inf"), dtype=dtype, device=dev)
     w_pos = torch.full((na,), -1, dtype=torch.int64, device=dev)
     evals = torch.zeros(na, dtype=torch.int64, device=dev)
-    use_inc = incremental is not None and ctx.t == 1 and hasattr(objective, "from_outputs")
+    use_inc = incremental is not None and hasattr(objective, "from_outputs")
     caches = incremental.base(x0) if use_inc and incremental is not None else None
     for b0 in range(0, cand.shape[0], batch_size):
         c = cand[b0 : b0 + batch_size]
@@ -253,9 +253,9 @@ def _incremental_values(
     caches: IncrementalCaches, x0: torch.Tensor, ref: torch.Tensor, ctx: LevelContext,
     subsets: torch.Tensor, a: torch.Tensor, s: torch.Tensor, p: torch.Tensor,
 ) -> ObjectiveValues:
-    """Objective values of t=1 rows via the incremental prefix, near-boundary rows re-checked."""
-    feat = subsets[s, 0]
-    vals = ctx.values(p)[:, 0, :]  # (B, Cf)
+    """Objective values of rows via the incremental chain, near-boundary rows re-checked."""
+    feat = subsets[s]  # (B, t)
+    vals = ctx.values(p)  # (B, t, Cf)
     space = ctx.space
     if space.kind is FeatureKind.PIXEL:
         raw = inc.outputs(caches, a, feat, vals)
