@@ -16,7 +16,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_write_bytes, atomic_write_text
 from .result import Result
 
 __all__ = [
@@ -33,8 +33,6 @@ __all__ = [
     "PER_INPUT_CSV",
     "RESULTS_JSON",
     "RESULT_PT",
-    "atomic_write_bytes",
-    "atomic_write_text",
     "json_safe",
     "results_dict",
     "write_outputs",
@@ -50,28 +48,6 @@ CSV_COLUMNS = (
     "index", "row", "label", "predicted", "lower", "upper", "lower_kind", "converged",
     "found", "adversarial_label", "certified_lower",
 )
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, then ``os.replace`` it into place."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """UTF-8 text version of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def json_safe(value: Any) -> Any:

@@ -282,9 +282,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if args.resume and ckpt.exists():
         _notice(args, f"resume: continuing from level t={engine.result.t + 1} "
-                      f"({_fmt_seconds(engine.elapsed_before)} already spent)")
+                      f"({_fmt_seconds(engine.seconds_spent)} already spent)")
     if args.time_budget is not None:  # the budget counts for this invocation
-        engine.opts = dataclasses.replace(engine.opts, time_budget=engine.elapsed_before + args.time_budget)
+        engine.set_time_budget(args.time_budget, from_now=True)
     config = _config(args, model, data, engine, args.time_budget)
     indices = [int(i) for i in data.indices]
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..atomic import atomic_write, atomic_write_text
 from .result import AttackResult
 
 __all__ = ["add_parser", "run", "parse_indices", "save_outputs"]
@@ -124,11 +124,10 @@ def save_outputs(out: Path, res: AttackResult, x: torch.Tensor, indices: torch.T
     payload["config"] = {**config, **payload["config"]}
     for row, idx in zip(payload["inputs"], indices.tolist(), strict=True):
         row["index"] = int(idx)
-    tmp = out / ".results.json.tmp"
-    tmp.write_text(json.dumps(payload, indent=1))
-    os.replace(tmp, out / "results.json")
-    np.savez_compressed(out / "adversarial.npz", index=indices.numpy().astype(np.int64),
-                        x_adv=res.x_adv.numpy().astype(np.float32), success=res.success.numpy())
+    atomic_write_text(out / "results.json", json.dumps(payload, indent=1))
+    atomic_write(out / "adversarial.npz", lambda fh: np.savez_compressed(
+        fh, index=indices.numpy().astype(np.int64), x_adv=res.x_adv.numpy().astype(np.float32),
+        success=res.success.numpy()))
     save_grid(out / "examples.png", x, res)
     return payload
 

@@ -9,6 +9,7 @@ Every adversarial example is re-checked on the model before it changes a bound.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -129,6 +130,20 @@ class Engine:
         self._inc_levels: dict[int, tuple[bool, int]] = {}  # t -> (pays, chunk)
         if self.incremental is not None and options.t_max >= 1 and self._incremental_for(1) is None:
             self.incremental = None  # does not pay at t=1: it will not at larger t either
+
+    # -- public knobs -------------------------------------------------------------------------
+    @property
+    def seconds_spent(self) -> float:
+        """Seconds of work already in the result (from a resumed checkpoint, else 0)."""
+        return self.elapsed_before
+
+    def set_time_budget(self, seconds: float | None, *, from_now: bool = False) -> None:
+        """Change the time budget; with ``from_now`` it counts only for the coming run (on top of
+        :attr:`seconds_spent`), else it is the total including the resumed work."""
+        if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0):
+            raise ValueError(f"time_budget: expected a positive number of seconds or None, got {seconds!r}")
+        total = None if seconds is None else float(seconds) + (self.elapsed_before if from_now else 0.0)
+        self.opts = dataclasses.replace(self.opts, time_budget=total)
 
     # -- helpers ------------------------------------------------------------------------------
     def _incremental_for(self, t: int) -> IncrementalPrefix | None:

@@ -15,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 import platform
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ..atomic import atomic_write_text
 from ..classifier import Classifier
 
 __all__ = ["cache_path", "context_key", "lookup", "store"]
@@ -78,13 +78,6 @@ def store(key: str, value: Any) -> None:
         data[key] = value
         while len(data) > _MAX_ENTRIES:
             data.pop(next(iter(data)))
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tuning-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(data, fh)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_write_text(path, json.dumps(data))
     except OSError:
         return
