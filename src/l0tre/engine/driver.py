@@ -29,7 +29,7 @@ from .features import FeatureSpace
 from .grid import colours, grid_values, valid_colours
 from .incremental import IncrementalPrefix
 from .objective import Misclassification, Objective
-from .options import EvaluateOptions
+from .options import EvaluateOptions, plan_batch_size
 from .sensitivity import LevelContext, UnitResult, empty_unit, evaluate_unit, merge_units
 from .subspaces import binomial_table, count_points, n_subsets, unrank
 from .tighten import tighten
@@ -92,6 +92,10 @@ class Engine:
         self.x_orig = x.detach().to("cpu")
         self.space = FeatureSpace(options.features, tuple(x.shape[1:]))  # type: ignore[arg-type]
         self.batch_size = batch_size
+        # rows per call on the incremental path (cheaper rows: larger calls amortise the per-call
+        # work; the chain splits them into cache-sized chunks itself); a user batch size is kept
+        self.inc_batch = batch_size if options.batch_size is not None else min(
+            plan_batch_size(model, tuple(x.shape[1:]), None, options.max_memory), max(batch_size, 512))
         self.checkpoint = Path(checkpoint) if checkpoint is not None else None
         self.n = self.space.n
         self.top_k = options.top_k or max(self.n, 1024)
@@ -155,7 +159,7 @@ class Engine:
             return inc
         if t not in self._inc_levels:
             probe = self.x0[: min(8, self.x0.shape[0])]
-            pays = incremental_pays(self.model, inc, probe, min(self.batch_size, 512), t)
+            pays = incremental_pays(self.model, inc, probe, self.inc_batch, t)
             self._inc_levels[t] = (pays, inc.chunk)
         pays, inc.chunk = self._inc_levels[t]
         return inc if pays else None
@@ -429,8 +433,8 @@ class Engine:
                         unit = evaluate_unit(
                             self.model, self.objective, self.x0[dev_idx], self.ref[dev_idx],
                             self.valid[dev_idx], shard, ctx, lvl.next_rank, r1,
-                            batch_size=self.batch_size, k=self.top_k, on_batch=self.progress.advance,
-                            incremental=inc,
+                            batch_size=self.batch_size if inc is None else self.inc_batch, k=self.top_k,
+                            on_batch=self.progress.advance, incremental=inc,
                         )
                         acc = merge_units(acc, _cast(unit, acc.conf.dtype), self.top_k)
                         lvl.next_rank = r1
