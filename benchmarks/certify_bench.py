@@ -5,6 +5,7 @@ box proves) decides PROVEN / FALSIFIED / UNKNOWN. With ``--one-shot`` it also re
 bounding method, the fraction of single features proven without branching and the time.
 
     python benchmarks/certify_bench.py --model paper-mnist --data mnist:test --images 5
+    python benchmarks/certify_bench.py --model mnist14-sdnn --images 20 --t 2   # 14x14 sDNN stand-in
     python benchmarks/certify_bench.py --module mypkg.nets:make_net --weights net.pt \\
         --data digits.npz --images 10 --method crown --dtype float32
 
@@ -49,6 +50,11 @@ def _load_target(args: argparse.Namespace, dtype: torch.dtype) -> tuple[Target, 
         return resolve(net, shape, preprocessing=pre, dtype=dtype), None
     from l0tre.models import load_model
 
+    if args.model == "mnist14-sdnn":  # the benchmarks' 14x14 stand-in for the paper's sDNN
+        import mnist14
+
+        clf = mnist14.sdnn14()
+        return resolve(clf, (1, 14, 14), dtype=dtype), clf
     clf = load_model(args.model, device=args.device)
     shape = clf.input_shape or tuple(args.input_shape)
     return resolve(clf, tuple(shape), dtype=dtype), clf
@@ -57,6 +63,11 @@ def _load_target(args: argparse.Namespace, dtype: torch.dtype) -> tuple[Target, 
 def _load_images(args: argparse.Namespace) -> tuple[torch.Tensor, torch.Tensor | None]:
     from l0tre.data import load_data
 
+    if args.model == "mnist14-sdnn":
+        import mnist14
+
+        ds = mnist14.images14("test", start=args.start, limit=args.images)
+        return ds.x, ds.y
     ds = load_data(args.data, start=args.start, limit=args.images)
     return ds.x, ds.y
 

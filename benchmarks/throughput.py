@@ -91,36 +91,16 @@ def engine_run(args: argparse.Namespace, clf: l0tre.Classifier, x: torch.Tensor,
     }
 
 
-def tiny14_model() -> l0tre.Classifier:
-    """A 14×14 MNIST CNN in the spirit of the paper's sDNN (conv2x2x8, conv2x2x16+BN,
-    conv2x2x32+BN, FC), trained for a few seconds on downsampled MNIST."""
-    from torch import nn
-
-    torch.manual_seed(0)
-    ds = l0tre.load_data("mnist:test", data_root=data_root(), limit=5000)
-    x = nn.functional.avg_pool2d(ds.x, 2)
-    net = nn.Sequential(
-        nn.Conv2d(1, 8, 2), nn.ReLU(), nn.Conv2d(8, 16, 2), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.Conv2d(16, 32, 2), nn.BatchNorm2d(32), nn.ReLU(), nn.Flatten(), nn.Linear(32 * 11 * 11, 10),
-    )
-    opt = torch.optim.Adam(net.parameters(), 1e-2)
-    for _ in range(2):
-        for i in range(0, 5000, 100):
-            opt.zero_grad()
-            nn.functional.cross_entropy(net(x[i : i + 100]), ds.y[i : i + 100]).backward()
-            opt.step()
-    return l0tre.Classifier(net.eval(), input_shape=(1, 14, 14), name="mnist14-sdnn")
-
-
 def child(args: argparse.Namespace) -> None:
     """One scaling point in a fresh process; prints one JSON line."""
     if args.child == "inputs":
         clf = l0tre.load_model(args.model, data_root=data_root())
         x = l0tre.load_data("mnist:test", data_root=data_root(), limit=args.images).x
     else:
-        clf = tiny14_model()
-        x = torch.nn.functional.avg_pool2d(
-            l0tre.load_data("mnist:test", data_root=data_root(), start=5000, limit=args.images).x, 2)
+        import mnist14
+
+        clf = mnist14.sdnn14()
+        x = mnist14.images14("test", limit=args.images).x
     out = engine_run(args, clf, x, args.mode)
     out["images"] = args.images
     print(json.dumps(out))

@@ -193,6 +193,7 @@ def test_time_budget_returns_verified_examples(cnn_case: tuple[nn.Module, torch.
         ({"epsilon": 0.3}, ValueError),
         ({"screen": "fast"}, ValueError),
         ({"effort": "quick"}, ValueError),
+        ({"mode": "fast"}, ValueError),
         ({"candidates": 0}, ValueError),
         ({"time_budget": -1}, ValueError),
         ({"seed": "a"}, TypeError),

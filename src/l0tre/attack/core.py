@@ -29,6 +29,7 @@ import torch
 
 from ..api import ModelLike
 from ..classifier import Classifier, as_classifier
+from ..engine.fastpath import tune
 from ..engine.features import FeatureKind, FeatureSpace
 from ..engine.grid import check_epsilon, colours, grid_values
 from ..engine.options import DEFAULT_MAX_MEMORY, check_inputs, check_labels, plan_batch_size
@@ -123,6 +124,7 @@ def attack(
     candidates: int | None = None,
     rounds: int | None = None,
     shard_size: int = 256,
+    mode: str = "auto",
 ) -> AttackResult:
     """Find adversarial examples with as few changed pixels as possible.
 
@@ -157,6 +159,8 @@ def attack(
         candidates: (feature, colour) pairs screened exactly in gradient mode.
         rounds: refinement rounds after the first tightening (0: none).
         shard_size: inputs searched together (memory grows with it; results do not depend on it).
+        mode: execution mode of the model, as in :func:`l0tre.evaluate`: ``"auto"`` (channels_last
+            when it measures faster), ``"eager"``, ``"channels_last"``, ….
 
     Returns:
         an :class:`~l0tre.attack.result.AttackResult`.
@@ -190,6 +194,7 @@ def attack(
     rows = plan_batch_size(clf, tuple(x.shape[1:]), bs, _int("max_memory", max_memory, 1))
     if bs is None and clf.device.type == "cpu":
         rows = min(rows, cpu_rows(clf, tuple(x.shape[1:])))
+    tune(clf, tuple(x.shape[1:]), rows, rows, mode)  # execution mode only (rows are fixed here)
     differentiable = clf.modules() is not None
     if screen == "gradient" and not differentiable:
         raise ValueError("screen: 'gradient' needs a torch.nn.Module model; use 'exact' for plain callables")
@@ -272,7 +277,7 @@ def attack(
         max_pixels=mp,
         stopped="time_budget" if deadline.hit else "done",
         config={"screen": mode, "effort": effort, **preset, "seed": seed,
-                "batch_size": rows, "fine_steps": fine_steps, "device": str(dev)},
+                "batch_size": rows, "fine_steps": fine_steps, "device": str(dev), "mode": clf.mode},
     )
 
 
