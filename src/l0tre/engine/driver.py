@@ -132,8 +132,8 @@ class Engine:
         self.incremental = IncrementalPrefix.build(model, self.space.shape) if incremental else None
         self.force_incremental = force_incremental
         self._inc_levels: dict[int, tuple[bool, int]] = {}  # t -> (pays, chunk)
-        if self.incremental is not None and options.t_max >= 1 and self._incremental_for(1) is None:
-            self.incremental = None  # does not pay at t=1: it will not at larger t either
+        # whether the chain pays is measured lazily, at the start of each level (after the first
+        # snapshot), and remembered on disk (see tuning_cache)
 
     # -- public knobs -------------------------------------------------------------------------
     @property
@@ -157,6 +157,8 @@ class Engine:
             return None
         if self.force_incremental:
             return inc
+        if t > 1 and not self._inc_levels.get(1, (True, 0))[0]:
+            return None  # it did not pay at t=1: it will not with more windows
         if t not in self._inc_levels:
             probe = self.x0[: min(8, self.x0.shape[0])]
             pays = incremental_pays(self.model, inc, probe, self.inc_batch, t)
