@@ -23,7 +23,12 @@ Protocol (identical for every method):
   pixel counts once); statistics are over the successful images;
 * time = wall-clock seconds of the method's calls (model loading excluded) / images attempted;
   a method whose cumulative time exceeds ``--budget`` seconds stops after the chunk in
-  progress and its remaining images are reported as not attempted (status column).
+  progress and its remaining images are reported as not attempted (status column);
+* CPU time = ``time.process_time()`` seconds (all threads of this process, user + system)
+  around the same calls / images attempted. It is much less sensitive than wall time to other
+  work on a shared machine; with ``--threads 2`` it can be up to twice the wall time of a
+  method that keeps both threads busy. The 1-minute load average is recorded before and after
+  each method (``loadavg``) as a hint of how busy the machine was.
 
 Peer settings are the libraries' defaults unless the paper that introduced the attack
 recommends otherwise for L0 (noted in ``PEERS`` below). Foolbox's L0 attacks and ART's
@@ -216,6 +221,8 @@ def run_method(name: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, shap
     success = np.zeros(0, dtype=bool)
     l0 = np.zeros(0, dtype=np.int64)
     elapsed = 0.0
+    cpu = 0.0
+    load_before = _loadavg()
     status = "ok"
     n = x.shape[0]
     for c0 in range(0, n, method.chunk):
@@ -225,22 +232,28 @@ def run_method(name: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, shap
         xb, yb = x[c0 : c0 + method.chunk], y[c0 : c0 + method.chunk]
         seed_all(args.seed + c0)
         t0 = time.perf_counter()
+        c0_cpu = time.process_time()
         try:
             adv = method.run(xb.clone(), yb.clone())
         except Exception as exc:  # noqa: BLE001
             elapsed += time.perf_counter() - t0
+            cpu += time.process_time() - c0_cpu
             status = f"error after {c0}/{n} images: {type(exc).__name__}: {exc}"[:200]
             if not args.quiet:
                 traceback.print_exc()
             break
         elapsed += time.perf_counter() - t0
+        cpu += time.process_time() - c0_cpu
         s, d = score(net, xb, yb, adv, args.device)
         success = np.concatenate([success, s])
         l0 = np.concatenate([l0, d])
         if not args.quiet:
-            print(f"  {name}: {success.size}/{n} images, {elapsed:.1f}s, success {success.mean():.3f}, "
+            print(f"  {name}: {success.size}/{n} images, {elapsed:.1f}s (CPU {cpu:.1f}s), "
+                  f"success {success.mean():.3f}, "
                   f"mean L0 {l0[success].mean() if success.any() else float('nan'):.2f}", flush=True)
     m = int(success.size)
+    if status == "ok" and elapsed > args.budget:
+        status = f"ok (all attempted; the last chunk ended past the {args.budget:.0f}s budget, at {elapsed:.0f}s)"
     ok_l0 = l0[success].astype(np.float64)
     out.update({
         "status": status,
@@ -251,10 +264,36 @@ def run_method(name: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, shap
         "std_l0": float(ok_l0.std()) if ok_l0.size else None,
         "seconds": elapsed,
         "seconds_per_image": elapsed / m if m else None,
+        "cpu_seconds": cpu,
+        "cpu_seconds_per_image": cpu / m if m else None,
+        "loadavg": {"before": load_before, "after": _loadavg()},
         "success": success.tolist(),
         "l0": l0.tolist(),
     })
     return out
+
+
+def _source_state() -> dict[str, Any]:
+    """The git commit of the tree l0tre is imported from and its uncommitted files under src/
+    (read-only git queries; empty where git is unavailable)."""
+    import subprocess
+
+    def git(*cmd: str) -> str:
+        try:
+            return subprocess.run(["git", *cmd], cwd=ROOT, capture_output=True, text=True, timeout=10,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    dirty = git("status", "--porcelain", "--", "src")
+    return {"commit": git("rev-parse", "HEAD"), "uncommitted": [ln[3:] for ln in dirty.splitlines()]}
+
+
+def _loadavg() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
 
 
 def run_workload(workload: str, args: argparse.Namespace, previous: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -286,7 +325,7 @@ def run_workload(workload: str, args: argparse.Namespace, previous: dict[str, An
         methods[name]["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         r = methods[name]
         print(f"[{workload}] {name}: {r['status']}; success {r.get('success_rate')}, mean L0 {r.get('mean_l0')}, "
-              f"s/img {r.get('seconds_per_image')}", flush=True)
+              f"s/img {r.get('seconds_per_image')}, CPU s/img {r.get('cpu_seconds_per_image')}", flush=True)
     methods = {k: (methods[k] if k in methods else kept[k]) for k in ALL_METHODS if k in methods or k in kept}
     # head-to-head: l0tre's mean L0 on the images each peer attacked successfully
     if "l0tre" in methods and methods["l0tre"].get("attempted"):
@@ -302,6 +341,9 @@ def run_workload(workload: str, args: argparse.Namespace, previous: dict[str, An
     return {
         "model": spec["model"], "data": spec["data"], "limit": limit, "n_loaded": len(data),
         "n_correct": int(keep.sum()), "indices": data.indices[keep].tolist(), "methods": methods,
+        "run": {"command": args.command_line, "budget_s": args.budget, "batch": args.batch,
+                "threads": args.threads, "device": args.device,
+                "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")},
     }
 
 
@@ -322,18 +364,40 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append(f"### {workload}: `{w['model']}`, `{w['data']}` first {w['limit']} "
                      f"({w['n_correct']} correctly classified, attacked)")
         lines.append("")
-        lines.append("| method | success | mean L0 | median L0 | std L0 | s / image | "
-                     "head-to-head mean L0 (peer vs l0tre, images both fooled) | status |")
-        lines.append("|---|---|---|---|---|---|---|---|")
+        commands = sorted({r["command"] for r in w["methods"].values() if r.get("command")})
+        if commands:
+            lines.append("Command" + ("s" if len(commands) > 1 else "") + ": "
+                         + ", ".join(f"`{c}`" for c in commands) + ".")
+            run = w.get("run")
+            if run:
+                lines.append(f"Last run {run['date']}: {run['threads']} torch thread(s), device {run['device']}, "
+                             f"budget {run['budget_s']:.0f} s per method (checked between chunks), "
+                             f"{run['batch']} images per call for batched methods.")
+            lines.append("")
+        lines.append("| method | success (images attempted) | mean L0 | median L0 | std L0 | s / image (wall) | "
+                     "CPU s / image | "
+                     "head-to-head mean L0 (peer vs l0tre, images both fooled; n, peer lower on) "
+                     "| status |")
+        lines.append("|---|---|---|---|---|---|---|---|---|")
         for name, r in w["methods"].items():
             sr = r.get("success_rate")
             h2h = "–"
             if r.get("common_images"):
-                h2h = f"{_fmt(r['common_mean_l0'])} vs {_fmt(r['common_l0tre_mean_l0'])} (n={r['common_images']})"
+                h2h = f"{_fmt(r['common_mean_l0'])} vs {_fmt(r['common_l0tre_mean_l0'])} (n={r['common_images']}"
+                ours = w["methods"].get("l0tre")
+                if ours and ours.get("l0"):
+                    m = min(len(r["l0"]), len(ours["l0"]))
+                    lower = sum(1 for i in range(m) if r["success"][i] and ours["success"][i]
+                                and r["l0"][i] < ours["l0"][i])
+                    h2h += f"; peer lower on {lower}"
+                h2h += ")"
+            att = r.get("attempted", 0)
+            att_s = f"{att} img" if att == w["n_correct"] else f"**{att} of {w['n_correct']} img**"
             lines.append(
-                f"| {name} | {'–' if sr is None else f'{100 * sr:.1f} %'} ({r.get('attempted', 0)} img) | "
+                f"| {name} | {'–' if sr is None else f'{100 * sr:.1f} %'} ({att_s}) | "
                 f"{_fmt(r.get('mean_l0'))} | {_fmt(r.get('median_l0'), 1)} | {_fmt(r.get('std_l0'))} | "
-                f"{_fmt(r.get('seconds_per_image'), 3)} | {h2h} | {r['status']} |"
+                f"{_fmt(r.get('seconds_per_image'), 3)} | {_fmt(r.get('cpu_seconds_per_image'), 3)} | "
+                f"{h2h} | {r['status']} |"
             )
         lines.append("")
         lines.append(_verdict(w))
@@ -356,10 +420,13 @@ def _verdict(w: dict[str, Any]) -> str:
                 notes.append(f"{name} has a lower mean L0 ({r['mean_l0']:.2f} vs {ours['mean_l0']:.2f})")
             if (r.get("success_rate") or 0) > (ours.get("success_rate") or 0):
                 notes.append(f"{name} has a higher success rate")
-            if (r.get("seconds_per_image") is not None and ours.get("seconds_per_image") is not None
-                    and r["seconds_per_image"] < ours["seconds_per_image"]):
-                notes.append(f"{name} is faster ({r['seconds_per_image']:.3f} vs "
-                             f"{ours['seconds_per_image']:.3f} s/image)")
+            faster = []
+            for key, label in (("seconds_per_image", "wall"), ("cpu_seconds_per_image", "CPU")):
+                a, b = r.get(key), ours.get(key)
+                if a is not None and b is not None and a < b:
+                    faster.append(f"{label} {a:.3f} vs {b:.3f} s/image")
+            if faster:
+                notes.append(f"{name} is faster ({'; '.join(faster)})")
         lines.append(f"- peers beating **{variant}**: " + ("; ".join(notes) if notes else "none") + ".")
     if not lines:
         return "_l0tre was not run._"
@@ -376,22 +443,36 @@ def figures(results: dict[str, Any], img_dir: Path) -> list[Path]:
     ws = list(results["workloads"].items())
     paths = []
     for kind in ("l0", "time"):
-        fig, axes = plt.subplots(1, len(ws), figsize=(5.5 * len(ws), 4), squeeze=False)
+        fig, axes = plt.subplots(1, len(ws), figsize=(6 * len(ws), 4.6), squeeze=False)
         for ax, (workload, w) in zip(axes[0], ws, strict=True):
             names = [k for k, v in w["methods"].items() if v.get("attempted")]
             colors = ["tab:red" if k in L0TRE_VARIANTS else "tab:blue" for k in names]
+            # a method stopped by the budget is labelled with the images it attempted
+            labels = [k if w["methods"][k]["attempted"] == w["n_correct"]
+                      else f"{k}\n({w['methods'][k]['attempted']}/{w['n_correct']})" for k in names]
+            pos = np.arange(len(names))
             if kind == "l0":
-                vals = [w["methods"][k]["mean_l0"] or 0.0 for k in names]
-                errs = [w["methods"][k]["std_l0"] or 0.0 for k in names]
-                ax.bar(names, vals, yerr=errs, capsize=4, color=colors)
-                ax.set_ylabel("adversarial L0 (pixels), mean ± std")
+                vals = np.array([w["methods"][k]["mean_l0"] or np.nan for k in names], dtype=float)
+                std = np.array([w["methods"][k]["std_l0"] or 0.0 for k in names], dtype=float)
+                # log axis: the lower whisker stops at 1 pixel (L0 >= 1)
+                low = np.minimum(std, np.maximum(vals - 1.0, 0.0))
+                ax.bar(pos, vals, yerr=np.vstack([low, std]), capsize=4, color=colors)
+                for xi, v in zip(pos, vals, strict=True):
+                    if np.isfinite(v):
+                        ax.annotate(f"{v:.1f}", (xi, v), textcoords="offset points", xytext=(0, 2),
+                                    ha="center", fontsize=7)
+                ax.set_yscale("log")
+                ax.set_ylabel("adversarial L0 (pixels), mean ± std (log scale)")
             else:
-                vals = [w["methods"][k]["seconds_per_image"] or 0.0 for k in names]
-                ax.bar(names, vals, color=colors)
+                wall = [w["methods"][k]["seconds_per_image"] or np.nan for k in names]
+                cpu = [w["methods"][k].get("cpu_seconds_per_image") or np.nan for k in names]
+                ax.bar(pos - 0.2, wall, width=0.4, color=colors, label="wall")
+                ax.bar(pos + 0.2, cpu, width=0.4, color=colors, alpha=0.45, hatch="//", label="CPU (process)")
                 ax.set_yscale("log")
                 ax.set_ylabel("seconds per image (log scale)")
+                ax.legend(fontsize=8)
+            ax.set_xticks(pos, labels, rotation=45, ha="right", fontsize=8)
             ax.set_title(f"{workload}: {w['model']} ({w['n_correct']} images)")
-            ax.tick_params(axis="x", rotation=45)
         fig.tight_layout()
         path = img_dir / f"attack_{kind}.png"
         fig.savefig(path, dpi=110)
@@ -432,11 +513,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--img-dir", type=Path, default=ROOT / "docs" / "img")
     ap.add_argument("--fresh", action="store_true", help="do not merge with the workloads already in --json")
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--render", action="store_true",
+                    help="run nothing: rewrite --doc and the figures from the results in --json")
     args = ap.parse_args(argv)
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     bad = [m for m in args.methods if m not in ALL_METHODS]
     if bad:
         ap.error(f"--methods: unknown {bad}; expected some of {ALL_METHODS}")
+    if args.render:
+        results = json.loads(args.json.read_text())
+        table = markdown(results)
+        write_doc(args.doc, table)
+        figures(results, args.img_dir)
+        print(table)
+        return 0
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(False)
     workloads = ["mnist", "cifar"] if args.workload == "all" else [args.workload]
@@ -460,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         "device": args.device, "device_name": device_name, "threads": args.threads, "torch": torch.__version__,
         "python": platform.python_version(), "peers": versions, "budget_s": args.budget, "seed": args.seed,
         "pixel_rule": "L0 = positions (h, w) with any channel changed by > 1e-6; success re-checked on the model",
+        "l0tre_source": _source_state(),
     }
     for workload in workloads:
         res = run_workload(workload, args, results["workloads"].get(workload))
