@@ -3,7 +3,8 @@
 conv 2×2×8 + BN + ReLU, conv 2×2×16 + BN + ReLU, conv 2×2×32 + BN + ReLU, FC → 10, on MNIST
 downsampled to 14×14 by 2×2 average pooling. The paper's own sDNN is a MATLAB object in the
 shared data whose input resizing we cannot reproduce exactly, so the benchmarks train this
-stand-in deterministically (seeded, ~10 s on 2 CPU cores) on the first 10,000 training images.
+stand-in deterministically (seeded, one epoch, ≈ 7 s on 2 idle CPU cores; 96.75 % test accuracy)
+on the first 10,000 training images.
 Imported by the benchmark scripts that sit beside it (``import mnist14``).
 """
 
