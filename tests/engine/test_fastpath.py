@@ -219,7 +219,6 @@ def test_tuning_cache_skips_measurements_on_the_second_run(
 
     with monkeypatch.context() as m:
         m.setattr(fastpath, "time_forward", no_measuring)
-        m.setattr(fastpath, "_best_of", no_measuring)
         m.setattr(fastpath, "_seconds", no_measuring)
         second = l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=1)
     assert torch.equal(second.lower, first.lower) and torch.equal(second.upper, first.upper)

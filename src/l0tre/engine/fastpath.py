@@ -44,16 +44,7 @@ class Mode(str, enum.Enum):
 def time_forward(model: Classifier, x: torch.Tensor, repeats: int = 2) -> float:
     """Best-of-``repeats`` seconds for one forward pass of ``x`` (after one warm-up call)."""
     model(x)
-    best = float("inf")
-    for _ in range(repeats):
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-        t0 = time.perf_counter()
-        model(x)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize(x.device)
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return min(_seconds(lambda: model(x), x.device) for _ in range(repeats))
 
 
 def _has_conv(module: nn.Module | None) -> bool:
@@ -183,13 +174,3 @@ def _seconds(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return time.perf_counter() - t0
-
-
-def _best_of(fn: Callable[[], object], repeats: int = 2) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
