@@ -32,7 +32,7 @@ from ..classifier import Classifier, as_classifier
 from ..engine.fastpath import tune
 from ..engine.features import FeatureKind, FeatureSpace
 from ..engine.grid import check_epsilon, colours, grid_values
-from ..engine.options import DEFAULT_MAX_MEMORY, check_inputs, check_labels, plan_batch_size
+from ..engine.options import DEFAULT_MAX_MEMORY, check_inputs, check_labels, layer_output_bytes, plan_batch_size
 from .result import AttackResult
 from .search import CountingObjective, Deadline, SearchConfig, Searcher, pick
 
@@ -81,24 +81,10 @@ def cpu_rows(model: Classifier, shape: tuple[int, ...], cache_bytes: int = _CPU_
     Measured on the benchmark machine: beyond that, throughput drops up to 3× (e.g. the
     paper's MNIST CNN runs 3,100 rows/s at 256 rows per call and 860 rows/s at 512).
     """
-    module = model.modules()
-    if module is None:
-        return 256
-    largest = 0
-
-    def hook(_m: torch.nn.Module, _i: object, out: object) -> None:
-        nonlocal largest
-        if isinstance(out, torch.Tensor):
-            largest = max(largest, out.numel() * out.element_size())
-
-    if isinstance(module, torch.jit.ScriptModule):
-        return 256  # no forward hooks on TorchScript modules
-    handles = [m.register_forward_hook(hook) for m in module.modules() if not list(m.children())]
-    try:
-        model(torch.full((1, *shape), model.bounds[0], dtype=model.dtype, device=model.device))
-    finally:
-        for h in handles:
-            h.remove()
+    sizes = layer_output_bytes(model, shape)
+    if sizes is None:
+        return 256  # no hooks on plain callables / TorchScript
+    largest = max(sizes, default=0)
     rows = 1024
     while rows > 32 and rows * largest > cache_bytes:
         rows //= 2

@@ -127,18 +127,17 @@ def check_labels(labels: object, n: int) -> torch.Tensor | None:
     return labels.to(torch.int64).cpu()
 
 
-def _activation_bytes(model: Classifier, shape: tuple[int, ...]) -> int:
-    """Bytes of all leaf-module outputs for one sample (a probe forward pass)."""
+def layer_output_bytes(model: Classifier, shape: tuple[int, ...]) -> list[int] | None:
+    """Bytes of each leaf module's output for one sample (a probe forward pass with hooks), or
+    ``None`` for plain callables and TorchScript (no hooks there)."""
     module = model.modules()
-    total = 0
     if module is None or isinstance(module, torch.jit.ScriptModule):
-        # no hooks on callables / TorchScript: assume activations ≈ 64 × the input
-        return 64 * math.prod(shape) * torch.empty((), dtype=model.dtype).element_size()
+        return None
+    sizes: list[int] = []
 
     def hook(_m: nn.Module, _i: object, out: object) -> None:
-        nonlocal total
         if isinstance(out, torch.Tensor):
-            total += out.numel() * out.element_size()
+            sizes.append(out.numel() * out.element_size())
 
     handles = [m.register_forward_hook(hook) for m in module.modules() if len(list(m.children())) == 0]
     try:
@@ -146,7 +145,15 @@ def _activation_bytes(model: Classifier, shape: tuple[int, ...]) -> int:
     finally:
         for h in handles:
             h.remove()
-    return total
+    return sizes
+
+
+def _activation_bytes(model: Classifier, shape: tuple[int, ...]) -> int:
+    """Bytes of all leaf-module outputs for one sample."""
+    sizes = layer_output_bytes(model, shape)
+    if sizes is None:  # assume activations ≈ 64 × the input
+        return 64 * math.prod(shape) * torch.empty((), dtype=model.dtype).element_size()
+    return sum(sizes)
 
 
 def plan_batch_size(model: Classifier, shape: tuple[int, ...], batch_size: int | None, max_memory: int) -> int:
