@@ -118,6 +118,8 @@ class Classifier:
         self.channels_last = False
         self.tuned: dict[tuple[object, ...], tuple[Any, int]] = {}  # execution-mode choices, see fastpath
         self._forward: Callable[[torch.Tensor], torch.Tensor] = model
+        # pad batches to a few canonical sizes (modules only: a plain callable may not be row-wise)
+        self.bucket = isinstance(model, nn.Module)
 
     # -- execution mode -----------------------------------------------------------------------
     def set_mode(self, *, channels_last: bool = False, compile: bool = False) -> None:
@@ -158,19 +160,27 @@ class Classifier:
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw model outputs ``(N, classes)`` for pixel-space inputs ``x`` ``(N, C, H, W)``."""
+        """Raw model outputs ``(N, classes)`` for pixel-space inputs ``x`` ``(N, C, H, W)``.
+
+        With ``bucket_rows`` (the default for modules) the batch is padded with copies of its
+        last row up to :func:`bucket_rows` rows, so the backend sees few distinct shapes (each new
+        shape costs a kernel plan / a recompilation and fragments memory).
+        """
         n_rows = x.shape[0]
         x = self._normalise(x.to(device=self.device, dtype=self.dtype))
+        rows = bucket_rows(n_rows) if self.bucket and n_rows > 0 else n_rows
+        if rows != n_rows:
+            x = torch.cat([x, x[-1:].expand(rows - n_rows, *x.shape[1:])])
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self._forward(x)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"model output: expected a torch.Tensor, got {type(out).__name__}")
-        if out.dim() != 2 or out.shape[0] != n_rows:
+        if out.dim() != 2 or out.shape[0] != rows:
             raise ValueError(
-                f"model output: expected shape (N, classes) = ({x.shape[0]}, K), got {tuple(out.shape)}"
+                f"model output: expected shape (N, classes) = ({rows}, K), got {tuple(out.shape)}"
             )
-        return out
+        return out[:n_rows] if rows != n_rows else out
 
     @torch.no_grad()
     def scores(self, x: torch.Tensor) -> torch.Tensor:
@@ -212,6 +222,14 @@ class Classifier:
             f"preprocessing={self.preprocessing}, device={str(self.device)!r}, "
             f"input_shape={self.input_shape})"
         )
+
+
+def bucket_rows(n: int) -> int:
+    """The padded batch size for ``n`` rows: the next power of two up to 32, then the next
+    multiple of 32 (at most 31 wasted rows; about ``n / 32`` distinct shapes)."""
+    if n <= 32:
+        return 1 << max(0, n - 1).bit_length()
+    return -(-n // 32) * 32
 
 
 def _check_bounds(bounds: object) -> tuple[float, float]:

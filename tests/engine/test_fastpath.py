@@ -95,15 +95,19 @@ def test_incremental_outputs_match_full_forward(shared_data: object) -> None:
     clf = l0tre.load_model("paper-mnist")
     x = l0tre.load_data("mnist:test", data_root=shared_data, limit=4).x  # type: ignore[arg-type]
     inc = IncrementalPrefix.build(clf, (1, 28, 28))
-    # conv, relu, conv, relu, maxpool, conv, relu: the fourth conv's window (7x7 of 8x8) is too wide
-    assert inc is not None and inc.depth == 7 and len(inc.spatial) == 4
+    # conv, relu, conv, relu, maxpool, conv, relu, conv (window 7x7 of 8x8), relu; the second
+    # max-pool's window (4x4 of 4x4) is too wide
+    assert inc is not None and inc.depth == 9 and len(inc.spatial) == 5
+    # two windows per row (t = 2) cover 2·49 > 0.8·64 there: that chain stops before the last conv
+    inc2 = IncrementalPrefix.build(clf, (1, 28, 28), windows=2)
+    assert inc2 is not None and inc2.depth == 7 and len(inc2.spatial) == 4
     gen = torch.Generator().manual_seed(0)
     a = torch.randint(0, 4, (64,), generator=gen)
     pix = torch.cat([torch.tensor([0, 27, 756, 783]), torch.randint(0, 784, (60,), generator=gen)])
     vals = torch.rand(64, 1, generator=gen)
     xb = x[a].clone()
     xb.view(64, -1)[torch.arange(64), pix] = vals[:, 0]
-    for chunk in (0, 7):
+    for chunk in (0, 7, 13):  # 13: the last call (12 rows) is padded to 16 and cut back
         inc.chunk = chunk
         torch.testing.assert_close(inc.outputs(inc.base(x), a, pix, vals), clf(xb), rtol=1e-5, atol=1e-5)
 

@@ -20,7 +20,7 @@ from .incremental import BOUNDARY_TOL, IncrementalCaches, IncrementalPrefix
 from .objective import Objective, ObjectiveValues
 from .subspaces import unrank
 
-__all__ = ["LevelContext", "UnitResult", "evaluate_unit", "merge_units", "empty_unit", "sort_topk"]
+__all__ = ["LevelContext", "UnitResult", "chain_values", "evaluate_unit", "merge_units", "empty_unit", "sort_topk"]
 
 _BIG = torch.iinfo(torch.int64).max
 
@@ -253,10 +253,23 @@ def _incremental_values(
     caches: IncrementalCaches, x0: torch.Tensor, ref: torch.Tensor, ctx: LevelContext,
     subsets: torch.Tensor, a: torch.Tensor, s: torch.Tensor, p: torch.Tensor,
 ) -> ObjectiveValues:
-    """Objective values of rows via the incremental chain, near-boundary rows re-checked."""
-    feat = subsets[s]  # (B, t)
-    vals = ctx.values(p)  # (B, t, Cf)
-    space = ctx.space
+    """Objective values of grid rows via the incremental chain."""
+    return chain_values(model, objective, inc, caches, x0, ref, ctx.space, a, subsets[s], ctx.values(p))
+
+
+def chain_values(
+    model: Classifier, objective: Objective, inc: IncrementalPrefix, caches: IncrementalCaches,
+    base: torch.Tensor, ref: torch.Tensor, space: FeatureSpace, a: torch.Tensor,
+    feat: torch.Tensor, vals: torch.Tensor,
+) -> ObjectiveValues:
+    """Objective values of ``base[a]`` with features ``feat`` set to ``vals``, computed through the
+    incremental chain; rows whose margin is within ``BOUNDARY_TOL`` of zero are re-checked with the
+    plain forward pass.
+
+    Args:
+        caches: ``inc.base(base)``; base: ``(Na, C, H, W)`` images; ref: ``(Na,)`` references.
+        a: ``(B,)`` row → image; feat: ``(B, t)`` feature indices; vals: ``(B, t, Cf)`` values.
+    """
     if space.kind is FeatureKind.PIXEL:
         raw = inc.outputs(caches, a, feat, vals)
     else:
@@ -266,8 +279,8 @@ def _incremental_values(
     near = ov.score.abs() <= BOUNDARY_TOL * (1.0 + raw.abs().amax(dim=1))
     if bool(near.any()):
         idx = near.nonzero().squeeze(1)
-        x = x0[a[idx]].clone()
-        space.scatter(x, subsets[s[idx]], ctx.values(p[idx]))
+        x = base[a[idx]].clone()
+        space.scatter(x, feat[idx], vals[idx])
         exact = objective.evaluate(model, x, ref[a[idx]])
         fields = {}
         for name in ("score", "confidence", "success", "label"):

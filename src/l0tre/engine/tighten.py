@@ -11,7 +11,9 @@ import torch
 
 from ..classifier import Classifier
 from .features import FeatureSpace
-from .objective import Objective
+from .incremental import IncrementalPrefix
+from .objective import Objective, ObjectiveValues
+from .sensitivity import chain_values
 
 __all__ = ["tighten"]
 
@@ -27,11 +29,14 @@ def tighten(
     x_adv: torch.Tensor,
     *,
     batch_size: int,
+    incremental: IncrementalPrefix | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Greedy single-feature reverts.
 
     Args:
         x0: ``(Na, C, H, W)`` originals; ``x_adv``: ``(Na, C, H, W)`` adversarial examples.
+        incremental: evaluate each revert as a one-feature change of the current example through
+            this chain (rows near the decision boundary are re-checked with the plain forward).
 
     Returns:
         the tightened examples ``(Na, C, H, W)`` and the number of model evaluations.
@@ -50,12 +55,23 @@ def tighten(
             break
         best_score = torch.full((na,), float("inf"), dtype=dtype, device=dev)
         best_row = torch.full((na,), _BIG, dtype=torch.int64, device=dev)
+        use_chain = incremental is not None and hasattr(objective, "from_outputs")
+        if use_chain and incremental is not None:
+            rows_of = cand[:, 0].unique()  # images whose reverts are evaluated this round
+            local = torch.full((na,), -1, dtype=torch.int64, device=dev)
+            local[rows_of] = torch.arange(rows_of.shape[0], device=dev)
+            caches = incremental.base(x[rows_of])
         for b0 in range(0, cand.shape[0], batch_size):
             c = cand[b0 : b0 + batch_size]
             a, f = c[:, 0], c[:, 1]
-            xb = x[a].clone()
-            space.scatter(xb, f.unsqueeze(1), orig[a, f].unsqueeze(1))
-            ov = objective.evaluate(model, xb, ref[a])
+            ov: ObjectiveValues
+            if use_chain and incremental is not None:
+                ov = chain_values(model, objective, incremental, caches, x[rows_of], ref[rows_of], space,
+                                  local[a], f.unsqueeze(1), orig[a, f].unsqueeze(1))
+            else:
+                xb = x[a].clone()
+                space.scatter(xb, f.unsqueeze(1), orig[a, f].unsqueeze(1))
+                ov = objective.evaluate(model, xb, ref[a])
             evaluations += int(c.shape[0])
             succ = ov.success.to(dev)
             if not bool(succ.any()):
