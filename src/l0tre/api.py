@@ -11,7 +11,7 @@ from torch import nn
 from .classifier import Classifier, as_classifier
 from .engine.certified import CertifyMode, CertifyOptions
 from .engine.driver import Engine, ProgressHook, estimate_guard
-from .engine.fastpath import tune
+from .engine.fastpath import Mode, tune
 from .engine.objective import Objective
 from .engine.options import (
     DEFAULT_MAX_EVALUATIONS,
@@ -63,9 +63,15 @@ def prepare(
     x = check_inputs(x, clf)
     lab = check_labels(labels, x.shape[0])
     clf(x[: min(2, x.shape[0])])  # validates the output shape on the caller's own inputs first
-    cap = plan_batch_size(clf, tuple(x.shape[1:]), None, opts.max_memory)
-    _, rows = tune(clf, tuple(x.shape[1:]), cap, opts.batch_size, mode)
-    engine = Engine(clf, x, opts, labels=lab, batch_size=rows, checkpoint=checkpoint,
+    shape = tuple(x.shape[1:])
+    cap = plan_batch_size(clf, shape, None, opts.max_memory)
+    Mode.parse(mode)  # an unknown mode is refused here, not when the run starts
+
+    def tuner() -> int:  # measured when the run starts, after its first snapshot
+        return tune(clf, shape, cap, opts.batch_size, mode)[1]
+
+    provisional = min(opts.batch_size, cap) if opts.batch_size is not None else min(cap, 256)
+    engine = Engine(clf, x, opts, labels=lab, batch_size=provisional, checkpoint=checkpoint, tuner=tuner,
                     objective=objective, progress=progress,
                     incremental=mode != "eager" if incremental is None else incremental,
                     force_incremental=bool(incremental),

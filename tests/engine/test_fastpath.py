@@ -238,3 +238,28 @@ def test_tuning_cache_skips_measurements_on_the_second_run(
     monkeypatch.setenv("L0TRE_TUNING_CACHE", "off")
     l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=1)
     assert not off.exists()
+
+
+def test_tuning_runs_after_the_first_snapshot(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first snapshot does not wait for execution-mode / batch-size measuring; the run then
+    uses the measured batch size."""
+    calls: list[int] = []
+    orig = l0tre.api.tune
+
+    def tune(*a: object, **k: object) -> tuple[str, int]:
+        calls.append(1)
+        used, _ = orig(*a, **k)  # type: ignore[arg-type]
+        return used, 7
+
+    monkeypatch.setattr(l0tre.api, "tune", tune)
+    shape = (3, 4, 4)
+    clf = l0tre.Classifier(_float32_cnn(shape))
+    x = torch.rand(3, *shape, generator=torch.Generator().manual_seed(3))
+    engine = l0tre.api.prepare(clf, x, epsilon=0.5, t_max=1)
+    it = engine.run()
+    first = next(it)
+    assert calls == [] and first.t == 0 and bool((first.lower == 0).all())
+    last = list(it)[-1]
+    assert calls == [1] and last.t == 1 and engine.batch_size == 7
+    plain = l0tre.evaluate(l0tre.Classifier(_float32_cnn(shape)), x, epsilon=0.5, t_max=1, mode="eager")
+    assert torch.equal(last.lower, plain.lower) and torch.equal(last.upper, plain.upper)

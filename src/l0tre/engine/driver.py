@@ -14,7 +14,7 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -85,6 +85,7 @@ class Engine:
         incremental: bool = True,
         force_incremental: bool = False,
         certify: CertifyOptions | None = None,
+        tuner: Callable[[], int] | None = None,
     ) -> None:
         self.model = model
         self.opts = options
@@ -94,6 +95,8 @@ class Engine:
         self.x_orig = x.detach().to("cpu")
         self.space = FeatureSpace(options.features, tuple(x.shape[1:]))  # type: ignore[arg-type]
         self.batch_size = batch_size
+        # execution-mode / batch-size measuring, deferred until after the first snapshot
+        self._tuner = tuner
         # rows per call on the incremental path (cheaper rows: larger calls amortise the per-call
         # work; the chain splits them into cache-sized chunks itself); a user batch size is kept
         self.inc_batch = batch_size if options.batch_size is not None else min(
@@ -153,6 +156,19 @@ class Engine:
         self.opts = dataclasses.replace(self.opts, time_budget=total)
 
     # -- helpers ------------------------------------------------------------------------------
+    def _ensure_tuned(self) -> None:
+        """Run the deferred tuner once: it sets the model's execution mode and returns the rows
+        per model call."""
+        if self._tuner is None:
+            return
+        tuner, self._tuner = self._tuner, None
+        self.batch_size = tuner()
+        if self.opts.batch_size is None:
+            self.inc_batch = min(plan_batch_size(self.model, self.space.shape, None, self.opts.max_memory),
+                                 max(self.batch_size, 512))
+        else:
+            self.inc_batch = self.batch_size
+
     def _incremental_for(self, t: int) -> IncrementalPrefix | None:
         """The incremental chain when it is on and pays at level ``t`` (measured once per level)."""
         if self.incremental is None or t > MAX_INCREMENTAL_T:
@@ -408,6 +424,7 @@ class Engine:
         stopped = "running"
         try:
             yield self.snapshot(self.result.t > 0, self._now(start))
+            self._ensure_tuned()
             t_stop = min(self.opts.t_max, self.n)
             if self.certify.mode is CertifyMode.ONLY:
                 yield from self._run_certify_only(start, t_stop)
