@@ -25,11 +25,12 @@ from ..classifier import Classifier
 from ..result import Result, atomic_torch_save
 from .certified import Certifier, CertifyMode, CertifyOptions
 from .fastpath import incremental_pays
-from .features import FeatureSpace
+from .features import FeatureKind, FeatureSpace
 from .grid import colours, grid_values, valid_colours
 from .incremental import IncrementalPrefix
 from .objective import Misclassification, Objective
 from .options import EvaluateOptions, plan_batch_size
+from .pairs import PairTable
 from .sensitivity import LevelContext, UnitResult, empty_unit, evaluate_unit, merge_units
 from .subspaces import binomial_table, count_points, n_subsets, unrank
 from .tighten import tighten
@@ -136,6 +137,7 @@ class Engine:
             self.result.certified_lower = torch.zeros(n_in, dtype=torch.int64)
         self.incremental = IncrementalPrefix.build(model, self.space.shape) if incremental else None
         self._chains: dict[int, IncrementalPrefix | None] = {1: self.incremental}  # per level t
+        self.use_pairs = True  # level 2 from the level-1 table where pixel windows never meet (.pairs)
         self.force_incremental = force_incremental
         self._inc_levels: dict[int, tuple[bool, int]] = {}  # t -> (pays, chunk)
         # whether the chain pays is measured lazily, at the start of each level (after the first
@@ -188,6 +190,14 @@ class Engine:
             self._inc_levels[t] = (pays, inc.chunk)
         pays, inc.chunk = self._inc_levels[t]
         return inc if pays else None
+
+    def _pair_table(self, t: int, inc: IncrementalPrefix | None, idx: torch.Tensor) -> PairTable | None:
+        """The level-2 pair table for the inputs ``idx`` (when the chain is in use at t = 2)."""
+        if t != 2 or inc is None or not self.use_pairs or self.incremental is None or idx.numel() == 0:
+            return None
+        if self.space.kind is not FeatureKind.PIXEL:
+            return None
+        return PairTable.build(self.incremental, self.x0[idx], self.palette, max_bytes=self.opts.max_memory // 4)
 
     def _reference(self) -> torch.Tensor:
         parts = [
@@ -458,13 +468,14 @@ class Engine:
                         shard = acc.inputs
                     dev_idx = shard.to(self.x0.device)
                     step = lvl.unit_subsets[lvl.shard]
+                    pairs = self._pair_table(t, inc, dev_idx) if lvl.next_rank < total_subsets else None
                     while lvl.next_rank < total_subsets and shard.numel() > 0:
                         r1 = min(total_subsets, lvl.next_rank + step)
                         unit = evaluate_unit(
                             self.model, self.objective, self.x0[dev_idx], self.ref[dev_idx],
                             self.valid[dev_idx], shard, ctx, lvl.next_rank, r1,
                             batch_size=self.batch_size if inc is None else self.inc_batch, k=self.top_k,
-                            on_batch=self.progress.advance, incremental=inc,
+                            on_batch=self.progress.advance, incremental=inc, pairs=pairs,
                         )
                         acc = merge_units(acc, _cast(unit, acc.conf.dtype), self.top_k)
                         lvl.next_rank = r1

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..classifier import Classifier, bucket_rows
 
-__all__ = ["BOUNDARY_TOL", "IncrementalPrefix", "IncrementalCaches"]
+__all__ = ["BOUNDARY_TOL", "IncrementalPrefix", "IncrementalCaches", "Window", "paste_clipped"]
 
 BOUNDARY_TOL = 1e-3
 
@@ -92,7 +92,7 @@ class IncrementalCaches:
 
 
 @dataclass
-class _Window:
+class Window:
     """New values ``(B, C, wh, ww)`` of a feature map at rows ``r0 …`` / cols ``c0 …`` ``(B,)``
     (real-map coordinates; may reach outside the map)."""
 
@@ -101,7 +101,7 @@ class _Window:
     c0: torch.Tensor
 
 
-def _inside(w: _Window, size: _Pair) -> torch.Tensor:
+def _inside(w: Window, size: _Pair) -> torch.Tensor:
     """``(B, wh, ww)``: which window positions lie inside a map of ``size``."""
     dev = w.values.device
     rr = w.r0.unsqueeze(1) + torch.arange(w.values.shape[2], device=dev)
@@ -109,7 +109,7 @@ def _inside(w: _Window, size: _Pair) -> torch.Tensor:
     return ((rr >= 0) & (rr < size[0])).unsqueeze(2) & ((cc >= 0) & (cc < size[1])).unsqueeze(1)
 
 
-def _paste(target: torch.Tensor, w: _Window, o_r: torch.Tensor | int, o_c: torch.Tensor | int, size: _Pair) -> None:
+def _paste(target: torch.Tensor, w: Window, o_r: torch.Tensor | int, o_c: torch.Tensor | int, size: _Pair) -> None:
     """Write window ``w`` into ``target`` ``(B, H, W, C)`` (channels-last) whose origin is at
     ``o_r``/``o_c`` in the window's coordinates; the window must lie inside ``size``."""
     b, ch, wh, ww = w.values.shape
@@ -122,13 +122,14 @@ def _paste(target: torch.Tensor, w: _Window, o_r: torch.Tensor | int, o_c: torch
     flat[torch.arange(b, device=dev).view(b, 1).expand(b, wh * ww), lin] = src
 
 
-def _paste_clipped(
-    flat: torch.Tensor, w: _Window, size: _Pair, o_r: torch.Tensor | int = 0, o_c: torch.Tensor | int = 0,
+def paste_clipped(
+    flat: torch.Tensor, w: Window, size: _Pair, o_r: torch.Tensor | int = 0, o_c: torch.Tensor | int = 0,
+    *, add: bool = False,
 ) -> None:
     """Write window ``w`` into ``flat`` ``(B, H·W + 1, C)`` (a channels-last map of ``size`` whose
     origin is at ``o_r``/``o_c`` in the window's coordinates, plus a scratch slot): positions
     outside the map go to the scratch slot (no data-dependent shapes, so no device
-    synchronisation)."""
+    synchronisation). With ``add`` the window is added to the map instead."""
     b, ch, wh, ww = w.values.shape
     dev = w.values.device
     rr = (w.r0 - o_r).unsqueeze(1) + torch.arange(wh, device=dev)  # (B, wh)
@@ -136,7 +137,10 @@ def _paste_clipped(
     ok = ((rr >= 0) & (rr < size[0])).unsqueeze(2) & ((cc >= 0) & (cc < size[1])).unsqueeze(1)
     lin = torch.where(ok, rr.unsqueeze(2) * size[1] + cc.unsqueeze(1), size[0] * size[1]).view(b, wh * ww)
     src = w.values.permute(0, 2, 3, 1).reshape(b, wh * ww, ch)
-    flat[torch.arange(b, device=dev).view(b, 1).expand(b, wh * ww), lin] = src
+    rows = torch.arange(b, device=dev).view(b, 1).expand(b, wh * ww)
+    if add:  # in-map positions of one window are distinct: gather, add, write back (no atomics)
+        src = flat[rows, lin] + src
+    flat[rows, lin] = src
 
 
 def _spatial_params(layer: nn.Module) -> tuple[_Pair, _Pair, _Pair] | None:
@@ -295,7 +299,7 @@ class IncrementalPrefix:
         b, t = pixel.shape
         w_img = self.spatial[0].map_in[1]
         new = self._normalise_values(values, channel)  # (B, t, Cf)
-        wins: list[_Window] = []
+        wins: list[Window] = []
         for j in range(t):
             if channel is None:
                 v = new[:, j, :]
@@ -304,27 +308,40 @@ class IncrementalPrefix:
                 for k in range(t):
                     hit = (pixel[:, k] == pixel[:, j]).nonzero().squeeze(1)
                     v[hit, channel[hit, k]] = new[hit, k, 0]
-            wins.append(_Window(v.reshape(b, -1, 1, 1), pixel[:, j] // w_img, pixel[:, j] % w_img))
-        si = 0
-        for layer in self.modules:
-            if si < len(self.spatial) and layer is self.spatial[si].module:
-                wins = self._spatial_step(self.spatial[si], caches.inputs[si], wins, a, first=si == 0)
-                si += 1
-            else:
-                wins = [_Window(layer(w.values), w.r0, w.c0) for w in wins]
+            wins.append(Window(v.reshape(b, -1, 1, 1), pixel[:, j] // w_img, pixel[:, j] % w_img))
+        wins = self.windows_through(caches, a, wins, len(self.modules))
         out = caches.rest.index_select(0, a)  # (B, H·W + 1, C)
         hr, wr = caches.rest_size
         for w in wins:
-            _paste_clipped(out, w, (hr, wr))
+            paste_clipped(out, w, (hr, wr))
         result = self.rest(out[:, : hr * wr].view(b, hr, wr, -1).permute(0, 3, 1, 2))
         if not isinstance(result, torch.Tensor) or result.dim() != 2:
             raise ValueError("model output: expected shape (N, classes) from the incremental path")
         return result
 
+    def windows_through(
+        self, caches: IncrementalCaches, a: torch.Tensor, wins: list[Window], stop: int,
+    ) -> list[Window]:
+        """Run the windows ``wins`` (at the input, normalised) through ``self.modules[:stop]``."""
+        si = 0
+        for layer in self.modules[:stop]:
+            if si < len(self.spatial) and layer is self.spatial[si].module:
+                wins = self._spatial_step(self.spatial[si], caches.inputs[si], wins, a, first=si == 0)
+                si += 1
+            else:
+                wins = [Window(layer(w.values), w.r0, w.c0) for w in wins]
+        return wins
+
+    def pixel_windows(self, pixel: torch.Tensor, values: torch.Tensor) -> list[Window]:
+        """One-pixel input windows for ``pixel`` ``(B,)`` with pixel-space ``values`` ``(B, C)``."""
+        w_img = self.spatial[0].map_in[1]
+        v = self._normalise_values(values, None)
+        return [Window(v.reshape(v.shape[0], -1, 1, 1), pixel // w_img, pixel % w_img)]
+
     @staticmethod
     def _spatial_step(
-        sp: _Spatial, base: torch.Tensor, wins: list[_Window], a: torch.Tensor, first: bool,
-    ) -> list[_Window]:
+        sp: _Spatial, base: torch.Tensor, wins: list[Window], a: torch.Tensor, first: bool,
+    ) -> list[Window]:
         """Windows at the output of ``sp`` from the windows at its input (base map cached
         channels-last with margins in ``base`` ``(N, Hm, Wm, C)``). Each output window is
         computed from its patch with *every* window pasted in, so changes whose receptive
@@ -337,7 +354,7 @@ class IncrementalPrefix:
         # positions outside the real input map read the layer's zero padding (a one-pixel window
         # at the input is always inside)
         masked = [w if first else
-                  _Window(w.values * _inside(w, sp.map_in).unsqueeze(1).to(w.values.dtype), w.r0, w.c0)
+                  Window(w.values * _inside(w, sp.map_in).unsqueeze(1).to(w.values.dtype), w.r0, w.c0)
                   for w in wins]
         if len(masked) == 1 and (sh, sw) == (1, 1):
             # one window, stride 1: it sits at offset (kh-1, kw-1) of its patch in every row
@@ -348,8 +365,8 @@ class IncrementalPrefix:
             patch = base.view(-1, ch).index_select(0, (start + offs).view(-1)).view(b, hp, wp, ch)
             wh, ww = wj.values.shape[2], wj.values.shape[3]
             patch[:, kh - 1 : kh - 1 + wh, kw - 1 : kw - 1 + ww, :] = wj.values.permute(0, 2, 3, 1)
-            return [_Window(sp.run(patch.permute(0, 3, 1, 2)), o_r, o_c)]
-        out: list[_Window] = []
+            return [Window(sp.run(patch.permute(0, 3, 1, 2)), o_r, o_c)]
+        out: list[Window] = []
         for j, wj in enumerate(masked):
             o_r = torch.div(wj.r0 + ph - kh + sh, sh, rounding_mode="floor")
             o_c = torch.div(wj.c0 + pw - kw + sw, sw, rounding_mode="floor")
@@ -361,10 +378,10 @@ class IncrementalPrefix:
             flat = base.view(-1, ch).index_select(0, lin.view(-1)).view(b, hp * wp + 1, ch)
             for k, wk in enumerate(masked):
                 if k != j:  # other windows: only the part inside this patch
-                    _paste_clipped(flat, wk, (hp, wp), p_r, p_c)
+                    paste_clipped(flat, wk, (hp, wp), p_r, p_c)
             patch = flat[:, : hp * wp].view(b, hp, wp, ch)
             _paste(patch, wj, p_r, p_c, (hp, wp))  # own window: always inside
-            out.append(_Window(sp.run(patch.permute(0, 3, 1, 2)), o_r, o_c))
+            out.append(Window(sp.run(patch.permute(0, 3, 1, 2)), o_r, o_c))
         return out
 
     def _normalise_values(self, values: torch.Tensor, channel: torch.Tensor | None) -> torch.Tensor:

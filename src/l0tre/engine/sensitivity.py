@@ -18,6 +18,7 @@ from ..classifier import Classifier
 from .features import FeatureKind, FeatureSpace
 from .incremental import BOUNDARY_TOL, IncrementalCaches, IncrementalPrefix
 from .objective import Objective, ObjectiveValues
+from .pairs import PairTable
 from .subspaces import unrank
 
 __all__ = ["LevelContext", "UnitResult", "chain_values", "evaluate_unit", "merge_units", "empty_unit", "sort_topk"]
@@ -165,6 +166,7 @@ def evaluate_unit(
     k: int,
     on_batch: Callable[[int], None] | None = None,
     incremental: IncrementalPrefix | None = None,
+    pairs: PairTable | None = None,
 ) -> UnitResult:
     """Evaluate all grid points of subsets with ranks ``[r0, r1)`` for the given inputs.
 
@@ -178,6 +180,8 @@ def evaluate_unit(
         on_batch: called with the number of evaluations after every model call.
         incremental: compute outputs through :class:`IncrementalPrefix` (rows whose margin is
             within ``BOUNDARY_TOL`` of zero are re-evaluated with the plain forward pass).
+        pairs: at ``t = 2`` with ``incremental``, rows whose two pixels never meet before the
+            chain's last convolution are computed from this table (:mod:`.pairs`) for ``x0``.
     """
     dev = x0.device
     na = x0.shape[0]
@@ -197,7 +201,22 @@ def evaluate_unit(
     for b0 in range(0, cand.shape[0], batch_size):
         c = cand[b0 : b0 + batch_size]
         a, s, p = c[:, 0], c[:, 1], c[:, 2]
-        if caches is not None and incremental is not None:
+        if caches is not None and incremental is not None and pairs is not None and ctx.t == 2:
+            feat, vals = subsets[s], ctx.values(p)
+            far = pairs.disjoint(feat)
+            parts = []
+            for rows, from_table in ((far.nonzero().squeeze(1), True), ((~far).nonzero().squeeze(1), False)):
+                if rows.numel() == 0:
+                    continue
+                if from_table:
+                    parts.append((rows, pairs.outputs(a[rows], feat[rows], ctx.digits[p[rows]])))
+                else:
+                    parts.append((rows, incremental.outputs(caches, a[rows], feat[rows], vals[rows])))
+            raw = parts[0][1].new_empty((a.shape[0], parts[0][1].shape[1]))
+            for rows, out in parts:
+                raw[rows] = out
+            ov = checked_values(model, objective, raw, x0, ref, ctx.space, a, feat, vals)
+        elif caches is not None and incremental is not None:
             ov = _incremental_values(model, objective, incremental, caches, x0, ref, ctx, subsets, a, s, p)
         else:
             x = x0[a].clone()
@@ -275,6 +294,15 @@ def chain_values(
     else:
         hw = space.shape[1] * space.shape[2]
         raw = inc.outputs(caches, a, feat % hw, vals, channel=feat // hw)
+    return checked_values(model, objective, raw, base, ref, space, a, feat, vals)
+
+
+def checked_values(
+    model: Classifier, objective: Objective, raw: torch.Tensor, base: torch.Tensor, ref: torch.Tensor,
+    space: FeatureSpace, a: torch.Tensor, feat: torch.Tensor, vals: torch.Tensor,
+) -> ObjectiveValues:
+    """Objective values from raw outputs ``(B, K)`` computed some fast way for the rows of
+    :func:`chain_values`; rows within ``BOUNDARY_TOL`` of the boundary are recomputed exactly."""
     ov = objective.from_outputs(model, raw, ref[a])  # type: ignore[attr-defined]
     near = ov.score.abs() <= BOUNDARY_TOL * (1.0 + raw.abs().amax(dim=1))
     if bool(near.any()):

@@ -1,0 +1,161 @@
+"""Level 2 from level-1 pieces: pairs of pixels whose windows never meet.
+
+Let ``L`` be the last convolution of the incremental chain (:mod:`.incremental`). When the
+windows of two changed pixels are disjoint at the *input* of ``L``, no activation before ``L``
+sees both changes, so ``L``'s input is the base map plus the two single-pixel changes and, ``L``
+being linear, its output is ``base + D_i + D_j``, where ``D_i`` is the change that pixel ``i``
+alone (at its colour) makes to ``L``'s output — a small window. The table of every ``D`` (each
+pixel × each grid colour, per input) is computed once per input through the chain; a pair row
+then costs two window additions and the layers after ``L`` (for the paper's MNIST CNN: ReLU,
+max-pool and the dense head) instead of the chain for two windows and the last convolution.
+
+Results are the same function up to floating-point summation order; the engine re-checks
+every decision near the boundary with the plain forward pass (as for the chain).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..classifier import bucket_rows
+from .incremental import IncrementalPrefix
+
+__all__ = ["PairTable"]
+
+
+@dataclass
+class PairTable:
+    """Single-pixel changes at the output of the chain's last convolution, for one shard.
+
+    Attributes:
+        after: the layers after ``L`` (rest of the chain and of the model).
+        base_out: ``(Na, H_L·W_L + 1, C_L)`` base output of ``L`` (channels-last, scratch slot last).
+        size: ``(H_L, W_L)``.
+        delta: ``(Na, n, P1, wh·ww, C_L)`` change of ``L``'s output window per pixel and colour
+            (channels-last).
+        lin: ``(n, wh·ww)`` where each window position of each pixel lands in ``base_out`` (the
+            scratch slot for positions outside the map).
+        in_r0, in_c0: ``(n,)`` window origin of each pixel at ``L``'s input; ``in_win`` its size.
+    """
+
+    after: nn.Module
+    base_out: torch.Tensor
+    size: tuple[int, int]
+    delta: torch.Tensor
+    lin: torch.Tensor
+    in_r0: torch.Tensor
+    in_c0: torch.Tensor
+    in_win: tuple[int, int]
+
+    @staticmethod
+    @torch.no_grad()
+    def build(
+        chain: IncrementalPrefix, x0: torch.Tensor, palette: torch.Tensor, *, max_bytes: int, rows: int = 512,
+    ) -> PairTable | None:
+        """The table for inputs ``x0`` ``(Na, C, H, W)`` and pixel colours ``palette`` ``(P1, C)``;
+        ``None`` when the chain has no convolution or the table would exceed ``max_bytes``."""
+        convs = [i for i, sp in enumerate(chain.spatial) if isinstance(sp.module, nn.Conv2d)]
+        if not convs:
+            return None
+        li = convs[-1]
+        conv = chain.spatial[li]
+        stop = next(i for i, m in enumerate(chain.modules) if m is conv.module) + 1
+        na, _, h, w = x0.shape
+        n, p1 = h * w, palette.shape[0]
+        module = conv.module
+        assert isinstance(module, nn.Conv2d)  # selected above; narrows the type
+        c_out = module.out_channels
+        wh, ww = conv.win_out
+        if na * n * p1 * c_out * wh * ww * x0.element_size() > max_bytes:
+            return None
+        dev = x0.device
+        caches = chain.base(x0)
+        z = chain.model._normalise(x0.to(chain.model.device, chain.model.dtype))
+        for m in chain.modules[:stop]:
+            z = m(z)
+        hl, wl = z.shape[2], z.shape[3]
+        base_out = torch.zeros(na, hl * wl + 1, c_out, dtype=z.dtype, device=dev)
+        base_out[:, :-1] = z.permute(0, 2, 3, 1).reshape(na, hl * wl, c_out)
+        # every (input, pixel, colour) as one row through the chain up to L's output
+        a_all = torch.arange(na, device=dev).repeat_interleave(n * p1)
+        pix_all = torch.arange(n, device=dev).repeat_interleave(p1).repeat(na)
+        col_all = torch.arange(p1, device=dev).repeat(na * n)
+        delta = torch.empty(na * n * p1, c_out, wh, ww, dtype=z.dtype, device=dev)
+        out_r0 = torch.empty(na * n * p1, dtype=torch.int64, device=dev)
+        out_c0 = torch.empty_like(out_r0)
+        for i in range(0, a_all.shape[0], rows):
+            a, pix, col = a_all[i : i + rows], pix_all[i : i + rows], col_all[i : i + rows]
+            (win,) = chain.windows_through(caches, a, chain.pixel_windows(pix, palette[col]), stop)
+            crop = _crop(base_out, a, win.r0, win.c0, (hl, wl), (wh, ww))
+            delta[i : i + rows] = win.values - crop
+            out_r0[i : i + rows], out_c0[i : i + rows] = win.r0, win.c0
+        in_r0, in_c0 = _origins(chain, torch.arange(n, device=dev), w, li)
+        r0, c0 = out_r0[: n * p1 : p1], out_c0[: n * p1 : p1]  # per pixel (the same for every input)
+        rr = r0.unsqueeze(1) + torch.arange(wh, device=dev)
+        cc = c0.unsqueeze(1) + torch.arange(ww, device=dev)
+        ok = ((rr >= 0) & (rr < hl)).unsqueeze(2) & ((cc >= 0) & (cc < wl)).unsqueeze(1)
+        lin = torch.where(ok, rr.unsqueeze(2) * wl + cc.unsqueeze(1), hl * wl).view(n, wh * ww)
+        return PairTable(
+            after=nn.Sequential(*chain.modules[stop:], chain.rest), base_out=base_out, size=(hl, wl),
+            delta=delta.permute(0, 2, 3, 1).reshape(na, n, p1, wh * ww, c_out).contiguous(), lin=lin,
+            in_r0=in_r0, in_c0=in_c0, in_win=conv.win_in,
+        )
+
+    def disjoint(self, pixel: torch.Tensor) -> torch.Tensor:
+        """``(B,)``: whether the windows of the two pixels ``pixel`` ``(B, 2)`` are disjoint at the
+        input of ``L`` (so the row can be computed from the table)."""
+        dr = (self.in_r0[pixel[:, 0]] - self.in_r0[pixel[:, 1]]).abs()
+        dc = (self.in_c0[pixel[:, 0]] - self.in_c0[pixel[:, 1]]).abs()
+        return (dr >= self.in_win[0]) | (dc >= self.in_win[1])
+
+    @torch.no_grad()
+    def outputs(self, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        """Raw model outputs ``(B, K)`` for rows whose pixels ``pixel`` ``(B, 2)`` take palette
+        colours ``colour`` ``(B, 2)`` on input ``a`` ``(B,)`` (rows must be :meth:`disjoint`)."""
+        n_rows = a.shape[0]
+        if n_rows == 0:
+            raise ValueError("pairs: expected at least one row")
+        pad = torch.arange(bucket_rows(n_rows), device=a.device).clamp_max(n_rows - 1)  # few distinct shapes
+        a, pixel, colour = a[pad], pixel[pad], colour[pad]
+        b = a.shape[0]
+        na, n, p1, win, ch = self.delta.shape
+        slots = self.base_out.shape[1]
+        flat = self.base_out.index_select(0, a)
+        cells = flat.view(b * slots, ch)
+        table = self.delta.view(na * n * p1, win * ch)
+        first = (torch.arange(b, device=a.device) * slots).view(b, 1)
+        for j in range(pixel.shape[1]):
+            # (B·wh·ww,) cells of the window: in-map positions distinct, the rest → the scratch slot
+            idx = (first + self.lin[pixel[:, j]]).view(-1)
+            d = table.index_select(0, (a * n + pixel[:, j]) * p1 + colour[:, j]).view(-1, ch)
+            cells.index_copy_(0, idx, cells.index_select(0, idx) + d)
+        hl, wl = self.size
+        out = self.after(flat[:, : hl * wl].view(b, hl, wl, -1).permute(0, 3, 1, 2))
+        if not isinstance(out, torch.Tensor) or out.dim() != 2:
+            raise ValueError("model output: expected shape (N, classes) from the pair table")
+        return out[:n_rows]
+
+
+def _crop(flat: torch.Tensor, a: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor,
+          size: tuple[int, int], win: tuple[int, int]) -> torch.Tensor:
+    """``(B, C, wh, ww)`` crop of the channels-last maps ``flat`` ``(N, H·W + 1, C)`` (zero outside)."""
+    b, dev = a.shape[0], a.device
+    rr = r0.unsqueeze(1) + torch.arange(win[0], device=dev)
+    cc = c0.unsqueeze(1) + torch.arange(win[1], device=dev)
+    ok = ((rr >= 0) & (rr < size[0])).unsqueeze(2) & ((cc >= 0) & (cc < size[1])).unsqueeze(1)
+    lin = torch.where(ok, rr.unsqueeze(2) * size[1] + cc.unsqueeze(1), size[0] * size[1]).view(b, -1)
+    vals = flat[a.view(b, 1).expand_as(lin), lin]  # (B, wh·ww, C); the scratch slot reads 0
+    return vals.view(b, win[0], win[1], -1).permute(0, 3, 1, 2)
+
+
+def _origins(chain: IncrementalPrefix, pixel: torch.Tensor, width: int, upto: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Window origins ``(r0, c0)`` of one-pixel changes at the input of spatial layer ``upto``."""
+    r, c = pixel // width, pixel % width
+    for sp in chain.spatial[:upto]:
+        (kh, kw), (sh, sw), (ph, pw) = sp.kernel, sp.stride, sp.padding
+        r = torch.div(r + ph - kh + sh, sh, rounding_mode="floor")
+        c = torch.div(c + pw - kw + sw, sw, rounding_mode="floor")
+    return r, c

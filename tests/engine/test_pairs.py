@@ -1,0 +1,98 @@
+"""Level-2 pair table (engine/pairs.py): exact against the plain forward pass, and the engine
+gives the same results with and without it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import l0tre
+from l0tre.engine.incremental import IncrementalPrefix
+from l0tre.engine.pairs import PairTable
+
+from .test_fastpath import _spatial_net
+
+
+@pytest.mark.parametrize(
+    ("layers", "shape"),
+    [
+        ([("conv", 3, 1, 0), ("conv", 3, 1, 0), ("max", 2, 2, 0), ("conv", 3, 1, 0)], (1, 16, 16)),
+        ([("conv", 3, 1, 1), ("bn", 0, 0, 0), ("conv", 5, 2, 2), ("avg", 2, 2, 0), ("conv", 3, 1, 1)], (3, 19, 23)),
+        ([("conv", 4, 3, 1), ("max", 3, 2, 0), ("conv", 2, 1, 0)], (2, 30, 27)),
+    ],
+)
+def test_pair_table_matches_full_forward(layers: list[tuple[str, int, int, int]], shape: tuple[int, int, int]) -> None:
+    """Every pair of pixels the table calls disjoint (borders included), every colour pair of a
+    3-level grid: outputs equal the model's."""
+    net = _spatial_net(len(layers) + 10, shape[0], layers)
+    c, h, w = shape
+    net(torch.zeros(1, *shape, dtype=torch.float64))
+    net.eval()
+    clf = l0tre.Classifier(net, preprocessing={"mean": [0.3] * c, "std": [0.7] * c})
+    chain = IncrementalPrefix.build(clf, shape)
+    assert chain is not None
+    gen = torch.Generator().manual_seed(4)
+    x = torch.rand(2, *shape, generator=gen, dtype=torch.float64)
+    levels = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
+    palette = torch.cartesian_prod(*[levels] * c).view(-1, c) if c > 1 else levels.view(-1, 1)
+    table = PairTable.build(chain, x, palette, max_bytes=1 << 30)
+    assert table is not None
+    n = h * w
+    rows = 3000
+    a = torch.randint(0, 2, (rows,), generator=gen)
+    first = torch.randint(0, n, (rows,), generator=gen)
+    pix = torch.stack([first, (first + torch.randint(1, n, (rows,), generator=gen)) % n], dim=1)
+    pix[:4] = torch.tensor([[0, n - 1], [w - 1, n - w], [0, w - 1], [n - w, n - 1]])  # corners
+    pix[4:100, 1] = (pix[4:100, 0] + 1) % n  # neighbours: their windows meet
+    far = table.disjoint(pix)
+    assert int(far.sum()) > 0
+    # neighbours meet before the last conv unless that conv reads the pixels themselves
+    assert bool(far[4:100].all()) == (table.in_win == (1, 1))
+    a, pix = a[far], pix[far]
+    col = torch.randint(0, palette.shape[0], (a.shape[0], 2), generator=gen)
+    xb = x[a].clone()
+    for j in range(2):
+        xb.view(a.shape[0], c, -1)[torch.arange(a.shape[0]), :, pix[:, j]] = palette[col[:, j]]
+    torch.testing.assert_close(table.outputs(a, pix, col), clf(xb), rtol=1e-10, atol=1e-10)
+
+
+def test_pair_table_respects_its_memory_limit() -> None:
+    net = _spatial_net(1, 1, [("conv", 3, 1, 0), ("conv", 3, 1, 0)])
+    net(torch.zeros(1, 1, 12, 12, dtype=torch.float64))
+    net.eval()
+    chain = IncrementalPrefix.build(l0tre.Classifier(net), (1, 12, 12))
+    assert chain is not None
+    x = torch.rand(1, 1, 12, 12, dtype=torch.float64)
+    palette = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    assert PairTable.build(chain, x, palette, max_bytes=1000) is None
+    assert PairTable.build(chain, x, palette, max_bytes=1 << 30) is not None
+
+
+def test_engine_same_results_with_and_without_pair_table(monkeypatch: pytest.MonkeyPatch) -> None:
+    built: list[int] = []
+    orig = PairTable.build
+
+    def build(*a: object, **k: object) -> PairTable | None:
+        table = orig(*a, **k)  # type: ignore[arg-type]
+        built.append(int(table is not None))
+        return table
+
+    monkeypatch.setattr(PairTable, "build", staticmethod(build))
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 6, 3), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(6 * 5 * 5, 3),
+    ).double().eval()
+    clf = l0tre.Classifier(net)
+    x = torch.rand(3, 1, 14, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for use in (True, False):
+        eng = l0tre.api.prepare(clf, x, epsilon=0.5, t_max=2, incremental=True)
+        eng.use_pairs = use
+        results.append(list(eng.run())[-1])
+    on, off = results
+    assert on.t == off.t == 2 or bool((off.lower == off.upper).all())
+    for name in ("lower", "upper", "found", "adversarial"):
+        assert torch.equal(getattr(on, name), getattr(off, name)), name
+    assert on.evaluations == off.evaluations
+    assert built and all(built)  # the table was in use (one per level-2 shard of the first run)
