@@ -21,7 +21,10 @@ from .test_fastpath import _spatial_net
         ([("conv", 4, 3, 1), ("max", 3, 2, 0), ("conv", 2, 1, 0)], (2, 30, 27)),
     ],
 )
-def test_pair_table_matches_full_forward(layers: list[tuple[str, int, int, int]], shape: tuple[int, int, int]) -> None:
+@pytest.mark.parametrize("conv", [-1, -2])
+def test_pair_table_matches_full_forward(
+    layers: list[tuple[str, int, int, int]], shape: tuple[int, int, int], conv: int,
+) -> None:
     """Every pair of pixels the table calls disjoint (borders included), every colour pair of a
     3-level grid: outputs equal the model's."""
     net = _spatial_net(len(layers) + 10, shape[0], layers)
@@ -35,7 +38,11 @@ def test_pair_table_matches_full_forward(layers: list[tuple[str, int, int, int]]
     x = torch.rand(2, *shape, generator=gen, dtype=torch.float64)
     levels = torch.tensor([0.0, 0.5, 1.0], dtype=torch.float64)
     palette = torch.cartesian_prod(*[levels] * c).view(-1, c) if c > 1 else levels.view(-1, 1)
-    table = PairTable.build(chain, x, palette, max_bytes=1 << 30)
+    table = PairTable.build(chain, x, palette, max_bytes=1 << 30, conv=conv)
+    convs = sum(isinstance(sp.module, torch.nn.Conv2d) for sp in chain.spatial)
+    if convs < -conv:
+        assert table is None
+        return
     assert table is not None
     n = h * w
     rows = 3000

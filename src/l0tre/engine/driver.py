@@ -191,13 +191,16 @@ class Engine:
         pays, inc.chunk = self._inc_levels[t]
         return inc if pays else None
 
-    def _pair_table(self, t: int, inc: IncrementalPrefix | None, idx: torch.Tensor) -> PairTable | None:
-        """The level-2 pair table for the inputs ``idx`` (when the chain is in use at t = 2)."""
+    def _pair_tables(self, t: int, inc: IncrementalPrefix | None, idx: torch.Tensor) -> list[PairTable]:
+        """Level-2 pair tables for the inputs ``idx`` at the last two convolutions of the t = 1
+        chain (when the chain is in use at t = 2), deepest first."""
         if t != 2 or inc is None or not self.use_pairs or self.incremental is None or idx.numel() == 0:
-            return None
+            return []
         if self.space.kind is not FeatureKind.PIXEL:
-            return None
-        return PairTable.build(self.incremental, self.x0[idx], self.palette, max_bytes=self.opts.max_memory // 4)
+            return []
+        tables = [PairTable.build(self.incremental, self.x0[idx], self.palette, conv=conv,
+                                  max_bytes=self.opts.max_memory // 8) for conv in (-1, -2)]
+        return [tab for tab in tables if tab is not None]
 
     def _reference(self) -> torch.Tensor:
         parts = [
@@ -468,7 +471,7 @@ class Engine:
                         shard = acc.inputs
                     dev_idx = shard.to(self.x0.device)
                     step = lvl.unit_subsets[lvl.shard]
-                    pairs = self._pair_table(t, inc, dev_idx) if lvl.next_rank < total_subsets else None
+                    pairs = self._pair_tables(t, inc, dev_idx) if lvl.next_rank < total_subsets else []
                     while lvl.next_rank < total_subsets and shard.numel() > 0:
                         r1 = min(total_subsets, lvl.next_rank + step)
                         unit = evaluate_unit(

@@ -54,21 +54,24 @@ class PairTable:
     @torch.no_grad()
     def build(
         chain: IncrementalPrefix, x0: torch.Tensor, palette: torch.Tensor, *, max_bytes: int, rows: int = 512,
+        conv: int = -1,
     ) -> PairTable | None:
-        """The table for inputs ``x0`` ``(Na, C, H, W)`` and pixel colours ``palette`` ``(P1, C)``;
-        ``None`` when the chain has no convolution or the table would exceed ``max_bytes``."""
+        """The table for inputs ``x0`` ``(Na, C, H, W)`` and pixel colours ``palette`` ``(P1, C)``
+        at the output of the chain's convolution number ``conv`` (``-1``: the last, ``-2``: the one
+        before, …); ``None`` when there is no such convolution or the table would exceed
+        ``max_bytes``."""
         convs = [i for i, sp in enumerate(chain.spatial) if isinstance(sp.module, nn.Conv2d)]
-        if not convs:
+        if not -len(convs) <= conv < len(convs):
             return None
-        li = convs[-1]
-        conv = chain.spatial[li]
-        stop = next(i for i, m in enumerate(chain.modules) if m is conv.module) + 1
+        li = convs[conv]
+        layer = chain.spatial[li]
+        stop = next(i for i, m in enumerate(chain.modules) if m is layer.module) + 1
         na, _, h, w = x0.shape
         n, p1 = h * w, palette.shape[0]
-        module = conv.module
+        module = layer.module
         assert isinstance(module, nn.Conv2d)  # selected above; narrows the type
         c_out = module.out_channels
-        wh, ww = conv.win_out
+        wh, ww = layer.win_out
         if na * n * p1 * c_out * wh * ww * x0.element_size() > max_bytes:
             return None
         dev = x0.device
@@ -101,7 +104,7 @@ class PairTable:
         return PairTable(
             after=nn.Sequential(*chain.modules[stop:], chain.rest), base_out=base_out, size=(hl, wl),
             delta=delta.permute(0, 2, 3, 1).reshape(na, n, p1, wh * ww, c_out).contiguous(), lin=lin,
-            in_r0=in_r0, in_c0=in_c0, in_win=conv.win_in,
+            in_r0=in_r0, in_c0=in_c0, in_win=layer.win_in,
         )
 
     def disjoint(self, pixel: torch.Tensor) -> torch.Tensor:

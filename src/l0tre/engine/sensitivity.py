@@ -9,7 +9,7 @@ machines and still give the same answer.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -166,7 +166,7 @@ def evaluate_unit(
     k: int,
     on_batch: Callable[[int], None] | None = None,
     incremental: IncrementalPrefix | None = None,
-    pairs: PairTable | None = None,
+    pairs: Sequence[PairTable] = (),
 ) -> UnitResult:
     """Evaluate all grid points of subsets with ranks ``[r0, r1)`` for the given inputs.
 
@@ -180,8 +180,9 @@ def evaluate_unit(
         on_batch: called with the number of evaluations after every model call.
         incremental: compute outputs through :class:`IncrementalPrefix` (rows whose margin is
             within ``BOUNDARY_TOL`` of zero are re-evaluated with the plain forward pass).
-        pairs: at ``t = 2`` with ``incremental``, rows whose two pixels never meet before the
-            chain's last convolution are computed from this table (:mod:`.pairs`) for ``x0``.
+        pairs: at ``t = 2`` with ``incremental``, tables (:mod:`.pairs`) for ``x0``, deepest first:
+            a row whose two pixels never meet before a table's convolution is computed from the
+            first such table, the others through the chain.
     """
     dev = x0.device
     na = x0.shape[0]
@@ -201,17 +202,17 @@ def evaluate_unit(
     for b0 in range(0, cand.shape[0], batch_size):
         c = cand[b0 : b0 + batch_size]
         a, s, p = c[:, 0], c[:, 1], c[:, 2]
-        if caches is not None and incremental is not None and pairs is not None and ctx.t == 2:
+        if caches is not None and incremental is not None and pairs and ctx.t == 2:
             feat, vals = subsets[s], ctx.values(p)
-            far = pairs.disjoint(feat)
             parts = []
-            for rows, from_table in ((far.nonzero().squeeze(1), True), ((~far).nonzero().squeeze(1), False)):
-                if rows.numel() == 0:
-                    continue
-                if from_table:
-                    parts.append((rows, pairs.outputs(a[rows], feat[rows], ctx.digits[p[rows]])))
-                else:
-                    parts.append((rows, incremental.outputs(caches, a[rows], feat[rows], vals[rows])))
+            left = torch.arange(a.shape[0], device=dev)
+            for table in pairs:
+                far = table.disjoint(feat[left])
+                rows, left = left[far], left[~far]
+                if rows.numel():
+                    parts.append((rows, table.outputs(a[rows], feat[rows], ctx.digits[p[rows]])))
+            if left.numel():
+                parts.append((left, incremental.outputs(caches, a[left], feat[left], vals[left])))
             raw = parts[0][1].new_empty((a.shape[0], parts[0][1].shape[1]))
             for rows, out in parts:
                 raw[rows] = out
