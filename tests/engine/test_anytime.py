@@ -147,6 +147,20 @@ def test_snapshots_monotone_and_final_reason() -> None:
     assert any(s.level_complete for s in snaps)
 
 
+def test_evaluations_counted_inside_a_shard() -> None:
+    """Snapshots inside a level report the evaluations done so far, not only finished shards."""
+    shape = (1, 4, 4)
+    model = random_mlp(shape, 3, 4)
+    x = _inputs(shape, 1, seed=1)  # an input that stays open through level 2
+    snaps = list(l0tre.evaluate_iter(model, x, epsilon=0.5, t_max=2, report_every=1e-9, batch_size=8))
+    assert snaps[-1].t == 2 and snaps[-1].stopped == "t_max"
+    level1_end = next(s.evaluations for s in snaps if s.level_complete and s.t == 1)
+    final = snaps[-1].evaluations
+    inside = [s.evaluations for s in snaps if not s.level_complete and level1_end < s.evaluations < final]
+    # one input = one shard at t = 2: every snapshot inside the level is mid-shard
+    assert len(inside) >= 2 and inside == sorted(inside)
+
+
 def test_save_load_roundtrip_and_to_dict(tmp_path: Path) -> None:
     shape = (3, 2, 2)
     model = random_mlp(shape, 3, 2)

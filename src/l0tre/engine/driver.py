@@ -318,7 +318,6 @@ class Engine:
     def _finish_shard(self, t: int, inputs: torch.Tensor, acc: UnitResult) -> None:
         """Lower bounds, upper bounds and tightening for a shard whose level-t pass is complete."""
         r = self.result
-        r.evaluations += int(acc.evaluations.sum())
         has_w = acc.w_rank >= 0
         # inputs with a grid flip at distance t: build and verify the witness
         if bool(has_w.any()):
@@ -481,6 +480,7 @@ class Engine:
                             on_batch=self.progress.advance, incremental=inc, pairs=pairs,
                         )
                         acc = merge_units(acc, _cast(unit, acc.conf.dtype), self.top_k)
+                        self.result.evaluations += int(unit.evaluations.sum())  # counted as they happen
                         lvl.next_rank = r1
                         lvl.acc = _unit_state(acc)
                         if budget is not None and self._now(start) >= budget:
