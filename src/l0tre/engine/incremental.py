@@ -28,7 +28,7 @@ from torch import nn
 
 from ..classifier import Classifier, bucket_rows
 
-__all__ = ["BOUNDARY_TOL", "IncrementalPrefix", "IncrementalCaches", "Window", "paste_clipped"]
+__all__ = ["BOUNDARY_TOL", "IncrementalPrefix", "IncrementalCaches", "Window", "paste_clipped", "window_cells"]
 
 BOUNDARY_TOL = 1e-3
 
@@ -109,38 +109,27 @@ def _inside(w: Window, size: _Pair) -> torch.Tensor:
     return ((rr >= 0) & (rr < size[0])).unsqueeze(2) & ((cc >= 0) & (cc < size[1])).unsqueeze(1)
 
 
-def _paste(target: torch.Tensor, w: Window, o_r: torch.Tensor | int, o_c: torch.Tensor | int, size: _Pair) -> None:
-    """Write window ``w`` into ``target`` ``(B, H, W, C)`` (channels-last) whose origin is at
-    ``o_r``/``o_c`` in the window's coordinates; the window must lie inside ``size``."""
-    b, ch, wh, ww = w.values.shape
-    dev = w.values.device
-    rr = (w.r0 - o_r).unsqueeze(1) + torch.arange(wh, device=dev)  # (B, wh)
-    cc = (w.c0 - o_c).unsqueeze(1) + torch.arange(ww, device=dev)
-    lin = (rr.unsqueeze(2) * size[1] + cc.unsqueeze(1)).view(b, wh * ww)
-    src = w.values.permute(0, 2, 3, 1).reshape(b, wh * ww, ch)
-    flat = target.view(b, size[0] * size[1], ch)
-    flat[torch.arange(b, device=dev).view(b, 1).expand(b, wh * ww), lin] = src
+def window_cells(r0: torch.Tensor, c0: torch.Tensor, win: _Pair, size: _Pair) -> torch.Tensor:
+    """``(B, wh·ww)`` linear positions in a map of ``size`` of the windows of size ``win`` at
+    ``r0``/``c0`` ``(B,)``; positions outside the map give ``H·W`` (a scratch slot)."""
+    dev = r0.device
+    rr = r0.unsqueeze(1) + torch.arange(win[0], device=dev)  # (B, wh)
+    cc = c0.unsqueeze(1) + torch.arange(win[1], device=dev)
+    ok = ((rr >= 0) & (rr < size[0])).unsqueeze(2) & ((cc >= 0) & (cc < size[1])).unsqueeze(1)
+    return torch.where(ok, rr.unsqueeze(2) * size[1] + cc.unsqueeze(1), size[0] * size[1]).view(r0.shape[0], -1)
 
 
 def paste_clipped(
     flat: torch.Tensor, w: Window, size: _Pair, o_r: torch.Tensor | int = 0, o_c: torch.Tensor | int = 0,
-    *, add: bool = False,
 ) -> None:
     """Write window ``w`` into ``flat`` ``(B, H·W + 1, C)`` (a channels-last map of ``size`` whose
     origin is at ``o_r``/``o_c`` in the window's coordinates, plus a scratch slot): positions
     outside the map go to the scratch slot (no data-dependent shapes, so no device
-    synchronisation). With ``add`` the window is added to the map instead."""
+    synchronisation)."""
     b, ch, wh, ww = w.values.shape
-    dev = w.values.device
-    rr = (w.r0 - o_r).unsqueeze(1) + torch.arange(wh, device=dev)  # (B, wh)
-    cc = (w.c0 - o_c).unsqueeze(1) + torch.arange(ww, device=dev)
-    ok = ((rr >= 0) & (rr < size[0])).unsqueeze(2) & ((cc >= 0) & (cc < size[1])).unsqueeze(1)
-    lin = torch.where(ok, rr.unsqueeze(2) * size[1] + cc.unsqueeze(1), size[0] * size[1]).view(b, wh * ww)
-    src = w.values.permute(0, 2, 3, 1).reshape(b, wh * ww, ch)
-    rows = torch.arange(b, device=dev).view(b, 1).expand(b, wh * ww)
-    if add:  # in-map positions of one window are distinct: gather, add, write back (no atomics)
-        src = flat[rows, lin] + src
-    flat[rows, lin] = src
+    lin = window_cells(w.r0 - o_r, w.c0 - o_c, (wh, ww), size)
+    rows = torch.arange(b, device=lin.device).view(b, 1).expand(b, wh * ww)
+    flat[rows, lin] = w.values.permute(0, 2, 3, 1).reshape(b, wh * ww, ch)
 
 
 def _spatial_params(layer: nn.Module) -> tuple[_Pair, _Pair, _Pair] | None:
@@ -379,8 +368,8 @@ class IncrementalPrefix:
             for k, wk in enumerate(masked):
                 if k != j:  # other windows: only the part inside this patch
                     paste_clipped(flat, wk, (hp, wp), p_r, p_c)
+            paste_clipped(flat, wj, (hp, wp), p_r, p_c)  # own window: always inside
             patch = flat[:, : hp * wp].view(b, hp, wp, ch)
-            _paste(patch, wj, p_r, p_c, (hp, wp))  # own window: always inside
             out.append(Window(sp.run(patch.permute(0, 3, 1, 2)), o_r, o_c))
         return out
 

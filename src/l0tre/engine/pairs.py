@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ..classifier import bucket_rows
-from .incremental import IncrementalPrefix
+from .incremental import IncrementalPrefix, window_cells
 
 __all__ = ["PairTable"]
 
@@ -97,10 +97,7 @@ class PairTable:
             out_r0[i : i + rows], out_c0[i : i + rows] = win.r0, win.c0
         in_r0, in_c0 = _origins(chain, torch.arange(n, device=dev), w, li)
         r0, c0 = out_r0[: n * p1 : p1], out_c0[: n * p1 : p1]  # per pixel (the same for every input)
-        rr = r0.unsqueeze(1) + torch.arange(wh, device=dev)
-        cc = c0.unsqueeze(1) + torch.arange(ww, device=dev)
-        ok = ((rr >= 0) & (rr < hl)).unsqueeze(2) & ((cc >= 0) & (cc < wl)).unsqueeze(1)
-        lin = torch.where(ok, rr.unsqueeze(2) * wl + cc.unsqueeze(1), hl * wl).view(n, wh * ww)
+        lin = window_cells(r0, c0, (wh, ww), (hl, wl))
         return PairTable(
             after=nn.Sequential(*chain.modules[stop:], chain.rest), base_out=base_out, size=(hl, wl),
             delta=delta.permute(0, 2, 3, 1).reshape(na, n, p1, wh * ww, c_out).contiguous(), lin=lin,
@@ -145,13 +142,9 @@ class PairTable:
 def _crop(flat: torch.Tensor, a: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor,
           size: tuple[int, int], win: tuple[int, int]) -> torch.Tensor:
     """``(B, C, wh, ww)`` crop of the channels-last maps ``flat`` ``(N, H·W + 1, C)`` (zero outside)."""
-    b, dev = a.shape[0], a.device
-    rr = r0.unsqueeze(1) + torch.arange(win[0], device=dev)
-    cc = c0.unsqueeze(1) + torch.arange(win[1], device=dev)
-    ok = ((rr >= 0) & (rr < size[0])).unsqueeze(2) & ((cc >= 0) & (cc < size[1])).unsqueeze(1)
-    lin = torch.where(ok, rr.unsqueeze(2) * size[1] + cc.unsqueeze(1), size[0] * size[1]).view(b, -1)
-    vals = flat[a.view(b, 1).expand_as(lin), lin]  # (B, wh·ww, C); the scratch slot reads 0
-    return vals.view(b, win[0], win[1], -1).permute(0, 3, 1, 2)
+    lin = window_cells(r0, c0, win, size)
+    vals = flat[a.view(-1, 1).expand_as(lin), lin]  # (B, wh·ww, C); the scratch slot reads 0
+    return vals.view(a.shape[0], win[0], win[1], -1).permute(0, 3, 1, 2)
 
 
 def _origins(chain: IncrementalPrefix, pixel: torch.Tensor, width: int, upto: int) -> tuple[torch.Tensor, torch.Tensor]:

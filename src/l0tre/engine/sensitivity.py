@@ -203,22 +203,10 @@ def evaluate_unit(
         c = cand[b0 : b0 + batch_size]
         a, s, p = c[:, 0], c[:, 1], c[:, 2]
         if caches is not None and incremental is not None and pairs and ctx.t == 2:
-            feat, vals = subsets[s], ctx.values(p)
-            parts = []
-            left = torch.arange(a.shape[0], device=dev)
-            for table in pairs:
-                far = table.disjoint(feat[left])
-                rows, left = left[far], left[~far]
-                if rows.numel():
-                    parts.append((rows, table.outputs(a[rows], feat[rows], ctx.digits[p[rows]])))
-            if left.numel():
-                parts.append((left, incremental.outputs(caches, a[left], feat[left], vals[left])))
-            raw = parts[0][1].new_empty((a.shape[0], parts[0][1].shape[1]))
-            for rows, out in parts:
-                raw[rows] = out
-            ov = checked_values(model, objective, raw, x0, ref, ctx.space, a, feat, vals)
+            raw = _pair_outputs(pairs, incremental, caches, a, subsets[s], p, ctx)
+            ov = checked_values(model, objective, raw, x0, ref, ctx.space, a, subsets[s], ctx.values(p))
         elif caches is not None and incremental is not None:
-            ov = _incremental_values(model, objective, incremental, caches, x0, ref, ctx, subsets, a, s, p)
+            ov = chain_values(model, objective, incremental, caches, x0, ref, ctx.space, a, subsets[s], ctx.values(p))
         else:
             x = x0[a].clone()
             ctx.space.scatter(x, subsets[s], ctx.values(p))
@@ -268,13 +256,25 @@ def evaluate_unit(
     return _pad(result, k)
 
 
-def _incremental_values(
-    model: Classifier, objective: Objective, inc: IncrementalPrefix,
-    caches: IncrementalCaches, x0: torch.Tensor, ref: torch.Tensor, ctx: LevelContext,
-    subsets: torch.Tensor, a: torch.Tensor, s: torch.Tensor, p: torch.Tensor,
-) -> ObjectiveValues:
-    """Objective values of grid rows via the incremental chain."""
-    return chain_values(model, objective, inc, caches, x0, ref, ctx.space, a, subsets[s], ctx.values(p))
+def _pair_outputs(
+    pairs: Sequence[PairTable], inc: IncrementalPrefix, caches: IncrementalCaches, a: torch.Tensor,
+    feat: torch.Tensor, p: torch.Tensor, ctx: LevelContext,
+) -> torch.Tensor:
+    """Raw outputs ``(B, K)`` of level-2 rows: each from the first pair table that covers it
+    (deepest first), the rest through the chain."""
+    parts = []
+    left = torch.arange(a.shape[0], device=a.device)
+    for table in pairs:
+        far = table.disjoint(feat[left])
+        rows, left = left[far], left[~far]
+        if rows.numel():
+            parts.append((rows, table.outputs(a[rows], feat[rows], ctx.digits[p[rows]])))
+    if left.numel():
+        parts.append((left, inc.outputs(caches, a[left], feat[left], ctx.values(p[left]))))
+    raw = parts[0][1].new_empty((a.shape[0], parts[0][1].shape[1]))
+    for rows, out in parts:
+        raw[rows] = out
+    return raw
 
 
 def chain_values(
