@@ -60,13 +60,14 @@ def tighten(
             rows_of = cand[:, 0].unique()  # images whose reverts are evaluated this round
             local = torch.full((na,), -1, dtype=torch.int64, device=dev)
             local[rows_of] = torch.arange(rows_of.shape[0], device=dev)
-            caches = incremental.base(x[rows_of])
+            base_x, base_ref = x[rows_of], ref[rows_of]
+            caches = incremental.base(base_x)
         for b0 in range(0, cand.shape[0], batch_size):
             c = cand[b0 : b0 + batch_size]
             a, f = c[:, 0], c[:, 1]
             ov: ObjectiveValues
             if use_chain and incremental is not None:
-                ov = chain_values(model, objective, incremental, caches, x[rows_of], ref[rows_of], space,
+                ov = chain_values(model, objective, incremental, caches, base_x, base_ref, space,
                                   local[a], f.unsqueeze(1), orig[a, f].unsqueeze(1))
             else:
                 xb = x[a].clone()
