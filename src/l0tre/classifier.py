@@ -170,7 +170,7 @@ class Classifier:
         x = self._normalise(x.to(device=self.device, dtype=self.dtype))
         rows = bucket_rows(n_rows) if self.bucket and n_rows > 0 else n_rows
         if rows != n_rows:
-            x = torch.cat([x, x[-1:].expand(rows - n_rows, *x.shape[1:])])
+            x = x[padded_index(n_rows, x.device)]
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         out = self._forward(x)
@@ -230,6 +230,12 @@ def bucket_rows(n: int) -> int:
     if n <= 32:
         return 1 << max(0, n - 1).bit_length()
     return -(-n // 32) * 32
+
+
+def padded_index(n: int, device: torch.device, bucket: bool = True) -> torch.Tensor:
+    """Row index ``(bucket_rows(n),)`` that pads ``n`` rows with copies of the last one (``(n,)``
+    without ``bucket``)."""
+    return torch.arange(bucket_rows(n) if bucket else n, device=device).clamp_max(n - 1)
 
 
 def _check_bounds(bounds: object) -> tuple[float, float]:

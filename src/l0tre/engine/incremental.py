@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..classifier import Classifier, bucket_rows
+from ..classifier import Classifier, padded_index
 
 __all__ = ["BOUNDARY_TOL", "IncrementalPrefix", "IncrementalCaches", "Window", "paste_clipped", "window_cells"]
 
@@ -65,6 +65,12 @@ class _Spatial:
     margin_lo: _Pair  # zero margin of the cached input map before row/col 0
     margin_hi: _Pair
 
+    def origin(self, r0: torch.Tensor, c0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output-window origin of input windows at ``r0``/``c0`` (real-map coordinates)."""
+        (kh, kw), (sh, sw), (ph, pw) = self.kernel, self.stride, self.padding
+        return (torch.div(r0 + ph - kh + sh, sh, rounding_mode="floor"),
+                torch.div(c0 + pw - kw + sw, sw, rounding_mode="floor"))
+
     def run(self, patch: torch.Tensor) -> torch.Tensor:
         m = self.module
         if isinstance(m, nn.Conv2d):
@@ -101,14 +107,6 @@ class Window:
     c0: torch.Tensor
 
 
-def _inside(w: Window, size: _Pair) -> torch.Tensor:
-    """``(B, wh, ww)``: which window positions lie inside a map of ``size``."""
-    dev = w.values.device
-    rr = w.r0.unsqueeze(1) + torch.arange(w.values.shape[2], device=dev)
-    cc = w.c0.unsqueeze(1) + torch.arange(w.values.shape[3], device=dev)
-    return ((rr >= 0) & (rr < size[0])).unsqueeze(2) & ((cc >= 0) & (cc < size[1])).unsqueeze(1)
-
-
 def window_cells(r0: torch.Tensor, c0: torch.Tensor, win: _Pair, size: _Pair) -> torch.Tensor:
     """``(B, wh·ww)`` linear positions in a map of ``size`` of the windows of size ``win`` at
     ``r0``/``c0`` ``(B,)``; positions outside the map give ``H·W`` (a scratch slot)."""
@@ -117,6 +115,13 @@ def window_cells(r0: torch.Tensor, c0: torch.Tensor, win: _Pair, size: _Pair) ->
     cc = c0.unsqueeze(1) + torch.arange(win[1], device=dev)
     ok = ((rr >= 0) & (rr < size[0])).unsqueeze(2) & ((cc >= 0) & (cc < size[1])).unsqueeze(1)
     return torch.where(ok, rr.unsqueeze(2) * size[1] + cc.unsqueeze(1), size[0] * size[1]).view(r0.shape[0], -1)
+
+
+def _inside(w: Window, size: _Pair) -> torch.Tensor:
+    """``(B, 1, wh, ww)`` mask (``w``'s dtype): which window positions lie inside a map of ``size``."""
+    b, _, wh, ww = w.values.shape
+    cells = window_cells(w.r0, w.c0, (wh, ww), size)
+    return (cells < size[0] * size[1]).view(b, 1, wh, ww).to(w.values.dtype)
 
 
 def paste_clipped(
@@ -273,8 +278,7 @@ class IncrementalPrefix:
             j = min(i + step, n_rows)
             # pad every call to a canonical row count (see Classifier.__call__): few distinct
             # shapes keep kernel plans cached and memory from fragmenting
-            idx = torch.arange(i, i + (bucket_rows(j - i) if self.model.bucket else j - i), device=a.device)
-            idx = idx.clamp_max(j - 1)
+            idx = i + padded_index(j - i, a.device, self.model.bucket)
             out = self._outputs(caches, a[idx], pixel[idx], values[idx], None if channel is None else channel[idx])
             parts.append(out[: j - i])
         if not parts:
@@ -343,12 +347,12 @@ class IncrementalPrefix:
         # positions outside the real input map read the layer's zero padding (a one-pixel window
         # at the input is always inside)
         masked = [w if first else
-                  Window(w.values * _inside(w, sp.map_in).unsqueeze(1).to(w.values.dtype), w.r0, w.c0)
+                  Window(w.values * _inside(w, sp.map_in), w.r0, w.c0)
                   for w in wins]
         if len(masked) == 1 and (sh, sw) == (1, 1):
             # one window, stride 1: it sits at offset (kh-1, kw-1) of its patch in every row
             wj = masked[0]
-            o_r, o_c = wj.r0 + ph - kh + 1, wj.c0 + pw - kw + 1
+            o_r, o_c = sp.origin(wj.r0, wj.c0)
             start = ((a * hm + o_r - ph + sp.margin_lo[0]) * wm + o_c - pw + sp.margin_lo[1]).view(b, 1)
             offs = (torch.arange(hp, device=dev).view(hp, 1) * wm + torch.arange(wp, device=dev)).view(1, -1)
             patch = base.view(-1, ch).index_select(0, (start + offs).view(-1)).view(b, hp, wp, ch)
@@ -357,8 +361,7 @@ class IncrementalPrefix:
             return [Window(sp.run(patch.permute(0, 3, 1, 2)), o_r, o_c)]
         out: list[Window] = []
         for j, wj in enumerate(masked):
-            o_r = torch.div(wj.r0 + ph - kh + sh, sh, rounding_mode="floor")
-            o_c = torch.div(wj.c0 + pw - kw + sw, sw, rounding_mode="floor")
+            o_r, o_c = sp.origin(wj.r0, wj.c0)
             p_r, p_c = o_r * sh - ph, o_c * sw - pw  # patch origin (real-map coordinates)
             rows = (p_r + sp.margin_lo[0]).unsqueeze(1) + torch.arange(hp, device=dev)  # (B, hp)
             cols = (p_c + sp.margin_lo[1]).unsqueeze(1) + torch.arange(wp, device=dev)

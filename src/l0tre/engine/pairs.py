@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..classifier import bucket_rows
+from ..classifier import padded_index
 from .incremental import IncrementalPrefix, window_cells
 
 __all__ = ["PairTable"]
@@ -118,7 +118,7 @@ class PairTable:
         n_rows = a.shape[0]
         if n_rows == 0:
             raise ValueError("pairs: expected at least one row")
-        pad = torch.arange(bucket_rows(n_rows), device=a.device).clamp_max(n_rows - 1)  # few distinct shapes
+        pad = padded_index(n_rows, a.device)  # few distinct shapes
         a, pixel, colour = a[pad], pixel[pad], colour[pad]
         b = a.shape[0]
         na, n, p1, win, ch = self.delta.shape
@@ -151,7 +151,5 @@ def _origins(chain: IncrementalPrefix, pixel: torch.Tensor, width: int, upto: in
     """Window origins ``(r0, c0)`` of one-pixel changes at the input of spatial layer ``upto``."""
     r, c = pixel // width, pixel % width
     for sp in chain.spatial[:upto]:
-        (kh, kw), (sh, sw), (ph, pw) = sp.kernel, sp.stride, sp.padding
-        r = torch.div(r + ph - kh + sh, sh, rounding_mode="floor")
-        c = torch.div(c + pw - kw + sw, sw, rounding_mode="floor")
+        r, c = sp.origin(r, c)
     return r, c
