@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from l0tre.certify import Status, certify_level, certify_subsets
+from l0tre.certify.separable import feature_overlaps
 from l0tre.certify.target import Target, resolve
 
 HERE = Path(__file__).resolve().parent
@@ -94,6 +95,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu / cuda (default: the model's)")
     p.add_argument("--one-shot", action="store_true",
                    help="also bound every single feature once per method (no branching)")
+    p.add_argument("--no-separable", action="store_true",
+                   help="t = 2: box covering only (no separable pairs from single-pixel bounds)")
     p.add_argument("--json-out", default=str(HERE / "results" / "certify.json"))
     args = p.parse_args(argv)
     if args.threads:
@@ -102,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     target, _ = _load_target(args, dtype)
     x, y = _load_images(args)
     preds = target.predict(x.to(target.graph.device)).cpu()
+    separable = not args.no_separable
+    overlaps = feature_overlaps(target, args.features) if args.t == 2 and separable else None
     rows = []
     print(f"{'#':>4} {'label':>5} {'pred':>4} {'status':>9} {'boxes':>6} {'proven':>6} "
           f"{'singles':>7} {'bab':>6} {'sec':>7}")
@@ -114,12 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             res = certify_level(target, x[i], label, args.t, features=args.features,
                                 method=args.method, block=args.block, time_limit=args.time_limit,
-                                batch_size=args.batch_size, dtype=dtype)
+                                batch_size=args.batch_size, dtype=dtype,
+                                separable=separable and overlaps is not None, overlaps=overlaps)
             row = {"index": i, "label": label, "pred": int(preds[i]), "status": res.status.value,
                    "boxes_tried": res.boxes_tried, "boxes_proven": res.boxes_proven,
                    "singles": res.subsets_checked, "bab_nodes": res.bab_nodes,
                    "seconds": time.perf_counter() - t0, "block_sizes": res.block_sizes,
-                   "counterexample_subset": res.counterexample_subset}
+                   "counterexample_subset": res.counterexample_subset,
+                   "separable_pairs": res.separable_pairs}
         rows.append(row)
         print(f"{i:>4} {label:>5} {row['pred']:>4} {row['status']:>9} "
               f"{row.get('boxes_tried', 0):>6} {row.get('boxes_proven', 0):>6} "

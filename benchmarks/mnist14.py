@@ -4,7 +4,7 @@ conv 2×2×8 + BN + ReLU, conv 2×2×16 + BN + ReLU, conv 2×2×32 + BN + ReLU, 
 downsampled to 14×14 by 2×2 average pooling. The paper's own sDNN is a MATLAB object in the
 shared data whose input resizing we cannot reproduce exactly, so the benchmarks train this
 stand-in deterministically (seeded, one epoch, ≈ 7 s on 2 idle CPU cores; 96.75 % test accuracy)
-on the first 10,000 training images.
+on the first 10,000 training images (one thread, whatever the caller's setting).
 Imported by the benchmark scripts that sit beside it (``import mnist14``).
 """
 
@@ -36,7 +36,17 @@ def images14(split: str = "test", start: int = 0, limit: int | None = None) -> D
 
 
 def sdnn14(epochs: int = 1, train_images: int = 10_000) -> l0tre.Classifier:
-    """The trained stand-in sDNN (deterministic for a given torch build)."""
+    """The trained stand-in sDNN (deterministic for a given torch build: trained on one thread,
+    since the summation order of multi-threaded kernels changes the weights)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(epochs, train_images)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(epochs: int, train_images: int) -> l0tre.Classifier:
     torch.manual_seed(0)
     ds = images14("train", limit=train_images)
     if ds.y is None:

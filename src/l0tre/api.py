@@ -75,12 +75,20 @@ def prepare(
                     objective=objective, progress=progress,
                     incremental=mode != "eager" if incremental is None else incremental,
                     force_incremental=bool(incremental),
-                    certify=CertifyOptions(CertifyMode.parse(certify), certify_method,
+                    certify=CertifyOptions(CertifyMode.parse(certify), _certify_method(certify_method),
                                            _positive_seconds("certify_time_limit", certify_time_limit)))
     if engine.certify.mode is not CertifyMode.ONLY:
         estimate_guard(engine, opts.t_max, opts.max_evaluations)
     engine.load_checkpoint()
     return engine
+
+
+def _certify_method(value: object) -> str:
+    from .certify.bounds import METHODS
+
+    if not isinstance(value, str) or value not in METHODS:
+        raise ValueError(f"certify_method: expected one of {METHODS}, got {value!r}")
+    return value
 
 
 def _positive_seconds(name: str, value: object) -> float:

@@ -188,7 +188,7 @@ def test_interrupt_while_writing_gets_a_final_snapshot(assets: Assets) -> None:
     assert final.lower.shape == (6,) and bool((final.lower <= final.upper).all())
 
 
-@pytest.mark.parametrize("flag", ["--certify", "--certify-only"])
+@pytest.mark.parametrize("flag", ["--certify", "--certify-only", "--certify --certify-method crown"])
 def test_certify_flags_write_certified_lower(assets: Assets, tmp_path: Path, flag: str) -> None:
     import torch
 
@@ -199,7 +199,7 @@ def test_certify_flags_write_certified_lower(assets: Assets, tmp_path: Path, fla
     torch.save(TinyNet().eval(), model_path)  # a plain nn.Module (certification needs one)
     out = tmp_path / "run"
     code = main(["evaluate", "--model", str(model_path), "--trust-pickle", "--data", str(assets.data),
-                 "--t-max", "2", "--out", str(out), "--quiet", "--no-report", flag])
+                 "--t-max", "2", "--out", str(out), "--quiet", "--no-report", *flag.split()])
     assert code == 0
     data = json.loads((out / "results.json").read_text())
     assert "certified_lower" in data["global"]
@@ -208,4 +208,5 @@ def test_certify_flags_write_certified_lower(assets: Assets, tmp_path: Path, fla
         assert r["lower_kind"] == ("certified" if r["certified_lower"] == r["lower"] else "grid")
         if flag == "--certify-only":
             assert r["lower"] == r["certified_lower"] and r["upper"] == 36
-    assert data["config"]["certify" if flag == "--certify" else "certify_only"] is True
+    assert data["config"]["certify_only" if flag == "--certify-only" else "certify"] is True
+    assert data["config"]["certify_method"] == ("crown" if "crown" in flag else "hybrid")

@@ -60,5 +60,38 @@ def test_certify_guards() -> None:
         l0tre.evaluate(model, x, certify="yes")
     with pytest.raises(ValueError, match="certify_time_limit: expected a positive number of seconds"):
         l0tre.evaluate(model, x, certify=True, certify_time_limit=0)
+    with pytest.raises(ValueError, match=r"certify_method: expected one of \('ibp', 'forward', 'crown', 'hybrid'\), got 'milp'"):
+        l0tre.evaluate(model, x, certify=True, certify_method="milp")
     with pytest.raises(ValueError, match="certify: needs a torch.nn.Module model"):
         l0tre.evaluate(lambda z: model(z.double()), x.float(), certify=True)
+
+
+def test_certified_level_two_on_a_conv_head_model() -> None:
+    """conv → ReLU → conv → ReLU → linear on 5×5: level 2 goes through the separable route
+    (pairs that no nonlinearity mixes); certified pairs survive dense sampling."""
+    g = torch.Generator().manual_seed(5)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 2), torch.nn.ReLU(), torch.nn.Conv2d(3, 3, 2), torch.nn.ReLU(), torch.nn.Flatten(),
+        torch.nn.Linear(27, 2),
+    ).double().eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
+    x = torch.rand(6, 1, 5, 5, generator=g, dtype=torch.float64)
+    with torch.no_grad():
+        model[-1].bias[0] += 2.0  # a class-0 bias: inputs robust at t = 2
+        ref = model(x).argmax(1)
+    res = l0tre.evaluate(model, x, epsilon=0.5, t_max=3, certify=True)
+    assert res.certified_lower is not None
+    assert bool((res.certified_lower <= res.lower).all())
+    assert int(res.certified_lower.max()) >= 2
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for i in range(6):
+            if int(res.certified_lower[i]) < 2:
+                continue
+            for _ in range(60):
+                feats = torch.randperm(25, generator=gen)[:2]
+                xs = x[i].repeat(300, 1, 1, 1)
+                xs.view(300, -1)[:, feats] = torch.rand(300, 2, generator=gen, dtype=torch.float64)
+                assert bool((model(xs).argmax(1) == ref[i]).all())

@@ -26,6 +26,7 @@ from l0tre.certify.attack import search_counterexamples
 from l0tre.certify.bab import certify_boxes_bab
 from l0tre.certify.bounds import BoundOptions
 from l0tre.certify.boxes import as_labels, bound_margins, feature_count, subset_boxes
+from l0tre.certify.separable import certify_pairs_separable, feature_overlaps
 from l0tre.certify.target import Target, resolve
 from l0tre.certify.types import LevelResult, Status
 
@@ -37,6 +38,9 @@ __all__ = [
     "refine_block",
     "region_features",
 ]
+
+#: share of all feature pairs that must be separable for the ``t = 2`` separable route
+MIN_SEPARABLE_SHARE = 0.25
 
 Region = tuple[int, int, int, int, int, int]  # (c0, c1, h0, h1, w0, w1), half-open ranges
 Block = tuple[Region, ...]
@@ -140,12 +144,13 @@ class _Run:
     tried: int = 0
     proven: int = 0
     sizes: dict[int, int] = field(default_factory=dict)
+    separable: int = 0
 
     def result(self, status: Status, nodes: int = 0, cex: Tensor | None = None,
                subset: tuple[int, ...] | None = None) -> LevelResult:
         return LevelResult(self.t, status, self.tried, self.proven, len(self.singles), nodes,
                            time.perf_counter() - self.start, None if cex is None else cex.cpu(),
-                           subset, dict(self.sizes))
+                           subset, dict(self.sizes), self.separable)
 
     def bound(self, feats: list[list[int]]) -> Tensor:
         lo, hi = subset_boxes(self.x0, _subsets_tensor(feats, self.x0.device),
@@ -177,6 +182,8 @@ def certify_level(
     max_memory: int = 1 << 30,
     dtype: torch.dtype = torch.float64,
     margin_tol: float = 1e-6,
+    separable: bool = True,
+    overlaps: Tensor | None = None,
 ) -> LevelResult:
     """Decide whether no change of at most ``t`` features flips ``x0``'s label.
 
@@ -193,6 +200,13 @@ def certify_level(
             are only searched for counterexamples).
         bab_max_depth, bab_max_nodes: branch-and-bound budgets.
         max_boxes: budget of covering boxes; ``time_limit``: seconds overall.
+        separable: at ``t = 2``, prove the pairs of features that no nonlinear operation mixes
+            from single-feature bounds (:mod:`l0tre.certify.separable`) when at least
+            ``MIN_SEPARABLE_SHARE`` of all pairs are such; the other pairs are bounded one by
+            one, then branch and bound. Otherwise (or with ``False``) the box covering.
+        overlaps: ``(n, n)`` from :func:`l0tre.certify.separable.feature_overlaps` for this
+            model, input shape and ``features`` (computed when ``None``; pass it to reuse it
+            across inputs).
 
     Returns:
         :class:`LevelResult` (``certified`` is ``status is PROVEN``).
@@ -216,6 +230,12 @@ def certify_level(
     if int(target.predict(x0.unsqueeze(0))[0]) != int(label):
         return run.result(Status.FALSIFIED, cex=x0, subset=())
     m0 = float(clean.min())
+    if t == 2 and separable:
+        ov = overlaps if overlaps is not None else feature_overlaps(target, features, max_memory)
+        n = ov.shape[0] if ov is not None else 0
+        if ov is not None and n > 1 and int((~ov).sum()) >= MIN_SEPARABLE_SHARE * n * (n - 1):
+            return _level2_separable(run, ov, use_bab, bab_max_depth, bab_max_nodes, max_memory, method,
+                                     intermediate)
     side = block if block is not None else (2 if t <= 2 else 1)
     pending: deque[Block] = deque(covering_blocks(initial_regions(shape, features, side), t))
     seen: set[Block] = set(pending)
@@ -247,6 +267,36 @@ def certify_level(
                     pending.append(c)
     return _finish_singles(run, use_bab, bab_max_depth, bab_max_nodes, max_memory, method,
                            intermediate)
+
+
+def _level2_separable(run: _Run, overlaps: Tensor, use_bab: bool, max_depth: int, max_nodes: int,
+                      max_memory: int, method: str, intermediate: str) -> LevelResult:
+    """``t = 2``: separable pairs from single-feature bounds, every other pair bounded on its
+    own, then branch and bound on those that stay open."""
+    out = certify_pairs_separable(
+        run.target, run.x0, int(run.lab[0]), overlaps.to(run.x0.device), features=run.features, opts=run.opts,
+        batch_size=run.batch_size, margin_tol=run.margin_tol, deadline=run.start + run.time_limit,
+    )
+    run.tried += out.boxes
+    run.separable = out.proven
+    if out.counterexample is not None:
+        return run.result(Status.FALSIFIED, cex=out.counterexample, subset=out.subset)
+    if out.timed_out:
+        return run.result(Status.UNKNOWN)
+    pairs = out.remaining.tolist()
+    wave = max(1, 16 * run.batch_size)
+    for s in range(0, len(pairs), wave):
+        if time.perf_counter() - run.start > run.time_limit:
+            return run.result(Status.UNKNOWN)
+        feats = pairs[s : s + wave]
+        margin = run.bound(feats)
+        ok = margin.min(1).values > run.margin_tol
+        run.proven += int(ok.sum())
+        run.sizes[2] = run.sizes.get(2, 0) + int(ok.sum())
+        for i in (~ok).nonzero().flatten().tolist():
+            run.singles.append(feats[i])
+            run.single_margins.append(margin[i])
+    return _finish_singles(run, use_bab, max_depth, max_nodes, max_memory, method, intermediate)
 
 
 def _finish_singles(run: _Run, use_bab: bool, max_depth: int, max_nodes: int,

@@ -77,6 +77,8 @@ class LevelResult:
         counterexample: the adversarial input ``(C, H, W)`` when ``FALSIFIED``.
         counterexample_subset: the features it changes (indices), when ``FALSIFIED``.
         block_sizes: number of proven boxes per box size (features freed).
+        separable_pairs: pairs proven from single-feature bounds (``t = 2``, see
+            :mod:`l0tre.certify.separable`).
     """
 
     t: int
@@ -89,6 +91,7 @@ class LevelResult:
     counterexample: torch.Tensor | None = None
     counterexample_subset: tuple[int, ...] | None = None
     block_sizes: dict[int, int] = field(default_factory=dict)
+    separable_pairs: int = 0
 
     @property
     def certified(self) -> bool:

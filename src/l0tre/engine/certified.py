@@ -67,15 +67,22 @@ class Certifier:
         self.seconds = 0.0
         self.attempts = 0
         self.proven = 0
+        self._overlaps: torch.Tensor | None = None  # feature pairs mixed by the model (t = 2)
+        self._overlaps_done = False
 
     def level(self, x0: torch.Tensor, label: int, t: int) -> bool:
         """Whether every change of ≤ ``t`` features of ``x0`` ``(C, H, W)`` keeps ``label``
         (given that ≤ ``t − 1`` is already certified)."""
         from ..certify import Status, certify_level
+        from ..certify.separable import feature_overlaps
 
         start = time.perf_counter()
+        if t == 2 and not self._overlaps_done:  # input-independent: once per model
+            self._overlaps = feature_overlaps(self.target, self.features)
+            self._overlaps_done = True
         res = certify_level(self.target, x0, label, t, features=self.features, method=self.options.method,
-                            time_limit=self.options.time_limit)
+                            time_limit=self.options.time_limit, overlaps=self._overlaps,
+                            separable=self._overlaps is not None)
         self.seconds += time.perf_counter() - start
         self.attempts += 1
         ok = res.status is Status.PROVEN
