@@ -188,3 +188,14 @@ def test_separable_bounds_below_sampled_margins() -> None:
         m = z[:, label : label + 1] - z
         m[:, label] = float("inf")
         assert bool((lb <= m + 1e-9).all())
+
+
+def test_separable_route_out_of_time_is_unknown() -> None:
+    model = conv_head(3, side=5, classes=2)
+    x0 = torch.rand(1, 5, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    label = int(build_graph(model, (1, 5, 5)).forward(x0.unsqueeze(0)).argmax())
+    with torch.no_grad():
+        model[-1].bias[label] += 10.0  # certainly robust: only the clock can stop it
+    assert certify_level(model, x0, label, 2, method="crown", time_limit=60).status is Status.PROVEN
+    res = certify_level(model, x0, label, 2, method="crown", time_limit=1e-9)
+    assert res.status is Status.UNKNOWN and res.separable_pairs == 0

@@ -196,7 +196,6 @@ def certify_pairs_separable(
     lower = torch.full((n, k), -math.inf, dtype=graph.dtype, device=dev)
     upper = torch.full((n, k), math.inf, dtype=graph.dtype, device=dev)
     argpt = torch.zeros((n, k, x0.shape[0]), dtype=graph.dtype, device=dev)
-    level = torch.full((n,), -1, dtype=torch.long, device=dev)
     boxes = 0
     todo = torch.unique(pairs.flatten())
     cf = x0.shape[0] if features == "pixel" else 1
@@ -206,8 +205,10 @@ def certify_pairs_separable(
         if time.perf_counter() > deadline:
             return PairOutcome(torch.cat([close, pairs]), 0, boxes, timed_out=True)
         parts = max(1, round(parts_total ** (1 / cf)))
-        boxes += _refine(target, x0, lab, features, todo, parts, opts, batch_size, lower, upper, argpt)
-        level[todo] += 1
+        done = _refine(target, x0, lab, features, todo, parts, opts, batch_size, lower, upper, argpt, deadline)
+        boxes += done
+        if done < todo.shape[0] * parts**cf:
+            return PairOutcome(torch.cat([close, pairs]), 0, boxes, timed_out=True)
         lb = (lower[pairs[:, 0]] + lower[pairs[:, 1]] - m0).min(1).values  # (P,)
         ub = upper[pairs[:, 0]] + upper[pairs[:, 1]] - m0  # (P, K)
         cex = _counterexample(target, x0, label, features, pairs, ub, argpt, max_candidates)
@@ -222,15 +223,19 @@ def certify_pairs_separable(
 
 def _refine(
     target: Target, x0: Tensor, lab: Tensor, features: str, feats: Tensor, parts: int, opts: BoundOptions,
-    batch_size: int, lower: Tensor, upper: Tensor, argpt: Tensor,
+    batch_size: int, lower: Tensor, upper: Tensor, argpt: Tensor, deadline: float,
 ) -> int:
     """Tighten ``lower`` (sound bounds: min over the ``parts``-grid's cells) and ``upper``
-    (sampled margins at the grid's corners, minimising values in ``argpt``) of ``feats``."""
+    (sampled margins at the grid's corners, minimising values in ``argpt``) of ``feats``;
+    returns the number of sub-boxes bounded (fewer than all when ``deadline`` passed)."""
     cf = int(x0.shape[0]) if features == "pixel" else 1
     cells = parts**cf
     corners, _ = _grid(parts, cf, target.bounds, x0.dtype, x0.device, corners=True)
     per_chunk = max(1, 4096 // max(cells, corners.shape[0]))
+    done = 0
     for s in range(0, feats.shape[0], per_chunk):
+        if time.perf_counter() > deadline:
+            return done
         fs = feats[s : s + per_chunk]
         lo, hi = feature_boxes(x0, features, fs, parts, target.bounds)
         lb = bound_margins(target, lo, hi, lab.expand(lo.shape[0]), opts, batch_size)
@@ -244,7 +249,8 @@ def _refine(
         cur = argpt[fs]
         cur[..., :cf] = torch.where(better.unsqueeze(2), corners[where], cur[..., :cf])
         argpt[fs] = cur
-    return int(feats.shape[0]) * cells
+        done += int(fs.shape[0]) * cells
+    return done
 
 
 def _counterexample(
