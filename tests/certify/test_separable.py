@@ -116,7 +116,12 @@ def test_feature_boxes_tile_the_range(features: str) -> None:
     vol = torch.where(free, hi - lo, torch.ones_like(lo)).flatten(1).prod(1).view(2, -1).sum(1)
     assert torch.allclose(vol, torch.ones(2, dtype=torch.float64))
     assert float(lo.min()) >= 0.0 and float(hi.max()) <= 1.0
-    assert bool(((hi == lo) == (lo == x0)).all() | free.any())  # fixed coordinates keep x0
+    fixed = ~free  # every other coordinate keeps x0
+    assert torch.equal(lo[fixed], x0.expand_as(lo)[fixed]) and torch.equal(hi[fixed], x0.expand_as(hi)[fixed])
+    # the free coordinates are the feature's own: channel c of pixel 0 / 3, or element 0 / 3
+    where = free.flatten(1).nonzero()[:, 1].view(2 * 3**cf, cf)
+    own = [[0, 4, 8], [3, 7, 11]] if features == "pixel" else [[0], [3]]
+    assert where.view(2, 3**cf, cf).tolist() == [[o] * 3**cf for o in own]
 
 
 def _exact_level2(model: nn.Module, x0: torch.Tensor, label: int, ov: torch.Tensor) -> float:
