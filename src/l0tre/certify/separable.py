@@ -195,10 +195,10 @@ def certify_pairs_separable(
     close = torch.triu(overlaps, diagonal=1).nonzero()
     lower = torch.full((n, k), -math.inf, dtype=graph.dtype, device=dev)
     upper = torch.full((n, k), math.inf, dtype=graph.dtype, device=dev)
-    argpt = torch.zeros((n, k, x0.shape[0]), dtype=graph.dtype, device=dev)
+    cf = x0.shape[0] if features == "pixel" else 1
+    argpt = torch.zeros((n, k, cf), dtype=graph.dtype, device=dev)
     boxes = 0
     todo = torch.unique(pairs.flatten())
-    cf = x0.shape[0] if features == "pixel" else 1
     for parts_total in splits:
         if todo.numel() == 0:
             break
@@ -209,16 +209,20 @@ def certify_pairs_separable(
         boxes += done
         if done < todo.shape[0] * parts**cf:
             return PairOutcome(torch.cat([close, pairs]), 0, boxes, timed_out=True)
-        lb = (lower[pairs[:, 0]] + lower[pairs[:, 1]] - m0).min(1).values  # (P,)
-        ub = upper[pairs[:, 0]] + upper[pairs[:, 1]] - m0  # (P, K)
-        cex = _counterexample(target, x0, label, features, pairs, ub, argpt, max_candidates)
+        cex = _counterexample(target, x0, label, features, pairs, _pair_sums(upper, pairs, m0), argpt,
+                              max_candidates)
         if cex is not None:
             return PairOutcome(pairs.new_zeros((0, 2)), 0, boxes, cex[0], cex[1])
-        failing = pairs[lb <= margin_tol]
+        failing = pairs[_pair_sums(lower, pairs, m0).min(1).values <= margin_tol]
         todo = torch.unique(failing.flatten())
-    lb = (lower[pairs[:, 0]] + lower[pairs[:, 1]] - m0).min(1).values
-    ok = lb > margin_tol
+    ok = _pair_sums(lower, pairs, m0).min(1).values > margin_tol
     return PairOutcome(torch.cat([close, pairs[~ok]]), int(ok.sum()), boxes)
+
+
+def _pair_sums(single: Tensor, pairs: Tensor, m0: Tensor) -> Tensor:
+    """``(P, K)`` pair margins from single-feature margins ``single`` ``(n, K)`` (bounds or
+    samples) by additivity: ``s_ik + s_jk − m0_k``."""
+    return single[pairs[:, 0]] + single[pairs[:, 1]] - m0
 
 
 def _refine(
@@ -226,7 +230,7 @@ def _refine(
     batch_size: int, lower: Tensor, upper: Tensor, argpt: Tensor, deadline: float,
 ) -> int:
     """Tighten ``lower`` (sound bounds: min over the ``parts``-grid's cells) and ``upper``
-    (sampled margins at the grid's corners, minimising values in ``argpt``) of ``feats``;
+    (sampled margins at the grid's corners, minimising values in ``argpt`` ``(n, K, C')``) of ``feats``;
     returns the number of sub-boxes bounded (fewer than all when ``deadline`` passed)."""
     cf = int(x0.shape[0]) if features == "pixel" else 1
     cells = parts**cf
@@ -246,9 +250,7 @@ def _refine(
         best, where = marg.min(1)  # (m, K)
         better = best < upper[fs]
         upper[fs] = torch.where(better, best, upper[fs])
-        cur = argpt[fs]
-        cur[..., :cf] = torch.where(better.unsqueeze(2), corners[where], cur[..., :cf])
-        argpt[fs] = cur
+        argpt[fs] = torch.where(better.unsqueeze(2), corners[where], argpt[fs])
         done += int(fs.shape[0]) * cells
     return done
 
@@ -269,8 +271,7 @@ def _counterexample(
     for side in (0, 1):
         f = pairs[cand, side]
         ch, r, c = _coordinates(shape, features, f)
-        vals = argpt[f, cls[cand]][:, : ch.shape[1]]
-        xs[rows.view(-1, 1), ch, r.view(-1, 1), c.view(-1, 1)] = vals
+        xs[rows.view(-1, 1), ch, r.view(-1, 1), c.view(-1, 1)] = argpt[f, cls[cand]]
     pred = target.predict(xs)
     hit = (pred != label).nonzero().flatten()
     if hit.numel() == 0:
