@@ -124,6 +124,18 @@ def _nonlinear_inputs(graph: Graph) -> dict[int, bool]:
     return out
 
 
+def _needed(graph: Graph, keep: set[int]) -> set[int]:
+    """Nodes a sweep must visit: the ReLU / max-pool nodes (their relaxations), the ``keep``
+    nodes, and everything these depend on. The rest (the affine tail after the last
+    non-linearity, whose bounds the final backward pass never reads) is skipped."""
+    targets = set(keep)
+    targets.update(i for i, n in enumerate(graph.nodes) if isinstance(n.op, (O.ReluOp, O.MaxPoolOp)))
+    out = set(targets)
+    for t in targets:
+        out.update(graph.ancestors(t))
+    return out
+
+
 def _numel(shape: O.Shape) -> int:
     n = 1
     for s in shape:
@@ -166,9 +178,10 @@ class _Sweep:
             lin[0] = input_bounds(ctx.centre, ctx.radius, free, valid)
         remaining = [len(c) for c in graph.consumers]
         refine = _nonlinear_inputs(graph) if self.mode == "crown" else {}
+        needed = _needed(graph, keep)
         for i, node in enumerate(graph.nodes):
             op = plan.ops[i]
-            if op is None:
+            if op is None or i not in needed:
                 continue
             ins = [(self._read(lows, i, k, True, True), self._read(highs, i, k, True, True))
                    for k in range(len(node.inputs))]
