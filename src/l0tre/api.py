@@ -51,7 +51,7 @@ def prepare(
     incremental: bool | None = None,
     certify: bool | str = False,
     certify_time_limit: float = 60.0,
-    certify_method: str = "hybrid",
+    certify_method: str = "auto",
 ) -> Engine:
     """Validate everything and build the :class:`~l0tre.engine.driver.Engine` (no work yet)."""
     opts = EvaluateOptions.build(
@@ -84,10 +84,10 @@ def prepare(
 
 
 def _certify_method(value: object) -> str:
-    from .certify.bounds import METHODS
+    from .certify.bounds import LEVEL_METHODS
 
-    if not isinstance(value, str) or value not in METHODS:
-        raise ValueError(f"certify_method: expected one of {METHODS}, got {value!r}")
+    if not isinstance(value, str) or value not in LEVEL_METHODS:
+        raise ValueError(f"certify_method: expected one of {LEVEL_METHODS}, got {value!r}")
     return value
 
 
@@ -135,6 +135,9 @@ def evaluate(model: ModelLike, x: torch.Tensor, *, epsilon: float = 0.5, t_max: 
             features (``res.certified_lower``; ``lower_kind == "certified"`` where it equals the
             grid bound); ``"only"``: certification only (no grid pass, no upper-bound search).
         certify_time_limit: seconds per input and level for certification (then "unknown").
+        certify_method: bounds used by certification: ``"auto"`` (default: ``"crown"`` when
+            the model's only dense layers follow its last non-linearity, else ``"hybrid"``),
+            ``"hybrid"``, ``"crown"``, ``"forward"`` or ``"ibp"``.
         incremental: ``None`` (use the incremental t=1 path when it measures faster), ``True``
             (always, when the model allows it), ``False`` (never).
             ``"channels_last"``, ``"compile"``, ``"compile+channels_last"``.

@@ -224,9 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="certified lower bounds only: no grid pass, no upper-bound search")
     c.add_argument("--certify-time-limit", type=float, default=60.0, metavar="SEC",
                    help="seconds per input and level for certification (default 60)")
-    c.add_argument("--certify-method", choices=("hybrid", "crown", "forward", "ibp"), default="hybrid",
-                   help="bounds for certification: 'hybrid' (CROWN on the fully connected head, default) or "
-                        "'crown' (tighter, costlier on convolutional bodies; better for conv + linear models)")
+    c.add_argument("--certify-method", choices=("auto", "hybrid", "crown", "forward", "ibp"), default="auto",
+                   help="bounds for certification: 'hybrid' (CROWN on the fully connected head), 'crown' "
+                        "(tighter, costlier on convolutional bodies; better for conv + linear models) or 'auto' "
+                        "(default: crown when the only dense layers follow the last non-linearity, else hybrid)")
     c.add_argument("--mode", choices=("auto", "eager", "channels_last", "compile", "compile+channels_last"),
                    default="auto", help="forward execution mode; 'eager' turns every optimisation off")
 

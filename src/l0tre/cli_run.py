@@ -279,7 +279,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         max_evaluations=args.max_evaluations or DEFAULT_MAX_EVALUATIONS, progress=progress,
         certify="only" if getattr(args, "certify_only", False) else bool(getattr(args, "certify", False)),
         certify_time_limit=getattr(args, "certify_time_limit", 60.0), mode=getattr(args, "mode", "auto"),
-        certify_method=getattr(args, "certify_method", "hybrid"),
+        certify_method=getattr(args, "certify_method", "auto"),
     )
     if args.resume and ckpt.exists():
         _notice(args, f"resume: continuing from level t={engine.result.t + 1} "

@@ -127,3 +127,37 @@ def test_level_without_bab_never_proves_unsafe_inputs() -> None:
         res = certify_level(model, x0, label, 1, use_bab=False)
         if res.status is Status.PROVEN:
             assert _exhaustive(model, x0, label, 1) > -1e-6
+
+
+def test_auto_method_follows_the_dense_part() -> None:
+    from torch import nn
+
+    from l0tre.certify.bounds import auto_method
+
+    conv_linear = nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 3)).eval()
+    conv_dense = nn.Sequential(nn.Conv2d(1, 2, 2), nn.ReLU(), nn.Flatten(), nn.Linear(8, 4), nn.ReLU(),
+                               nn.Linear(4, 3)).eval()
+    assert auto_method(build_graph(conv_linear, (1, 3, 3))) == "crown"
+    assert auto_method(build_graph(conv_dense, (1, 3, 3))) == "hybrid"
+    assert auto_method(build_graph(mlp(1, (1, 3, 3)), (1, 3, 3))) == "hybrid"
+    with pytest.raises(ValueError, match=r"method: expected one of \('auto'"):
+        certify_level(conv_linear, torch.rand(1, 3, 3), 0, 1, method="milp")
+
+
+@pytest.mark.parametrize("t", [1, 2])
+def test_auto_method_decides_like_the_method_it_picks(t: int) -> None:
+    from torch import nn
+
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(1, 3, 2), nn.ReLU(), nn.Flatten(), nn.Linear(12, 3)).eval()
+    for seed in range(3):
+        x0 = torch.rand((1, 3, 3), generator=torch.Generator().manual_seed(seed))
+        label = int(model(x0.unsqueeze(0)).argmax())
+        auto = certify_level(model, x0, label, t, method="auto", time_limit=30)
+        crown = certify_level(model, x0, label, t, method="crown", time_limit=30)
+        exact = _exhaustive(model, x0, label, t)
+        assert auto.status is crown.status
+        assert (auto.boxes_tried, auto.boxes_proven, auto.bab_nodes) == (
+            crown.boxes_tried, crown.boxes_proven, crown.bab_nodes)
+        if auto.status is Status.PROVEN:
+            assert exact > -1e-6

@@ -209,4 +209,4 @@ def test_certify_flags_write_certified_lower(assets: Assets, tmp_path: Path, fla
         if flag == "--certify-only":
             assert r["lower"] == r["certified_lower"] and r["upper"] == 36
     assert data["config"]["certify_only" if flag == "--certify-only" else "certify"] is True
-    assert data["config"]["certify_method"] == ("crown" if "crown" in flag else "hybrid")
+    assert data["config"]["certify_method"] == ("crown" if "crown" in flag else "auto")

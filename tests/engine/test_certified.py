@@ -60,7 +60,7 @@ def test_certify_guards() -> None:
         l0tre.evaluate(model, x, certify="yes")
     with pytest.raises(ValueError, match="certify_time_limit: expected a positive number of seconds"):
         l0tre.evaluate(model, x, certify=True, certify_time_limit=0)
-    expected = r"certify_method: expected one of \('ibp', 'forward', 'crown', 'hybrid'\), got 'milp'"
+    expected = r"certify_method: expected one of \('auto', 'ibp', 'forward', 'crown', 'hybrid'\), got 'milp'"
     with pytest.raises(ValueError, match=expected):
         l0tre.evaluate(model, x, certify=True, certify_method="milp")
     with pytest.raises(ValueError, match="certify: needs a torch.nn.Module model"):

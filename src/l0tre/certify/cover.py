@@ -24,7 +24,7 @@ from torch import Tensor
 
 from l0tre.certify.attack import search_counterexamples
 from l0tre.certify.bab import certify_boxes_bab
-from l0tre.certify.bounds import BoundOptions
+from l0tre.certify.bounds import LEVEL_METHODS, BoundOptions, auto_method
 from l0tre.certify.boxes import as_labels, bound_margins, feature_count, subset_boxes
 from l0tre.certify.separable import certify_pairs_separable, feature_overlaps
 from l0tre.certify.target import Target, resolve
@@ -190,7 +190,8 @@ def certify_level(
     Args:
         model, x0, label, features, bounds, preprocessing, method, intermediate, batch_size,
             max_memory, dtype, margin_tol: as in :func:`l0tre.certify.certify_subsets`
-            (``method`` defaults to ``"hybrid"`` here).
+            (``method`` defaults to ``"hybrid"`` here; ``"auto"`` picks per model, see
+            :func:`l0tre.certify.bounds.auto_method`).
         t: the level (features changed at once), ``≥ 1``.
         block: side of the initial pixel patches (default 2 for ``t ≤ 2``, else 1).
         jump: a failed block whose worst margin bound is below ``-jump`` times the clean
@@ -222,6 +223,10 @@ def certify_level(
     dev = target.graph.device
     x0 = x0.to(device=dev, dtype=target.graph.dtype)
     lab = as_labels(label, 1, dev)
+    if method not in LEVEL_METHODS:
+        raise ValueError(f"method: expected one of {LEVEL_METHODS}, got {method!r}")
+    if method == "auto":
+        method = auto_method(target.graph)
     opts = BoundOptions(method=method, intermediate=intermediate, max_memory=max_memory)
     run = _Run(target, x0, lab, t, features, opts, batch_size, margin_tol, start, time_limit)
     with torch.no_grad():

@@ -47,7 +47,7 @@ class CertifyMode(str, enum.Enum):
 @dataclass(frozen=True)
 class CertifyOptions:
     mode: CertifyMode = CertifyMode.OFF
-    method: str = "hybrid"
+    method: str = "auto"
     time_limit: float = 60.0  # seconds per input and level
 
 
