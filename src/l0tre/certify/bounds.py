@@ -41,8 +41,7 @@ from l0tre.certify.relax import PoolRelax, ReluRelax, interval, pool_relax, relu
 from l0tre.certify.window import Plan, crop, make_plan
 
 __all__ = ["LEVEL_METHODS", "METHODS", "BoundOptions", "auto_method", "free_coordinates", "lower_bounds",
-           "margin_spec",
-           "spatial_groups"]
+           "margin_spec", "spatial_groups"]
 
 METHODS = ("ibp", "forward", "crown", "hybrid")
 #: what certification (``certify_level``, the engine's ``certify_method``) accepts
