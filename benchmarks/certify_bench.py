@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import math
 import platform
 import sys
 import time
@@ -83,6 +84,7 @@ def _one_shot_subsets(n: int, t: int, sample: int) -> torch.Tensor:
         return torch.arange(n).view(-1, 1)
     gen = torch.Generator().manual_seed(0)
     seen: set[tuple[int, ...]] = set()
+    sample = min(sample, math.comb(n, t))
     while len(seen) < sample:
         subset = tuple(sorted(torch.randperm(n, generator=gen)[:t].tolist()))
         seen.add(subset)
@@ -189,9 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         "unknown_fraction": sum(r["status"] == Status.UNKNOWN.value for r in rows) / max(1, len(rows)),
         "seconds_per_image": sum(r["seconds"] for r in done) / max(1, len(done)),
     }
-    print(f"level {args.t}: certified {summary['certified_fraction']:.1%}, falsified "
-          f"{summary['falsified_fraction']:.1%}, unknown {summary['unknown_fraction']:.1%} of "
-          f"{len(rows)} images; {summary['seconds_per_image']:.1f} s per image")
+    if not args.no_level:
+        print(f"level {args.t}: certified {summary['certified_fraction']:.1%}, falsified "
+              f"{summary['falsified_fraction']:.1%}, unknown {summary['unknown_fraction']:.1%} of "
+              f"{len(rows)} images; {summary['seconds_per_image']:.1f} s per image")
     out = {
         "config": {k: v for k, v in vars(args).items() if k != "json_out"},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
