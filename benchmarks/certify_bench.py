@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-level", action="store_true",
                    help="skip the per-image level decision (with --one-shot: one-shot bounds only)")
     p.add_argument("--no-separable", action="store_true",
-                   help="t = 2: box covering only (no separable pairs from single-pixel bounds)")
+                   help="t = 2, 3: box covering only (no separable pairs / triples from single-pixel bounds)")
     p.add_argument("--json-out", default=str(HERE / "results" / "certify.json"))
     args = p.parse_args(argv)
     if args.threads:
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     x, y = _load_images(args)
     preds = target.predict(x.to(target.graph.device)).cpu()
     separable = not args.no_separable
-    overlaps = feature_overlaps(target, args.features) if args.t == 2 and separable else None
+    overlaps = feature_overlaps(target, args.features) if args.t in (2, 3) and separable else None
     rows: list[dict[str, Any]] = []
     print(f"{'#':>4} {'label':>5} {'pred':>4} {'status':>9} {'boxes':>6} {'proven':>6} "
           f"{'singles':>7} {'bab':>6} {'sec':>7}")
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
                    "singles": res.subsets_checked, "bab_nodes": res.bab_nodes,
                    "seconds": time.perf_counter() - t0, "block_sizes": res.block_sizes,
                    "counterexample_subset": res.counterexample_subset,
-                   "separable_pairs": res.separable_pairs}
+                   "separable_pairs": res.separable_pairs, "separable_triples": res.separable_triples}
         rows.append(row)
         print(f"{args.start + i:>4} {label:>5} {row['pred']:>4} {row['status']:>9} "
               f"{row.get('boxes_tried', 0):>6} {row.get('boxes_proven', 0):>6} "

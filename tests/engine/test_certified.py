@@ -67,9 +67,11 @@ def test_certify_guards() -> None:
         l0tre.evaluate(lambda z: model(z.double()), x.float(), certify=True)
 
 
-def test_certified_level_two_on_a_conv_head_model() -> None:
+@pytest.mark.parametrize("bias,level,eps", [(2.0, 2, 0.5), pytest.param(4.5, 3, 1.0, marks=pytest.mark.slow)])
+def test_certified_levels_two_and_three_on_a_conv_head_model(bias: float, level: int, eps: float) -> None:
     """conv → ReLU → conv → ReLU → linear on 5×5: level 2 goes through the separable route
-    (pairs that no nonlinearity mixes); certified pairs survive dense sampling."""
+    (pairs that no nonlinearity mixes), level 3 through the component route; certified
+    subsets survive dense sampling."""
     g = torch.Generator().manual_seed(5)
     model = torch.nn.Sequential(
         torch.nn.Conv2d(1, 3, 2), torch.nn.ReLU(), torch.nn.Conv2d(3, 3, 2), torch.nn.ReLU(), torch.nn.Flatten(),
@@ -80,19 +82,20 @@ def test_certified_level_two_on_a_conv_head_model() -> None:
             p.copy_(torch.randn(p.shape, generator=g, dtype=torch.float64) * 0.5)
     x = torch.rand(6, 1, 5, 5, generator=g, dtype=torch.float64)
     with torch.no_grad():
-        model[-1].bias[0] += 2.0  # a class-0 bias: inputs robust at t = 2
+        model[-1].bias[0] += bias  # a class-0 bias: inputs robust at t = level
         ref = model(x).argmax(1)
-    res = l0tre.evaluate(model, x, epsilon=0.5, t_max=3, certify=True)
+    res = l0tre.evaluate(model, x, epsilon=eps, t_max=3, certify=True)
     assert res.certified_lower is not None
     assert bool((res.certified_lower <= res.lower).all())
-    assert int(res.certified_lower.max()) >= 2
+    assert int(res.certified_lower.max()) >= level
     gen = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for i in range(6):
-            if int(res.certified_lower[i]) < 2:
+            t = int(res.certified_lower[i])  # 3: through the component route of level 3
+            if t < 2:
                 continue
             for _ in range(60):
-                feats = torch.randperm(25, generator=gen)[:2]
+                feats = torch.randperm(25, generator=gen)[:t]
                 xs = x[i].repeat(300, 1, 1, 1)
-                xs.view(300, -1)[:, feats] = torch.rand(300, 2, generator=gen, dtype=torch.float64)
+                xs.view(300, -1)[:, feats] = torch.rand(300, t, generator=gen, dtype=torch.float64)
                 assert bool((model(xs).argmax(1) == ref[i]).all())

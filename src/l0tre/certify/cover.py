@@ -28,6 +28,7 @@ from l0tre.certify.bounds import LEVEL_METHODS, BoundOptions, auto_method
 from l0tre.certify.boxes import as_labels, bound_margins, feature_count, subset_boxes
 from l0tre.certify.separable import certify_pairs_separable, feature_overlaps
 from l0tre.certify.target import Target, resolve
+from l0tre.certify.triples import certify_triples_separable
 from l0tre.certify.types import LevelResult, Status
 
 __all__ = [
@@ -39,7 +40,7 @@ __all__ = [
     "region_features",
 ]
 
-#: share of all feature pairs that must be separable for the ``t = 2`` separable route
+#: share of all feature pairs that must be separable for the separable routes (``t = 2, 3``)
 MIN_SEPARABLE_SHARE = 0.25
 
 Region = tuple[int, int, int, int, int, int]  # (c0, c1, h0, h1, w0, w1), half-open ranges
@@ -145,12 +146,15 @@ class _Run:
     proven: int = 0
     sizes: dict[int, int] = field(default_factory=dict)
     separable: int = 0
+    checked: int = 0  # t-subsets sent to branch and bound in earlier waves
+    nodes: int = 0  # branch-and-bound nodes of earlier waves
 
     def result(self, status: Status, nodes: int = 0, cex: Tensor | None = None,
                subset: tuple[int, ...] | None = None) -> LevelResult:
-        return LevelResult(self.t, status, self.tried, self.proven, len(self.singles), nodes,
-                           time.perf_counter() - self.start, None if cex is None else cex.cpu(),
-                           subset, dict(self.sizes), self.separable)
+        sep2, sep3 = (self.separable, 0) if self.t == 2 else (0, self.separable)
+        return LevelResult(self.t, status, self.tried, self.proven, self.checked + len(self.singles),
+                           self.nodes + nodes, time.perf_counter() - self.start,
+                           None if cex is None else cex.cpu(), subset, dict(self.sizes), sep2, sep3)
 
     def bound(self, feats: list[list[int]]) -> Tensor:
         lo, hi = subset_boxes(self.x0, _subsets_tensor(feats, self.x0.device),
@@ -204,7 +208,9 @@ def certify_level(
         separable: at ``t = 2``, prove the pairs of features that no nonlinear operation mixes
             from single-feature bounds (:mod:`l0tre.certify.separable`) when at least
             ``MIN_SEPARABLE_SHARE`` of all pairs are such; the other pairs are bounded one by
-            one, then branch and bound. Otherwise (or with ``False``) the box covering.
+            one, then branch and bound. At ``t = 3`` the same for triples that split into
+            separable components (:mod:`l0tre.certify.triples`); the connected triples are
+            bounded one by one. Otherwise (or with ``False``) the box covering.
         overlaps: ``(n, n)`` from :func:`l0tre.certify.separable.feature_overlaps` for this
             model, input shape and ``features`` (computed when ``None``; pass it to reuse it
             across inputs).
@@ -235,11 +241,14 @@ def certify_level(
     if int(target.predict(x0.unsqueeze(0))[0]) != int(label):
         return run.result(Status.FALSIFIED, cex=x0, subset=())
     m0 = float(clean.min())
-    if t == 2 and separable:
+    if t in (2, 3) and separable:
         ov = overlaps if overlaps is not None else feature_overlaps(target, features, max_memory)
         n = ov.shape[0] if ov is not None else 0
-        if ov is not None and n > 1 and int((~ov).sum()) >= MIN_SEPARABLE_SHARE * n * (n - 1):
-            return _level2_separable(run, ov, use_bab, bab_max_depth, bab_max_nodes, max_memory, method,
+        if ov is not None and n > t and int((~ov).sum()) >= MIN_SEPARABLE_SHARE * n * (n - 1):
+            if t == 2:
+                return _level2_separable(run, ov, use_bab, bab_max_depth, bab_max_nodes, max_memory, method,
+                                         intermediate)
+            return _level3_separable(run, ov, use_bab, bab_max_depth, bab_max_nodes, max_memory, method,
                                      intermediate)
     side = block if block is not None else (2 if t <= 2 else 1)
     pending: deque[Block] = deque(covering_blocks(initial_regions(shape, features, side), t))
@@ -302,6 +311,45 @@ def _level2_separable(run: _Run, overlaps: Tensor, use_bab: bool, max_depth: int
             run.singles.append(feats[i])
             run.single_margins.append(margin[i])
     return _finish_singles(run, use_bab, max_depth, max_nodes, max_memory, method, intermediate)
+
+
+def _level3_separable(run: _Run, overlaps: Tensor, use_bab: bool, max_depth: int, max_nodes: int,
+                      max_memory: int, method: str, intermediate: str) -> LevelResult:
+    """``t = 3``: decomposed triples from single and pair bounds, every other triple bounded
+    on its own; branch and bound after each wave, so that a counterexample stops the level early."""
+    out = certify_triples_separable(
+        run.target, run.x0, int(run.lab[0]), overlaps.to(run.x0.device), features=run.features, opts=run.opts,
+        batch_size=run.batch_size, margin_tol=run.margin_tol, deadline=run.start + run.time_limit,
+        use_bab=use_bab, bab_max_depth=max_depth, bab_max_nodes=max_nodes,
+    )
+    run.tried += out.boxes
+    run.separable = out.proven
+    if out.counterexample is not None:
+        return run.result(Status.FALSIFIED, cex=out.counterexample, subset=out.subset)
+    if out.timed_out:
+        return run.result(Status.UNKNOWN)
+    triples = out.remaining
+    wave, s = max(1, run.batch_size), 0
+    while s < triples.shape[0]:
+        if time.perf_counter() - run.start > run.time_limit:
+            return run.result(Status.UNKNOWN)
+        feats = triples[s : s + wave].tolist()
+        s, wave = s + wave, min(4 * wave, 16 * run.batch_size)  # small first waves: fail fast
+        margin = run.bound(feats)
+        ok = margin.min(1).values > run.margin_tol
+        run.proven += int(ok.sum())
+        run.sizes[3] = run.sizes.get(3, 0) + int(ok.sum())
+        for i in (~ok).nonzero().flatten().tolist():
+            run.singles.append(feats[i])
+            run.single_margins.append(margin[i])
+        if run.singles:
+            res = _finish_singles(run, use_bab, max_depth, max_nodes, max_memory, method, intermediate)
+            if res.status is not Status.PROVEN:
+                return res
+            run.checked += len(run.singles)
+            run.nodes = res.bab_nodes
+            run.singles, run.single_margins = [], []
+    return run.result(Status.PROVEN)
 
 
 def _finish_singles(run: _Run, use_bab: bool, max_depth: int, max_nodes: int,

@@ -39,7 +39,8 @@ from l0tre.certify.bounds import BoundOptions
 from l0tre.certify.boxes import bound_margins, feature_count
 from l0tre.certify.target import Target
 
-__all__ = ["PairOutcome", "certify_pairs_separable", "feature_boxes", "feature_overlaps"]
+__all__ = ["PairOutcome", "certify_pairs_separable", "feature_boxes", "feature_overlaps",
+           "coordinates", "refine_singles"]
 
 #: sub-boxes per feature at each refinement round (a feature with ``C`` free coordinates is
 #: split into ``round(S ** (1 / C))`` parts per coordinate)
@@ -96,7 +97,7 @@ def feature_overlaps(target: Target, features: str = "pixel", max_memory: int = 
     return (hits > 0) | torch.eye(n, dtype=torch.bool, device=graph.device)
 
 
-def _coordinates(shape: tuple[int, int, int], features: str, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+def coordinates(shape: tuple[int, int, int], features: str, feats: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Channel ``(m, C')``, row and column ``(m,)`` of each feature's free coordinates
     (``C' = C`` for pixels, 1 for elements)."""
     c, h, w = shape
@@ -122,7 +123,7 @@ def _place(x0: Tensor, features: str, feats: Tensor, values: Tensor) -> Tensor:
     """``(m · P, C, H, W)``: ``x0`` with feature ``feats[a]`` ``(m,)`` set to ``values[p]``
     ``(P, C')`` (feature-major order)."""
     shape = (int(x0.shape[0]), int(x0.shape[1]), int(x0.shape[2]))
-    ch, rows, cols = _coordinates(shape, features, feats)
+    ch, rows, cols = coordinates(shape, features, feats)
     m, cf = ch.shape
     p = values.shape[0]
     out = x0.unsqueeze(0).repeat(m * p, 1, 1, 1)
@@ -205,7 +206,7 @@ def certify_pairs_separable(
         if time.perf_counter() > deadline:
             return PairOutcome(torch.cat([close, pairs]), 0, boxes, timed_out=True)
         parts = max(1, round(parts_total ** (1 / cf)))
-        done = _refine(target, x0, lab, features, todo, parts, opts, batch_size, lower, upper, argpt, deadline)
+        done = refine_singles(target, x0, lab, features, todo, parts, opts, batch_size, lower, upper, argpt, deadline)
         boxes += done
         if done < todo.shape[0] * parts**cf:
             return PairOutcome(torch.cat([close, pairs]), 0, boxes, timed_out=True)
@@ -225,7 +226,7 @@ def _pair_sums(single: Tensor, pairs: Tensor, m0: Tensor) -> Tensor:
     return single[pairs[:, 0]] + single[pairs[:, 1]] - m0
 
 
-def _refine(
+def refine_singles(
     target: Target, x0: Tensor, lab: Tensor, features: str, feats: Tensor, parts: int, opts: BoundOptions,
     batch_size: int, lower: Tensor, upper: Tensor, argpt: Tensor, deadline: float,
 ) -> int:
@@ -270,7 +271,7 @@ def _counterexample(
     rows = torch.arange(cand.shape[0], device=x0.device)
     for side in (0, 1):
         f = pairs[cand, side]
-        ch, r, c = _coordinates(shape, features, f)
+        ch, r, c = coordinates(shape, features, f)
         xs[rows.view(-1, 1), ch, r.view(-1, 1), c.view(-1, 1)] = argpt[f, cls[cand]]
     pred = target.predict(xs)
     hit = (pred != label).nonzero().flatten()

@@ -79,6 +79,8 @@ class LevelResult:
         block_sizes: number of proven boxes per box size (features freed).
         separable_pairs: pairs proven from single-feature bounds (``t = 2``, see
             :mod:`l0tre.certify.separable`).
+        separable_triples: triples proven from single-feature and pair bounds (``t = 3``, see
+            :mod:`l0tre.certify.triples`).
     """
 
     t: int
@@ -92,6 +94,7 @@ class LevelResult:
     counterexample_subset: tuple[int, ...] | None = None
     block_sizes: dict[int, int] = field(default_factory=dict)
     separable_pairs: int = 0
+    separable_triples: int = 0
 
     @property
     def certified(self) -> bool:

@@ -67,7 +67,7 @@ class Certifier:
         self.seconds = 0.0
         self.attempts = 0
         self.proven = 0
-        self._overlaps: torch.Tensor | None = None  # feature pairs mixed by the model (t = 2)
+        self._overlaps: torch.Tensor | None = None  # feature pairs mixed by the model (t = 2, 3)
         self._overlaps_done = False
 
     def level(self, x0: torch.Tensor, label: int, t: int) -> bool:
@@ -77,7 +77,7 @@ class Certifier:
         from ..certify.separable import feature_overlaps
 
         start = time.perf_counter()
-        if t == 2 and not self._overlaps_done:  # input-independent: once per model
+        if t in (2, 3) and not self._overlaps_done:  # input-independent: once per model
             self._overlaps = feature_overlaps(self.target, self.features)
             self._overlaps_done = True
         res = certify_level(self.target, x0, label, t, features=self.features, method=self.options.method,
