@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from l0tre.certify.attack import search_counterexamples
-from l0tre.certify.bab import certify_boxes_bab
+from l0tre.certify.bab import certify_boxes_bab, prove_by_halving
 from l0tre.certify.bounds import LEVEL_METHODS, BoundOptions, auto_method
 from l0tre.certify.boxes import as_labels, bound_margins, feature_count, subset_boxes
 from l0tre.certify.separable import certify_pairs_separable, feature_overlaps
@@ -339,6 +339,16 @@ def _level3_separable(run: _Run, overlaps: Tensor, use_bab: bool, max_depth: int
         ok = margin.min(1).values > run.margin_tol
         run.proven += int(ok.sum())
         run.sizes[3] = run.sizes.get(3, 0) + int(ok.sum())
+        fail = (~ok).nonzero().flatten()
+        if fail.numel():  # halve the few free coordinates of the rest before branch and bound
+            lo, hi = subset_boxes(run.x0, _subsets_tensor([feats[i] for i in fail.tolist()], run.x0.device),
+                                  features=run.features, bounds=run.target.bounds)
+            halved, pieces = prove_by_halving(run.target, lo, hi, run.lab.expand(lo.shape[0]), run.opts,
+                                      batch_size=run.batch_size, margin_tol=run.margin_tol,
+                                      deadline=run.start + run.time_limit)
+            run.tried += pieces
+            ok[fail[halved]] = True
+            run.sizes[3] += int(halved.sum())
         for i in (~ok).nonzero().flatten().tolist():
             run.singles.append(feats[i])
             run.single_margins.append(margin[i])
