@@ -213,3 +213,23 @@ def test_prove_by_halving_is_sound_against_milp() -> None:
     assert bool((exact[halved] > 0).all())
     assert int(halved.sum()) > int(once.sum())
     assert bool((exact < 0).any())  # not vacuous
+
+
+def test_bab_per_class_thresholds() -> None:
+    """``margin_tol`` as a ``(K,)`` tensor: a constant one decides like the scalar; raising one
+    class's threshold above its exact minimum stops every proof."""
+    shape = (1, 3, 3)
+    model = mlp(5, shape).double()
+    x0 = torch.rand(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    label = int(model(x0.unsqueeze(0)).argmax())
+    lo, hi = subset_boxes(x0, torch.tensor([[0, 4], [2, 6], [1, 8]]))
+    scalar = certify_boxes_bab(model, lo, hi, label, time_limit=30)
+    const = certify_boxes_bab(model, lo, hi, label, time_limit=30, margin_tol=torch.full((3,), 1e-6,
+                                                                                         dtype=torch.float64))
+    assert scalar.status == const.status and Status.PROVEN in scalar.status
+    other = next(k for k in range(3) if k != label)
+    exact = max(milp_min_margins(model, lo[i].numpy(), hi[i].numpy(), label, shape)[other][0] for i in range(3))
+    tol = torch.full((3,), 1e-6, dtype=torch.float64)
+    tol[other] = exact + 1.0
+    raised = certify_boxes_bab(model, lo, hi, label, time_limit=10, max_nodes=500, margin_tol=tol)
+    assert Status.PROVEN not in raised.status

@@ -119,7 +119,7 @@ def certify_boxes_bab(
     batch_size: int = 256,
     max_memory: int = 1 << 30,
     dtype: torch.dtype = torch.float64,
-    margin_tol: float = 1e-6,
+    margin_tol: float | Tensor = 1e-6,
     attack_steps: int = 10,
     child_attack_steps: int = 0,
     split: str = "widest",
@@ -135,7 +135,8 @@ def certify_boxes_bab(
     total, or ``time_limit`` seconds make the remaining boxes ``UNKNOWN``.
 
     Args: as :func:`l0tre.certify.certify_boxes`, plus the budgets above, ``attack_steps``
-        (gradient steps of the search in each box), ``child_attack_steps`` (in each unproven
+        (gradient steps of the search in each box; ``margin_tol`` may also be a ``(K,)``
+        threshold per class), ``child_attack_steps`` (in each unproven
         piece; centre, corners and random points are always tried), ``seed`` and
         ``initial_margins`` (sound margin lower bounds ``(B, K)`` already computed for the
         boxes with the same method, which skips the first bound pass).

@@ -280,8 +280,9 @@ def certify_triples_separable(
         return out_of_time()
 
     if combos.numel() and use_bab:
-        # close pairs that need a higher bound than zero: branch and bound up to that threshold
-        need = (-(lower - m0).clamp(max=0.0)).nan_to_num(posinf=0.0).max().item() + margin_tol
+        # close pairs that need a higher bound than zero: branch and bound up to that threshold,
+        # per class the largest drop of a single feature (the label's column: +inf, clamped to 0)
+        need = margin_tol - (lower - m0).min(0).values.clamp(max=0.0)
         p_rows = torch.unique(rows)
         lo, hi = subset_boxes(x0, pairs[p_rows], features=features, bounds=target.bounds)
         left = deadline - time.perf_counter()
