@@ -11,7 +11,7 @@ from _certify_helpers import milp_min_margins
 from torch import nn
 
 import l0tre.certify.triples as triples
-from l0tre.certify import Status, build_graph, certify_level, subset_boxes
+from l0tre.certify import Status, certify_level, subset_boxes
 from l0tre.certify.bounds import BoundOptions
 from l0tre.certify.separable import feature_overlaps
 from l0tre.certify.target import resolve
@@ -26,6 +26,18 @@ def one_conv(seed: int, side: int = 5, classes: int = 2) -> nn.Sequential:
         for p in model.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.7)
     return model.double().eval()
+
+
+def _setup(model_seed: int, x_seed: int) -> tuple[nn.Sequential, torch.Tensor, int, torch.Tensor]:
+    """A one-conv model on 5×5, an input, its predicted label and the overlaps."""
+    shape = (1, 5, 5)
+    model = one_conv(model_seed)
+    x0 = torch.rand(shape, generator=torch.Generator().manual_seed(x_seed), dtype=torch.float64)
+    target = resolve(model, shape)
+    label = int(target.graph.forward(x0.unsqueeze(0)).argmax())
+    ov = feature_overlaps(target)
+    assert ov is not None
+    return model, x0, label, ov
 
 
 def _kind(ov: torch.Tensor, tri: tuple[int, int, int]) -> int:
@@ -150,12 +162,7 @@ def _exact_triples(model: nn.Module, x0: torch.Tensor, label: int, ov: torch.Ten
 
 
 def test_level3_route_agrees_with_milp_and_the_covering() -> None:
-    shape = (1, 5, 5)
-    model = one_conv(2)
-    x0 = torch.rand(shape, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    label = int(build_graph(model, shape).forward(x0.unsqueeze(0)).argmax())
-    ov = feature_overlaps(resolve(model, shape))
-    assert ov is not None
+    model, x0, label, ov = _setup(2, 3)
     exact = _exact_triples(model, x0, label, ov)
     worst = min(exact.values())
     # raising the label's bias by s raises every margin by s: the exact minimum just below / above zero
@@ -183,12 +190,7 @@ def test_decomposed_triples_it_proves_are_truly_safe(monkeypatch: pytest.MonkeyP
     ones exist and are all handed on."""
     monkeypatch.setattr(triples, "sampled_counterexample", lambda *args, **kwargs: None)
     shape = (1, 5, 5)
-    model = one_conv(4)
-    x0 = torch.rand(shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    target = resolve(model, shape)
-    label = int(target.graph.forward(x0.unsqueeze(0)).argmax())
-    ov = feature_overlaps(target)
-    assert ov is not None
+    model, x0, label, ov = _setup(4, 1)
     exact = _exact_triples(model, x0, label, ov)
     decomposed = {t: v for t, v in exact.items() if _kind(ov, t) < 2}
     shift = -0.3 - min(decomposed.values())
@@ -210,12 +212,7 @@ def test_sampled_counterexample_on_a_weak_input() -> None:
     """With the label's bias lowered, sampled single-pixel minima combine into a real flip of
     at most three separable pixels (re-checked); with it raised, none is claimed."""
     shape = (1, 5, 5)
-    model = one_conv(6)
-    x0 = torch.rand(shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
-    target = resolve(model, shape)
-    label = int(target.graph.forward(x0.unsqueeze(0)).argmax())
-    ov = feature_overlaps(target)
-    assert ov is not None
+    _, x0, label, ov = _setup(6, 2)
     for shift, expect in ((-0.6, True), (5.0, False)):
         m = one_conv(6)
         with torch.no_grad():

@@ -26,9 +26,9 @@ from l0tre.certify.attack import search_counterexamples
 from l0tre.certify.bab import certify_boxes_bab, prove_by_halving
 from l0tre.certify.bounds import LEVEL_METHODS, BoundOptions, auto_method
 from l0tre.certify.boxes import as_labels, bound_margins, feature_count, subset_boxes
-from l0tre.certify.separable import certify_pairs_separable, feature_overlaps
+from l0tre.certify.separable import PairOutcome, certify_pairs_separable, feature_overlaps
 from l0tre.certify.target import Target, resolve
-from l0tre.certify.triples import certify_triples_separable
+from l0tre.certify.triples import TripleOutcome, certify_triples_separable
 from l0tre.certify.types import LevelResult, Status
 
 __all__ = [
@@ -283,6 +283,17 @@ def certify_level(
                            intermediate)
 
 
+def _settle(run: _Run, out: PairOutcome | TripleOutcome) -> LevelResult | None:
+    """Count a separable route's work; its result when it already decided the level."""
+    run.tried += out.boxes
+    run.separable = out.proven
+    if out.counterexample is not None:
+        return run.result(Status.FALSIFIED, cex=out.counterexample, subset=out.subset)
+    if out.timed_out:
+        return run.result(Status.UNKNOWN)
+    return None
+
+
 def _level2_separable(run: _Run, overlaps: Tensor, use_bab: bool, max_depth: int, max_nodes: int,
                       max_memory: int, method: str, intermediate: str) -> LevelResult:
     """``t = 2``: separable pairs from single-feature bounds, every other pair bounded on its
@@ -291,12 +302,9 @@ def _level2_separable(run: _Run, overlaps: Tensor, use_bab: bool, max_depth: int
         run.target, run.x0, int(run.lab[0]), overlaps.to(run.x0.device), features=run.features, opts=run.opts,
         batch_size=run.batch_size, margin_tol=run.margin_tol, deadline=run.start + run.time_limit,
     )
-    run.tried += out.boxes
-    run.separable = out.proven
-    if out.counterexample is not None:
-        return run.result(Status.FALSIFIED, cex=out.counterexample, subset=out.subset)
-    if out.timed_out:
-        return run.result(Status.UNKNOWN)
+    settled = _settle(run, out)
+    if settled is not None:
+        return settled
     pairs = out.remaining.tolist()
     wave = max(1, 16 * run.batch_size)
     for s in range(0, len(pairs), wave):
@@ -322,12 +330,9 @@ def _level3_separable(run: _Run, overlaps: Tensor, use_bab: bool, max_depth: int
         batch_size=run.batch_size, margin_tol=run.margin_tol, deadline=run.start + run.time_limit,
         use_bab=use_bab, bab_max_depth=max_depth, bab_max_nodes=max_nodes,
     )
-    run.tried += out.boxes
-    run.separable = out.proven
-    if out.counterexample is not None:
-        return run.result(Status.FALSIFIED, cex=out.counterexample, subset=out.subset)
-    if out.timed_out:
-        return run.result(Status.UNKNOWN)
+    settled = _settle(run, out)
+    if settled is not None:
+        return settled
     triples = out.remaining
     wave, s = max(1, run.batch_size), 0
     while s < triples.shape[0]:
