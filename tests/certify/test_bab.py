@@ -233,3 +233,20 @@ def test_bab_per_class_thresholds() -> None:
     tol[other] = exact + 1.0
     raised = certify_boxes_bab(model, lo, hi, label, time_limit=10, max_nodes=500, margin_tol=tol)
     assert Status.PROVEN not in raised.status
+
+
+def test_prove_by_halving_skips_unequal_or_wide_boxes() -> None:
+    from l0tre.certify.bab import prove_by_halving
+    from l0tre.certify.bounds import BoundOptions
+    from l0tre.certify.target import resolve
+
+    shape = (1, 3, 3)
+    model = mlp(1, shape).double()
+    x0 = torch.rand(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    target = resolve(model, shape)
+    opts = BoundOptions(method="crown")
+    mixed_lo, mixed_hi = subset_boxes(x0, torch.tensor([[0, 1, -1], [2, 3, 4]]))  # 2 and 3 free pixels
+    wide_lo, wide_hi = subset_boxes(x0, torch.tensor([[0, 1, 2, 3, 4]]))
+    for lo, hi in ((mixed_lo, mixed_hi), (wide_lo, wide_hi)):
+        proven, pieces = prove_by_halving(target, lo, hi, torch.zeros(lo.shape[0], dtype=torch.long), opts)
+        assert pieces == 0 and not bool(proven.any())

@@ -78,15 +78,17 @@ def prove_by_halving(target: Target, lo: Tensor, hi: Tensor, labels: Tensor, opt
     """Prove boxes ``(B, C, H, W)`` (labels ``(B,)``) by halving all their free coordinates at
     once, ``rounds`` times, keeping only the children not proven yet (no counterexample search).
 
-    For boxes with few free coordinates (``≤ max_free``; else nothing is tried) this is a cheap
-    first pass before :func:`certify_boxes_bab`: batched, and without a gradient per node.
+    For boxes with few free coordinates (``≤ max_free``, the same number in every box; else
+    nothing is tried) this is a cheap first pass before :func:`certify_boxes_bab`: batched, and
+    without a gradient per node.
     Returns a ``(B,)`` bool mask of the boxes proven (every piece's margin bound ``> margin_tol``)
     and the number of pieces bounded.
     """
     b = lo.shape[0]
     proven = torch.zeros(b, dtype=torch.bool, device=lo.device)
-    if b == 0 or int((hi > lo).flatten(1).sum(1).max()) > max_free:
-        return proven, 0
+    free = (hi > lo).flatten(1).sum(1) if b else None
+    if free is None or int(free.max()) > max_free or int(free.min()) != int(free.max()):
+        return proven, 0  # nothing to halve cheaply (too many, or unequal numbers of, free coordinates)
     pieces = 0
     open_ = torch.ones(b, dtype=torch.bool, device=lo.device)
     cur_lo, cur_hi, owner = lo, hi, torch.arange(b, device=lo.device)
