@@ -244,8 +244,7 @@ def certify_triples_separable(
 
     # singles, then every close pair bounded jointly
     todo = torch.arange(n, device=dev)
-    parts = 1
-    done = refine_singles(target, x0, lab, features, todo, parts, opts, batch_size, lower, upper, argpt, deadline)
+    done = refine_singles(target, x0, lab, features, todo, 1, opts, batch_size, lower, upper, argpt, deadline)
     boxes += done
     if done < n:
         return out_of_time()
@@ -293,7 +292,8 @@ def certify_triples_separable(
                                 time_limit=left / 2, batch_size=batch_size, max_memory=opts.max_memory,
                                 margin_tol=need, initial_margins=l2[p_rows])
         boxes += res.nodes
-        for i, x in res.counterexamples.items():  # a real flip with two changed features
+        if res.counterexamples:  # a real flip with two changed features
+            i, x = next(iter(res.counterexamples.items()))
             return TripleOutcome(tri.new_zeros((0, 3)), 0, boxes, x.to(dev),
                                  tuple(int(v) for v in pairs[p_rows[i]].tolist()))
         l2[p_rows] = torch.maximum(l2[p_rows], res.margin_lb.to(device=dev, dtype=l2.dtype))
