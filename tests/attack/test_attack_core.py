@@ -219,6 +219,20 @@ def test_effort_presets_return_verified_examples(effort: str) -> None:
     assert torch.equal(res.l0, (res.x_adv != x).any(dim=1).flatten(1).sum(1))
 
 
+@pytest.mark.parametrize("effort", ["fast", "thorough"])
+def test_presets_are_batch_size_and_shard_invariant(effort: str) -> None:
+    # the fast preset ranks one colour per pixel (ties keep every tied colour): the ranking and
+    # the greedy choices must not depend on how rows are batched or inputs sharded
+    model = tiny_cnn(5)
+    x = inputs(6, 7, (3, 6, 6))
+    ref = attack(model, x, effort=effort)
+    for other in (attack(model, x, effort=effort, batch_size=5, shard_size=3),
+                  attack(model, x[2:3], effort=effort, batch_size=2)):
+        lo = 2 if other.x_adv.shape[0] == 1 else 0
+        assert torch.equal(other.x_adv, ref.x_adv[lo : lo + other.x_adv.shape[0]])
+        assert torch.equal(other.l0, ref.l0[lo : lo + other.x_adv.shape[0]])
+
+
 def test_torchscript_model_is_attacked() -> None:
     model = torch.jit.script(tiny_cnn(5, channels=1, side=4))
     x = inputs(6, 3, (1, 4, 4))
