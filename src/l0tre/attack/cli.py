@@ -72,6 +72,9 @@ def add_parser(subparsers: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--effort", choices=("fast", "default", "thorough"), default="default",
                    help="search breadth: fast (~3x quicker, slightly larger L0), default, thorough")
+    p.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="search evaluations: bfloat16 with float32 re-checks near the boundary (auto: where "
+                        "the CPU has AMX or the GPU bf16 units); examples are always verified in float32")
     p.add_argument("--limit", type=int, default=None, help="attack at most this many inputs")
     p.add_argument("--indices", default=None, help="positions in the data set, e.g. 0,5,10-19")
     p.add_argument("--data-root", default=None, help="shared data directory (else $L0TRE_DATA)")
@@ -93,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
                          input_shape=clf.input_shape)  # type: ignore[arg-type]
         res = attack(clf, data.x, labels=data.y, epsilon=args.epsilon, max_pixels=args.max_pixels,
                      time_budget=args.time_budget, seed=args.seed, batch_size=args.batch_size,
-                     effort=args.effort, show_progress=not args.quiet)
+                     effort=args.effort, precision=args.precision, show_progress=not args.quiet)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"l0tre attack: error: {exc}", file=sys.stderr)
         return 2

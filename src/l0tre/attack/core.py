@@ -33,6 +33,7 @@ from ..engine.fastpath import tune
 from ..engine.features import FeatureKind, FeatureSpace
 from ..engine.grid import check_epsilon, colours, grid_values
 from ..engine.options import DEFAULT_MAX_MEMORY, check_inputs, check_labels, layer_output_bytes, plan_batch_size
+from ..engine.precision import LowPrecisionModel, Precision, Rechecked, choose_precision
 from .result import AttackResult
 from .search import CountingObjective, Deadline, SearchConfig, Searcher, pick
 
@@ -119,6 +120,7 @@ def attack(
     rounds: int | None = None,
     shard_size: int = 256,
     mode: str = "auto",
+    precision: str = "auto",
 ) -> AttackResult:
     """Find adversarial examples with as few changed pixels as possible.
 
@@ -156,6 +158,13 @@ def attack(
         shard_size: inputs searched together (memory grows with it; results do not depend on it).
         mode: execution mode of the model, as in :func:`l0tre.evaluate`: ``"auto"`` (channels_last
             when it measures faster), ``"eager"``, ``"channels_last"``, ….
+        precision: ``"auto"`` (a bfloat16 copy of the model screens candidates where the device
+            has bfloat16 matrix units: CPUs with AMX, CUDA GPUs of compute capability ≥ 8.0),
+            ``"float32"`` or ``"bfloat16"``. In bfloat16
+            every decision within a calibrated tolerance of the boundary is re-checked in full
+            precision, the returned examples are verified in full precision, and an input whose
+            example does not verify is searched again in full precision. The search path (hence
+            the examples found) can differ between precisions.
 
     Returns:
         an :class:`~l0tre.attack.result.AttackResult`.
@@ -179,6 +188,7 @@ def attack(
     if rounds is not None:
         preset["rounds"] = _int("rounds", rounds, 0)
     shard = _int("shard_size", shard_size, 1)
+    Precision.parse(precision)  # validated before any work
     if not isinstance(features, (str, FeatureKind)):
         raise TypeError(f"features: expected 'pixel' or 'element', got {type(features).__name__}")
     kind = FeatureKind.parse(features)
@@ -206,6 +216,10 @@ def attack(
     cfg = SearchConfig(screen=mode, **preset,
                        max_steps=space.n if mp is None else min(space.n, max(2 * mp, mp + 16)))
     objective = CountingObjective()
+    prec = choose_precision(clf, precision)
+    search_obj: CountingObjective | Rechecked = objective
+    if prec is Precision.BF16:
+        search_obj = Rechecked(objective, LowPrecisionModel(clf))
     deadline = Deadline(budget)
 
     x_orig = x.detach().to("cpu")
@@ -223,38 +237,50 @@ def attack(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=int(todo.numel()), desc="attack", unit="input", dynamic_ncols=True)
-    try:
-        for s0 in range(0, int(todo.numel()), shard):
+
+    def run(inputs: torch.Tensor, obj: CountingObjective | Rechecked, progress: bool) -> None:
+        nonlocal gradients
+        for s0 in range(0, int(inputs.numel()), shard):
             if deadline.passed():
                 break
-            idx = todo[s0 : s0 + shard]
+            idx = inputs[s0 : s0 + shard]
             di = idx.to(dev)
-            searcher = Searcher(clf, space, x0_all[di], ref[di], palette, fine, objective,
+            if isinstance(obj, Rechecked):
+                obj.calibrate(clf, x0_all[di], ref[di])
+            searcher = Searcher(clf, space, x0_all[di], ref[di], palette, fine, obj,
                                 batch_size=rows, grad_rows=max(1, rows // 2), differentiable=differentiable,
                                 config=cfg, deadline=deadline)
             f, xs = _search_shard(searcher, cfg)
             gradients += searcher.gradients
             best[di] = xs
             found[idx] = f.cpu()
-            if bar is not None:
+            if bar is not None and progress:
                 bar.update(int(idx.numel()))
                 bar.set_postfix_str(f"found {int(found.sum())}/{int(todo.numel())}")
+
+    try:
+        run(todo, search_obj, True)
+        x_adv, labels_adv = _verified(clf, space, best, x0_all, x_orig, rows)
+        objective.rows += n_in
+        # an example found in low precision that does not flip the model: search again exactly
+        redo = (found & (labels_adv == predicted) & ~misclassified).nonzero().squeeze(1)
+        if isinstance(search_obj, Rechecked) and redo.numel():
+            best[redo.to(dev)] = x0_all[redo.to(dev)]
+            found[redo] = False
+            run(redo, objective, False)
+            xr, lr = _verified(clf, space, best[redo.to(dev)], x0_all[redo.to(dev)], x_orig[redo], rows)
+            objective.rows += int(redo.numel())
+            x_adv[redo], labels_adv[redo] = xr, lr
     finally:
         if bar is not None:
             bar.close()
 
-    # verification: store in the caller's dtype, unchanged features keep their exact values
-    changed = space.changed(best, x0_all).cpu()
-    stored = space.values(x_orig.clone())
-    stored[changed] = space.values(best.to("cpu", stored.dtype))[changed]
-    x_adv = space.images(stored)
-    labels_adv = torch.cat([clf(x_adv[i : i + rows].to(dev, dtype)).argmax(1).cpu() for i in range(0, n_in, rows)])
-    objective.rows += n_in
     l0 = pixels.l0(x_adv, x_orig)
     verified = found & (labels_adv != predicted) & (l0 >= 1) & ~misclassified
     found_l0 = torch.where(verified, l0, torch.zeros_like(l0))
     success = verified if mp is None else verified & (l0 <= mp)
     x_adv = torch.where(success.view(-1, 1, 1, 1), x_adv, x_orig)
+    low_rows = search_obj.low_rows if isinstance(search_obj, Rechecked) else 0
     return AttackResult(
         x_adv=x_adv,
         success=success,
@@ -264,7 +290,7 @@ def attack(
         adversarial_label=torch.where(success, labels_adv, torch.full_like(labels_adv, -1)),
         misclassified=misclassified,
         labels=lab,
-        evaluations=objective.rows,
+        evaluations=objective.rows + low_rows,
         gradients=gradients,
         seconds=time.perf_counter() - start,
         epsilon=float(epsilon),
@@ -272,8 +298,29 @@ def attack(
         max_pixels=mp,
         stopped="time_budget" if deadline.hit else "done",
         config={"screen": mode, "effort": effort, **preset, "seed": seed,
-                "batch_size": rows, "fine_steps": fine_steps, "device": str(dev), "mode": clf.mode},
+                "batch_size": rows, "fine_steps": fine_steps, "device": str(dev), "mode": clf.mode,
+                "precision": prec.value},
+        low_precision_evaluations=low_rows,
+        researched=int(redo.numel()) if isinstance(search_obj, Rechecked) else 0,
     )
+
+
+def _verified(
+    clf: Classifier, space: FeatureSpace, best: torch.Tensor, x0: torch.Tensor, x_orig: torch.Tensor, rows: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Store the examples ``best`` ``(N, C, H, W)`` in the caller's dtype (unchanged features keep
+    their exact original values) and label them with the model in full precision.
+
+    Returns:
+        ``x_adv`` ``(N, C, H, W)`` on the CPU and the model's labels ``(N,)``.
+    """
+    changed = space.changed(best, x0).cpu()
+    stored = space.values(x_orig.clone())
+    stored[changed] = space.values(best.to("cpu", stored.dtype))[changed]
+    x_adv = space.images(stored)
+    n = x_adv.shape[0]
+    labels = [clf(x_adv[i : i + rows].to(clf.device, clf.dtype)).argmax(1).cpu() for i in range(0, n, rows)]
+    return x_adv, torch.cat(labels) if labels else torch.zeros(0, dtype=torch.int64)
 
 
 def _search_shard(s: Searcher, cfg: SearchConfig) -> tuple[torch.Tensor, torch.Tensor]:

@@ -33,13 +33,17 @@ class AttackResult:
             inputs are not attacked (``success`` false, ``l0`` 0).
         labels: ``(N,)`` int64 true labels, or ``None``.
         evaluations: model rows evaluated in forward passes, in total (the search is batched
-            across inputs; divide by the attacked inputs for a per-input mean).
+            across inputs; divide by the attacked inputs for a per-input mean), in either precision.
         gradients: forward+backward rows (gradients of the margin), in total.
         seconds: total wall-clock seconds of the call.
         epsilon: the value grid step; features: ``"pixel"`` or ``"element"``.
         max_pixels: the L0 budget (``None``: unlimited).
         stopped: ``"done"`` or ``"time_budget"`` (the budget cut the search short).
         config: the search settings used (plain values, for reports).
+        low_precision_evaluations: how many of ``evaluations`` ran on the bfloat16 copy of the
+            model (``precision="bfloat16"``; 0 in full precision).
+        researched: inputs whose low-precision example did not verify in full precision and
+            were searched again in full precision.
     """
 
     x_adv: torch.Tensor
@@ -58,6 +62,8 @@ class AttackResult:
     max_pixels: int | None
     stopped: str = "done"
     config: dict[str, Any] = field(default_factory=dict)
+    low_precision_evaluations: int = 0
+    researched: int = 0
 
     @property
     def n_inputs(self) -> int:
@@ -94,6 +100,8 @@ class AttackResult:
             "seconds_per_image": self.seconds_per_input,
             "evaluations": self.evaluations,
             "gradients": self.gradients,
+            "low_precision_evaluations": self.low_precision_evaluations,
+            "researched": self.researched,
             "stopped": self.stopped,
         }
 

@@ -35,6 +35,7 @@ import torch
 from ..classifier import Classifier
 from ..engine.features import FeatureSpace
 from ..engine.objective import Misclassification, ObjectiveValues
+from ..engine.precision import Rechecked
 from ..engine.sensitivity import LevelContext, UnitResult, evaluate_unit
 from ..engine.subspaces import binomial_table
 from ..engine.tighten import tighten as engine_tighten
@@ -148,7 +149,7 @@ class Searcher:
         ref: torch.Tensor,
         palette: torch.Tensor,
         fine: torch.Tensor,
-        objective: CountingObjective,
+        objective: CountingObjective | Rechecked,
         *,
         batch_size: int,
         grad_rows: int,
