@@ -82,3 +82,20 @@ def test_parse_indices() -> None:
         parse_indices("3-1")
     with pytest.raises(ValueError, match="indices"):
         parse_indices("a")
+
+
+def test_attack_precision_flag(files: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model_path, data_path = files
+    base = ["attack", "--model", str(model_path), "--data", str(data_path), "--indices", "1-2", "--quiet"]
+    args = _parser().parse_args([*base, "--out", str(tmp_path / "a"), "--precision", "float32"])
+    assert run(args) == 0
+    saved = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert saved["config"]["precision"] == "float32"
+    assert saved["global"]["low_precision_evaluations"] == 0
+    # a TorchScript model has no module to copy into bfloat16: one clear line, exit 2
+    args = _parser().parse_args([*base, "--out", str(tmp_path / "b"), "--precision", "bfloat16"])
+    assert run(args) == 2
+    err = capsys.readouterr().err
+    assert "precision" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit):
+        _parser().parse_args([*base, "--out", str(tmp_path / "c"), "--precision", "half"])
