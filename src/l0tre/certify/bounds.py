@@ -37,11 +37,12 @@ from l0tre.certify.forward import (
     propagate,
 )
 from l0tre.certify.graph import Graph
+from l0tre.certify.perbox import crop_input, crop_shifted, eligible, make_perbox_plan
 from l0tre.certify.relax import PoolRelax, ReluRelax, interval, pool_relax, relu_relax
 from l0tre.certify.window import Plan, crop, make_plan
 
-__all__ = ["LEVEL_METHODS", "METHODS", "BoundOptions", "auto_method", "free_coordinates", "lower_bounds",
-           "margin_spec", "spatial_groups"]
+__all__ = ["LEVEL_METHODS", "METHODS", "BoundOptions", "auto_method", "extent_groups", "free_coordinates",
+           "lower_bounds", "margin_spec", "spatial_groups"]
 
 METHODS = ("ibp", "forward", "crown", "hybrid")
 #: what certification (``certify_level``, the engine's ``certify_method``) accepts
@@ -166,7 +167,9 @@ class _Sweep:
         self.graph, self.plan, self.opts = graph, plan, opts
         self.mode, self.use_forward = mode, use_forward
         g0 = plan.geom[0]
-        if g0 is not None:
+        if g0 is not None and plan.shift is not None:
+            lo, hi = crop_input(lo, g0, plan.shift), crop_input(hi, g0, plan.shift)
+        elif g0 is not None:
             lo = lo[..., g0.h0:g0.h1, g0.w0:g0.w1]
             hi = hi[..., g0.h0:g0.h1, g0.w0:g0.w1]
         self.lo, self.hi = lo, hi
@@ -180,6 +183,11 @@ class _Sweep:
         if box is None:
             return x
         shape = self.graph.nodes[j].shape
+        g = self.plan.geom[j]
+        if self.plan.shift is not None and g is not None:
+            return crop_shifted(x, g, self.plan.ref.get(j) if ref else None, (shape[1], shape[2]), box,
+                                self.plan.pads[i][k] if pad else 0.0, self.plan.shift,
+                                self.plan.geom[i] is not None)
         return crop(x, self.plan.geom[j], self.plan.ref.get(j) if ref else None,
                     (shape[1], shape[2]), box, self.plan.pads[i][k] if pad else 0.0)
 
@@ -333,6 +341,24 @@ def spatial_groups(lo: Tensor, hi: Tensor, limit: int) -> list[Tensor]:
     return groups
 
 
+def extent_groups(lo: Tensor, hi: Tensor) -> list[Tensor]:
+    """Split the boxes ``(B, C, H, W)`` by the height and width of the hull of their free
+    pixels (for per-box windows, whose common size is the largest in a group)."""
+    b = lo.shape[0]
+    if lo.dim() != 4 or b <= 1:
+        return [torch.arange(b, device=lo.device)]
+    free = (hi > lo).any(1)  # (B, H, W)
+    ext = []
+    for m in (free.any(2), free.any(1)):
+        n = m.shape[1]
+        k = m.to(torch.int8)
+        ext.append(torch.where(m.any(1), n - k.flip(1).argmax(1) - k.argmax(1), 0))
+    key = ext[0] * (free.shape[2] + 1) + ext[1]
+    order = torch.argsort(key, stable=True)
+    keys = key[order]
+    return [order[keys == k] for k in torch.unique_consecutive(keys)]
+
+
 def lower_bounds(graph: Graph, lo: Tensor, hi: Tensor, spec: Tensor,
                  opts: BoundOptions | None = None) -> Tensor:
     """Lower bounds ``(B, M)`` of ``spec · f(x)`` over the boxes ``[lo, hi]``.
@@ -364,15 +390,18 @@ def lower_bounds(graph: Graph, lo: Tensor, hi: Tensor, spec: Tensor,
     n_free = int((hi > lo).flatten(1).sum(1).max().item())
     mode = _mode(opts, n_free)
     with torch.no_grad():
-        for group in spatial_groups(lo, hi, limit=1 << 16):
+        shifted = eligible(graph)  # per-box windows (l0tre.certify.perbox) when they apply
+        groups = extent_groups(lo, hi) if shifted else spatial_groups(lo, hi, limit=1 << 16)
+        for group in groups:
             g_lo, g_hi = lo[group], hi[group]
-            plan = make_plan(graph, g_lo, g_hi)
+            plan = (make_perbox_plan(graph, g_lo, g_hi) if shifted else None) or make_plan(graph, g_lo, g_hi)
             per_box = _per_box_bytes(graph, plan, opts, mode, n_free, spec.shape[1],
                                      lo.element_size())
             chunk = max(1, opts.max_memory // max(1, per_box))
             for s in range(0, len(group), chunk):
                 idx = group[s:s + chunk]
-                out[idx] = _chunk(graph, plan, lo[idx], hi[idx], spec[idx], opts, mode)
+                rows = torch.arange(s, min(s + chunk, len(group)), device=lo.device)
+                out[idx] = _chunk(graph, plan.rows(rows), lo[idx], hi[idx], spec[idx], opts, mode)
     return out
 
 
@@ -388,4 +417,8 @@ def _chunk(graph: Graph, plan: Plan, lo: Tensor, hi: Tensor, spec: Tensor, opts:
     final = replace(ctx, substitute={j: how for j in frontier})
     if plan.geom[graph.output] is not None:
         raise ValueError("the output node must not be windowed")
-    return backward(graph, plan, graph.output, spec.contiguous(), final)
+    if spec.shape[0] > 1 and bool((spec == spec[:1]).all()):
+        spec = spec[:1].expand_as(spec)  # shared rows: the affine tail is walked once
+    else:
+        spec = spec.contiguous()
+    return backward(graph, plan, graph.output, spec, final)

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from l0tre.certify.bounds import BoundOptions
+from l0tre.certify.bounds import BoundOptions, extent_groups
+from l0tre.certify.perbox import eligible
 from l0tre.certify.target import Target, resolve
 from l0tre.certify.types import CertifyResult, Status
 
@@ -82,6 +83,11 @@ def bound_margins(target: Target, lo: Tensor, hi: Tensor, labels: Tensor, opts: 
     k = target.num_classes
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
         raise ValueError(f"label: expected values in [0, {k}), got {labels.tolist()[:5]}")
+    order: Tensor | None = None
+    if lo.shape[0] > batch_size and eligible(target.graph):
+        # batches of boxes with equally large windows (see l0tre.certify.perbox)
+        order = torch.cat(extent_groups(lo, hi))
+        lo, hi, labels = lo[order], hi[order], labels[order.to(labels.device)]
     parts = [
         target.margin_bounds(lo[s:s + batch_size], hi[s:s + batch_size],
                              labels[s:s + batch_size], opts)
@@ -89,7 +95,10 @@ def bound_margins(target: Target, lo: Tensor, hi: Tensor, labels: Tensor, opts: 
     ]
     if not parts:
         return torch.zeros((0, k), dtype=target.graph.dtype, device=target.graph.device)
-    return torch.cat(parts)
+    out = torch.cat(parts)
+    if order is None:
+        return out
+    return torch.empty_like(out).index_copy_(0, order.to(out.device), out)
 
 
 def _result(margin: Tensor, tol: float, method: str, start: float) -> CertifyResult:

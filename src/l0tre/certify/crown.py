@@ -20,6 +20,7 @@ from torch import Tensor
 from l0tre.certify import ops as O
 from l0tre.certify.forward import LinBounds
 from l0tre.certify.graph import Graph
+from l0tre.certify.perbox import uncrop_shifted
 from l0tre.certify.relax import PoolRelax, ReluRelax
 from l0tre.certify.window import Plan, uncrop
 
@@ -75,7 +76,12 @@ def backward(graph: Graph, plan: Plan, start: int, a_start: Tensor, ctx: Backwar
         box = plan.crops[i][k]
         if box is not None:
             shape = graph.nodes[j].shape
-            a_in, extra = uncrop(a_in, box, plan.geom[j], plan.ref.get(j), (shape[1], shape[2]))
+            g = plan.geom[j]
+            if plan.shift is not None and g is not None:
+                a_in, extra = uncrop_shifted(a_in, box, g, plan.ref.get(j), (shape[1], shape[2]),
+                                             plan.shift, plan.geom[i] is not None)
+            else:
+                a_in, extra = uncrop(a_in, box, g, plan.ref.get(j), (shape[1], shape[2]))
             if extra is not None:
                 total = total + extra
         _accumulate(acc, j, a_in)
@@ -103,6 +109,11 @@ def backward(graph: Graph, plan: Plan, start: int, a_start: Tensor, ctx: Backwar
             total = total + _dot(a, ctx.centre) - _dot(a.abs(), ctx.radius)
             continue
         if isinstance(op, O.AffineOp):
+            if b > 1 and a.stride(0) == 0:  # the same rows for every box: compute them once
+                flat = a[:1].reshape(m, *op.out_shape)
+                total = total + op.bias_dot(flat).view(1, m)
+                push(i, 0, op.backward(flat).view(1, m, *op.in_shape).expand(b, m, *op.in_shape))
+                continue
             flat = a.reshape(b * m, *op.out_shape)
             total = total + op.bias_dot(flat).view(b, m)
             push(i, 0, op.backward(flat).view(b, m, *op.in_shape))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -57,6 +57,10 @@ class Plan:
         crops: per input, the rectangle of that input to read (``None``: as stored).
         pads: per input, the value outside the map (0, or ``-inf`` for max-pooling).
         ref: reference activations ``(C, H, W)`` of the windowed nodes.
+        shift: ``None`` (every box shares the windows) or per-box offsets ``(B, 2)`` (rows,
+            columns; see :mod:`l0tre.certify.perbox`): box ``b`` holds node ``j`` in
+            ``geom[j]`` moved by ``shift[b]``, and a windowed node reads its inputs at its
+            ``crops`` moved likewise.
     """
 
     geom: tuple[Rect | None, ...]
@@ -64,6 +68,13 @@ class Plan:
     crops: tuple[tuple[Rect | None, ...], ...]
     pads: tuple[tuple[float, ...], ...]
     ref: dict[int, Tensor]
+    shift: Tensor | None = None
+
+    def rows(self, idx: Tensor) -> Plan:
+        """The plan for the boxes ``idx`` ``(b,)`` of its batch."""
+        if self.shift is None:
+            return self
+        return replace(self, shift=self.shift[idx])
 
     def shape(self, graph: Graph, i: int) -> O.Shape:
         """The per-sample shape node ``i`` is held in."""
