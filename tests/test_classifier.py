@@ -1,13 +1,16 @@
-"""The Classifier adapter pads batches to canonical sizes without changing any row's output."""
+"""The Classifier adapter: batches padded to canonical sizes without changing any row's output;
+forward passes in plain IEEE float32 (no TF32)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from torch import nn
 
 import l0tre
-from l0tre.classifier import bucket_rows
+from l0tre.classifier import _precision_switches, bucket_rows, ieee_float32
 
 
 @given(st.integers(min_value=1, max_value=5000))
@@ -63,3 +66,86 @@ def test_plain_callables_are_not_padded() -> None:
 
     out = l0tre.Classifier(f)(torch.rand(5, 1, 2, 2))
     assert out.shape == (5, 3) and seen == [5]
+
+
+# -- plain IEEE float32 (no TF32) wherever decisions are made ---------------------------------
+
+def _switches() -> list[object]:
+    return _precision_switches()
+
+
+def _state() -> tuple[object, ...]:
+    sw = _switches()
+    if sw:
+        return tuple(s.fp32_precision for s in sw)  # type: ignore[attr-defined]
+    return (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+
+
+def _is_ieee() -> bool:
+    sw = _switches()
+    if sw:
+        return all(s.fp32_precision == "ieee" for s in sw)  # type: ignore[attr-defined]
+    return not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+
+
+class _PrecisionRecorder(nn.Module):
+    """A tiny conv net that records, at every forward pass, whether float32 is plain IEEE."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Conv2d(1, 3, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(3 * 16, 3))
+        self.seen: list[bool] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(_is_ieee())
+        return self.net(x)
+
+
+def test_ieee_float32_sets_and_restores_the_backend_settings() -> None:
+    sw = _switches()
+    before = _state()
+    # the user asked for TF32 everywhere: inside the block it is off, afterwards back
+    if sw:
+        for s in sw:
+            s.fp32_precision = "tf32"  # type: ignore[attr-defined]
+    else:
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        asked = _state()
+        assert not _is_ieee()
+        with ieee_float32():
+            assert _is_ieee()
+        assert _state() == asked
+        with pytest.raises(RuntimeError), ieee_float32():
+            raise RuntimeError("boom")
+        assert _state() == asked
+    finally:
+        if sw:
+            for s, v in zip(sw, before, strict=True):
+                s.fp32_precision = v  # type: ignore[attr-defined]
+        else:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before  # type: ignore[misc]
+    assert _state() == before
+
+
+def test_forward_passes_of_the_engine_and_the_attack_run_in_ieee_float32() -> None:
+    sw = _switches()
+    before = _state()
+    if sw:
+        for s in sw:
+            s.fp32_precision = "tf32"  # type: ignore[attr-defined]
+    try:
+        rec = _PrecisionRecorder().eval()
+        x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
+        l0tre.evaluate(rec, x, t_max=1, mode="eager")
+        l0tre.attack(rec, x, effort="fast", precision="float32")
+        assert rec.seen and all(rec.seen)
+        rec.seen.clear()
+        rec(x)  # the module called directly: the user's settings
+        assert rec.seen == [_is_ieee()]
+    finally:
+        if sw:
+            for s, v in zip(sw, before, strict=True):
+                s.fp32_precision = v  # type: ignore[attr-defined]

@@ -9,16 +9,60 @@ units the user sees.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import hashlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["Classifier", "OutputKind", "Preprocessing", "as_classifier"]
+__all__ = ["Classifier", "OutputKind", "Preprocessing", "as_classifier", "ieee_float32"]
+
+
+def _precision_switches() -> list[object]:
+    """The backends' float32-precision settings (PyTorch ≥ 2.9's ``fp32_precision`` API)."""
+    found = []
+    for backend in (torch.backends.cudnn, torch.backends.cuda, torch.backends.mkldnn):
+        for name in ("conv", "matmul"):
+            obj = getattr(backend, name, None)
+            if obj is not None and hasattr(obj, "fp32_precision"):
+                found.append(obj)
+    return found
+
+
+@contextlib.contextmanager
+def ieee_float32() -> Iterator[None]:
+    """Plain IEEE float32 arithmetic inside the block (also usable as a decorator).
+
+    PyTorch computes float32 cuDNN convolutions in TF32 (a 10-bit mantissa) by default on
+    Ampere and newer GPUs, and a user may switch matmuls / oneDNN to TF32 or bfloat16. Grid
+    bounds, verifications and certificates must be about the float32 model, so the engine,
+    the attack's decisions and certification run under this. The previous settings are restored
+    on exit (also on an exception); on a CPU with default settings nothing changes.
+    """
+    switches = _precision_switches()
+    if switches:
+        old = [s.fp32_precision for s in switches]  # type: ignore[attr-defined]
+        try:
+            for s in switches:
+                s.fp32_precision = "ieee"  # type: ignore[attr-defined]
+            yield
+        finally:
+            for s, v in zip(switches, old, strict=True):
+                s.fp32_precision = v  # type: ignore[attr-defined]
+        return
+    # older PyTorch: the legacy TF32 flags
+    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
+    legacy = (cudnn.allow_tf32, matmul.allow_tf32)
+    try:
+        cudnn.allow_tf32 = False
+        matmul.allow_tf32 = False
+        yield
+    finally:
+        cudnn.allow_tf32, matmul.allow_tf32 = legacy
 
 
 class OutputKind(str, enum.Enum):
@@ -173,7 +217,8 @@ class Classifier:
             x = x[padded_index(n_rows, x.device)]
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        out = self._forward(x)
+        with ieee_float32():
+            out = self._forward(x)
         if not isinstance(out, torch.Tensor):
             raise TypeError(f"model output: expected a torch.Tensor, got {type(out).__name__}")
         if out.dim() != 2 or out.shape[0] != rows:

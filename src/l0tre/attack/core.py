@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ..api import ModelLike
-from ..classifier import Classifier, as_classifier
+from ..classifier import Classifier, as_classifier, ieee_float32
 from ..engine.fastpath import tune
 from ..engine.features import FeatureKind, FeatureSpace
 from ..engine.grid import check_epsilon, colours, grid_values
@@ -100,6 +100,7 @@ def cpu_rows(model: Classifier, shape: tuple[int, ...], cache_bytes: int = _CPU_
     return rows
 
 
+@ieee_float32()
 def attack(
     model: ModelLike,
     x: torch.Tensor,

@@ -9,10 +9,12 @@ from torch import Tensor
 
 from l0tre.certify.bounds import BoundOptions, lower_bounds, margin_spec
 from l0tre.certify.target import resolve
+from l0tre.classifier import ieee_float32
 
 __all__ = ["bound_model"]
 
 
+@ieee_float32()
 def bound_model(
     model: Any,
     lo: Tensor,

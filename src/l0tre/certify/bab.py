@@ -15,6 +15,7 @@ from l0tre.certify.bounds import BoundOptions, free_coordinates
 from l0tre.certify.boxes import as_labels, bound_margins
 from l0tre.certify.target import Target, resolve
 from l0tre.certify.types import CertifyResult, Status
+from l0tre.classifier import ieee_float32
 
 __all__ = ["certify_boxes_bab", "prove_by_halving", "split_boxes", "split_all"]
 
@@ -72,6 +73,7 @@ def split_all(lo: Tensor, hi: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     return out_lo.view(b * m, *lo.shape[1:]), out_hi.view(b * m, *lo.shape[1:]), parent
 
 
+@ieee_float32()
 def prove_by_halving(target: Target, lo: Tensor, hi: Tensor, labels: Tensor, opts: BoundOptions, *,
                      rounds: int = 2, max_free: int = 4, batch_size: int = 256, margin_tol: float = 1e-6,
                      deadline: float = float("inf")) -> tuple[Tensor, int]:
@@ -106,6 +108,7 @@ def prove_by_halving(target: Target, lo: Tensor, hi: Tensor, labels: Tensor, opt
     return ~open_, pieces  # a box is closed once every piece of it is proven
 
 
+@ieee_float32()
 def certify_boxes_bab(
     model: Any,
     lo: Tensor,

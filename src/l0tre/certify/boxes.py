@@ -18,6 +18,7 @@ from l0tre.certify.bounds import BoundOptions, extent_groups
 from l0tre.certify.perbox import eligible
 from l0tre.certify.target import Target, resolve
 from l0tre.certify.types import CertifyResult, Status
+from l0tre.classifier import ieee_float32
 
 __all__ = ["certify_boxes", "certify_subsets", "feature_count", "subset_boxes"]
 
@@ -74,6 +75,7 @@ def as_labels(label: int | Tensor, b: int, device: torch.device) -> Tensor:
     return t
 
 
+@ieee_float32()
 def bound_margins(target: Target, lo: Tensor, hi: Tensor, labels: Tensor, opts: BoundOptions,
                   batch_size: int) -> Tensor:
     """Margin lower bounds ``(B, K)`` in batches of ``batch_size`` boxes (on the graph's
@@ -108,6 +110,7 @@ def _result(margin: Tensor, tol: float, method: str, start: float) -> CertifyRes
                          int(margin.shape[0]))
 
 
+@ieee_float32()
 def certify_boxes(
     model: Any,
     lo: Tensor,
@@ -151,6 +154,7 @@ def certify_boxes(
     return _result(margin, margin_tol, method, start)
 
 
+@ieee_float32()
 def certify_subsets(
     model: Any,
     x0: Tensor,

@@ -30,6 +30,7 @@ from l0tre.certify.separable import PairOutcome, certify_pairs_separable, featur
 from l0tre.certify.target import Target, resolve
 from l0tre.certify.triples import TripleOutcome, certify_triples_separable
 from l0tre.certify.types import LevelResult, Status
+from l0tre.classifier import ieee_float32
 
 __all__ = [
     "Region",
@@ -164,6 +165,7 @@ class _Run:
                              self.batch_size)
 
 
+@ieee_float32()
 def certify_level(
     model: Any,
     x0: Tensor,

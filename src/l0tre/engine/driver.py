@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from ..classifier import Classifier
+from ..classifier import Classifier, ieee_float32
 from ..result import Result, atomic_torch_save
 from .certified import Certifier, CertifyMode, CertifyOptions
 from .fastpath import incremental_pays
@@ -430,6 +430,23 @@ class Engine:
 
     # -- the loop -----------------------------------------------------------------------------
     def run(self) -> Generator[Result, None, None]:
+        """The anytime loop: yields snapshots. Every step between two snapshots computes in plain
+        IEEE float32 (:func:`~l0tre.classifier.ieee_float32`: no TF32 on GPUs); the caller's
+        settings hold while a snapshot is being consumed."""
+        steps = self._run()
+        try:
+            while True:
+                with ieee_float32():
+                    try:
+                        snap = next(steps)
+                    except StopIteration:
+                        return
+                yield snap
+        finally:
+            with ieee_float32():
+                steps.close()
+
+    def _run(self) -> Generator[Result, None, None]:
         start = time.perf_counter()
         budget = self.opts.time_budget
         last_report = time.perf_counter()
