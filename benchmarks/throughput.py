@@ -132,6 +132,8 @@ def main() -> None:
     p.add_argument("--mode", default="auto")
     p.add_argument("--compile", action="store_true", help="include torch.compile in the limit")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--limit-batches", type=int, nargs="+", default=None,
+                   help="batch sizes of the raw-forward limit (default: 128..1024 on CPU, 1024..65536 on CUDA)")
     p.add_argument("--scaling", action="store_true")
     p.add_argument("--scaling-inputs", type=int, nargs="+", default=[10, 100, 1000])
     p.add_argument("--scaling-t-images", type=int, default=2)
@@ -151,7 +153,9 @@ def main() -> None:
                             data_root=data_root(), limit=args.images).x
         shape = tuple(x.shape[1:])
         modes = ["eager", "channels_last"] + (["compile+channels_last"] if args.compile else [])
-        limit = raw_limit(clf, shape, modes, [128, 256, 512, 1024])
+        batches = args.limit_batches or ([1024, 4096, 16384, 65536] if clf.device.type == "cuda"
+                                         else [128, 256, 512, 1024])
+        limit = raw_limit(clf, shape, modes, batches)
         best = max((r for r in limit if r.get("images_per_s")), key=lambda r: r["images_per_s"])
         run = engine_run(args, clf, x.to(clf.device), args.mode)
         run["ratio_to_limit"] = run["evaluations_per_s"] / best["images_per_s"]
