@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
-    target, _ = _load_target(args, dtype)
+    target, clf = _load_target(args, dtype)
     x, y = _load_images(args)
     preds = target.predict(x.to(target.graph.device)).cpu()
     separable = not args.no_separable
@@ -199,7 +199,9 @@ def main(argv: list[str] | None = None) -> int:
         "config": {k: v for k, v in vars(args).items() if k != "json_out"},
         "environment": {"torch": torch.__version__, "python": platform.python_version(),
                         "device": str(target.graph.device), "threads": torch.get_num_threads(),
-                        "platform": platform.platform()},
+                        "platform": platform.platform(), "cpu": platform.processor() or platform.machine()},
+        # the sDNN stand-ins are trained here: the weights can differ between CPUs (kernel rounding)
+        "model_fingerprint": None if clf is None else clf.fingerprint(),
         "summary": summary,
         "images": rows,
         "one_shot": one_shot,
