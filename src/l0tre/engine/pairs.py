@@ -131,7 +131,9 @@ class PairTable:
             # (B·wh·ww,) cells of the window: in-map positions distinct, the rest → the scratch slot
             idx = (first + self.lin[pixel[:, j]]).view(-1)
             d = table.index_select(0, (a * n + pixel[:, j]) * p1 + colour[:, j]).view(-1, ch)
-            cells.index_copy_(0, idx, cells.index_select(0, idx) + d)
+            # in-map cells are distinct: one addition each, as cells[idx] + d (the scratch slot
+            # may collect several, it is never read)
+            cells.index_add_(0, idx, d)
         hl, wl = self.size
         out = self.after(flat[:, : hl * wl].view(b, hl, wl, -1).permute(0, 3, 1, 2))
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
