@@ -3,6 +3,9 @@ forward passes in plain IEEE float32 (no TF32)."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -102,10 +105,11 @@ class _PrecisionRecorder(nn.Module):
         return self.net(x)
 
 
-def test_ieee_float32_sets_and_restores_the_backend_settings() -> None:
+@contextlib.contextmanager
+def _tf32_requested() -> Iterator[None]:
+    """The user asks for TF32 everywhere inside the block; their previous settings come back."""
     sw = _switches()
     before = _state()
-    # the user asked for TF32 everywhere: inside the block it is off, afterwards back
     if sw:
         for s in sw:
             s.fp32_precision = "tf32"  # type: ignore[attr-defined]
@@ -113,6 +117,18 @@ def test_ieee_float32_sets_and_restores_the_backend_settings() -> None:
         torch.backends.cudnn.allow_tf32 = True
         torch.backends.cuda.matmul.allow_tf32 = True
     try:
+        yield
+    finally:
+        if sw:
+            for s, v in zip(sw, before, strict=True):
+                s.fp32_precision = v  # type: ignore[attr-defined]
+        else:
+            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before  # type: ignore[misc]
+
+
+def test_ieee_float32_sets_and_restores_the_backend_settings() -> None:
+    before = _state()
+    with _tf32_requested():
         asked = _state()
         assert not _is_ieee()
         with ieee_float32():
@@ -121,22 +137,11 @@ def test_ieee_float32_sets_and_restores_the_backend_settings() -> None:
         with pytest.raises(RuntimeError), ieee_float32():
             raise RuntimeError("boom")
         assert _state() == asked
-    finally:
-        if sw:
-            for s, v in zip(sw, before, strict=True):
-                s.fp32_precision = v  # type: ignore[attr-defined]
-        else:
-            torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before  # type: ignore[misc]
     assert _state() == before
 
 
 def test_forward_passes_of_the_engine_and_the_attack_run_in_ieee_float32() -> None:
-    sw = _switches()
-    before = _state()
-    if sw:
-        for s in sw:
-            s.fp32_precision = "tf32"  # type: ignore[attr-defined]
-    try:
+    with _tf32_requested():
         rec = _PrecisionRecorder().eval()
         x = torch.rand(3, 1, 4, 4, generator=torch.Generator().manual_seed(1))
         l0tre.evaluate(rec, x, t_max=1, mode="eager")
@@ -144,8 +149,4 @@ def test_forward_passes_of_the_engine_and_the_attack_run_in_ieee_float32() -> No
         assert rec.seen and all(rec.seen)
         rec.seen.clear()
         rec(x)  # the module called directly: the user's settings
-        assert rec.seen == [_is_ieee()]
-    finally:
-        if sw:
-            for s, v in zip(sw, before, strict=True):
-                s.fp32_precision = v  # type: ignore[attr-defined]
+        assert rec.seen == [False]
