@@ -82,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no overlap structure for this model")
     close = close_subsets(ov, args.t)
     t, n = args.t, args.size * args.size
-    grid = torch.cartesian_prod(*[torch.tensor([0.0, 0.5, 1.0])] * t).view(-1, t)  # (3^t, t)
+    levels = torch.tensor([0.0, 0.5, 1.0])
+    grid = torch.cartesian_prod(*[levels] * t).view(-1, t)  # (3^t, t)
     rows = []
     print(f"{'image':>5} {'label':>5} {'pred':>4} | {'connected':>9} {'grid rows':>10} {'flips':>6} | "
           f"{'random rows':>11} {'flips':>6} | {'top rows':>8} {'flips':>6} {'sec':>6}")
@@ -101,9 +102,8 @@ def main(argv: list[str] | None = None) -> int:
             rsub = torch.rand(m, n, generator=g).topk(t, dim=1).indices
             rand_flips += flips(clf, x0, pred, rsub, torch.rand(m, t, generator=g))
         # (3) the strongest single pixels, all their t-subsets on the grid
-        singles = torch.arange(n).repeat_interleave(grid.shape[0] // 3 ** (t - 1)).view(-1, 1)
-        levels = torch.tensor([0.0, 0.5, 1.0]).repeat(n).view(-1, 1)
-        best = margins(clf, x0, pred, singles, levels).view(n, 3).min(1).values
+        singles = torch.arange(n).repeat_interleave(levels.numel()).view(-1, 1)
+        best = margins(clf, x0, pred, singles, levels.repeat(n).view(-1, 1)).view(n, -1).min(1).values
         top = best.argsort()[: args.top]
         tsub = torch.combinations(top, t)
         tsub_rows = tsub.repeat_interleave(grid.shape[0], 0)

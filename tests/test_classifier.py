@@ -73,7 +73,7 @@ def test_plain_callables_are_not_padded() -> None:
 
 # -- plain IEEE float32 (no TF32) wherever decisions are made ---------------------------------
 
-def _switches() -> list[object]:
+def _switches() -> tuple[object, ...]:
     return _precision_switches()
 
 

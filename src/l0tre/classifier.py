@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import functools
 import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,15 +23,18 @@ from torch import nn
 __all__ = ["Classifier", "OutputKind", "Preprocessing", "as_classifier", "ieee_float32"]
 
 
-def _precision_switches() -> list[object]:
-    """The backends' float32-precision settings (PyTorch ≥ 2.9's ``fp32_precision`` API)."""
+@functools.cache
+def _precision_switches() -> tuple[object, ...]:
+    """The backends' float32-precision settings (PyTorch ≥ 2.9's ``fp32_precision`` API); the
+    backend objects are fixed for the process, so they are looked up once (every model call
+    enters :func:`ieee_float32`)."""
     found = []
     for backend in (torch.backends.cudnn, torch.backends.cuda, torch.backends.mkldnn):
         for name in ("conv", "matmul"):
             obj = getattr(backend, name, None)
             if obj is not None and hasattr(obj, "fp32_precision"):
                 found.append(obj)
-    return found
+    return tuple(found)
 
 
 @contextlib.contextmanager

@@ -265,11 +265,14 @@ def attack(
         objective.rows += n_in
         # an example found in low precision that does not flip the model: search again exactly
         redo = (found & (labels_adv == predicted) & ~misclassified).nonzero().squeeze(1)
-        if isinstance(search_obj, Rechecked) and redo.numel():
-            best[redo.to(dev)] = x0_all[redo.to(dev)]
+        if search_obj is objective:
+            redo = redo[:0]  # a full-precision search has nothing to redo
+        if redo.numel():
+            dr = redo.to(dev)
+            best[dr] = x0_all[dr]
             found[redo] = False
             run(redo, objective, False)
-            xr, lr = _verified(clf, space, best[redo.to(dev)], x0_all[redo.to(dev)], x_orig[redo], rows)
+            xr, lr = _verified(clf, space, best[dr], x0_all[dr], x_orig[redo], rows)
             objective.rows += int(redo.numel())
             x_adv[redo], labels_adv[redo] = xr, lr
     finally:
@@ -302,7 +305,7 @@ def attack(
                 "batch_size": rows, "fine_steps": fine_steps, "device": str(dev), "mode": clf.mode,
                 "precision": prec.value},
         low_precision_evaluations=low_rows,
-        researched=int(redo.numel()) if isinstance(search_obj, Rechecked) else 0,
+        researched=int(redo.numel()),
     )
 
 

@@ -30,6 +30,16 @@ class ObjectiveValues:
     success: torch.Tensor
     label: torch.Tensor  # predicted label (or another identifying integer), ``(B,)``
 
+    def with_rows(self, idx: torch.Tensor, exact: ObjectiveValues) -> ObjectiveValues:
+        """These values with rows ``idx`` ``(R,)`` replaced by ``exact`` (``(R,)`` each), e.g. rows
+        recomputed exactly after a fast approximate pass."""
+        fields = {}
+        for name in ("score", "confidence", "success", "label"):
+            v = getattr(self, name).clone()
+            v[idx] = getattr(exact, name).to(device=v.device, dtype=v.dtype)
+            fields[name] = v
+        return ObjectiveValues(**fields)
+
 
 class Objective(Protocol):
     """Protocol for engine objectives."""

@@ -30,9 +30,10 @@ from .objective import Misclassification, ObjectiveValues
 
 __all__ = ["LowPrecisionModel", "Precision", "Rechecked", "choose_precision", "fast_bf16"]
 
+
 class Precision(str, enum.Enum):
-    """Precision of search evaluations: ``auto`` (bfloat16 when it measures faster),
-    ``float32`` (the model's own dtype throughout) or ``bfloat16``."""
+    """Precision of search evaluations: ``auto`` (bfloat16 where the device has bfloat16 units,
+    see :func:`choose_precision`), ``float32`` (the model's own dtype throughout) or ``bfloat16``."""
 
     AUTO = "auto"
     FULL = "float32"
@@ -148,12 +149,7 @@ class Rechecked:
         exact = self.objective.evaluate(model, x[idx], ref[idx.to(ref.device)])
         self.rechecked += int(idx.numel())
         self._observe(exact.score, ov.score[idx])
-        fields = {}
-        for name in ("score", "confidence", "success", "label"):
-            v = getattr(ov, name).clone()
-            v[idx] = getattr(exact, name).to(device=v.device, dtype=v.dtype)
-            fields[name] = v
-        return ObjectiveValues(**fields)
+        return ov.with_rows(idx, exact)
 
 
 def _folded(module: torch.nn.Module) -> torch.nn.Module:

@@ -310,13 +310,7 @@ def checked_values(
         idx = near.nonzero().squeeze(1)
         x = base[a[idx]].clone()
         space.scatter(x, feat[idx], vals[idx])
-        exact = objective.evaluate(model, x, ref[a[idx]])
-        fields = {}
-        for name in ("score", "confidence", "success", "label"):
-            v = getattr(ov, name).clone()
-            v[idx] = getattr(exact, name).to(v.dtype)
-            fields[name] = v
-        ov = ObjectiveValues(**fields)
+        ov = ov.with_rows(idx, objective.evaluate(model, x, ref[a[idx]]))
     return ov
 
 
