@@ -60,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import l0tre  # noqa: E402
-from l0tre.attack import attack  # noqa: E402
+from l0tre.apps.attack import attack  # noqa: E402
 
 WORKLOADS: dict[str, dict[str, Any]] = {
     "mnist": {"model": "paper-mnist", "data": "mnist:test", "default_limit": 1000},

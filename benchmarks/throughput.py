@@ -31,7 +31,7 @@ import torch
 
 import l0tre
 from l0tre.engine.driver import ProgressHook
-from l0tre.engine.fastpath import time_forward
+from l0tre.execution.modes import time_forward
 
 HERE = Path(__file__).resolve().parent
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from torch import nn
 
 import l0tre
-from l0tre.classifier import _precision_switches, bucket_rows, ieee_float32
+from l0tre.arith import _precision_switches, ieee_float32
+from l0tre.classifier import bucket_rows
 
 
 @given(st.integers(min_value=1, max_value=5000))

@@ -1,12 +1,12 @@
 """l0tre: anytime, tensor-based L0 robustness evaluation with bounds you can trust."""
 
 from .api import evaluate, evaluate_iter
-from .attack import AttackResult, attack
+from .apps.attack import AttackResult, attack
 from .classifier import Classifier, OutputKind, Preprocessing, as_classifier
 from .data import Dataset, load_data
 from .engine.features import FeatureKind
-from .engine.objective import Misclassification, Objective, ObjectiveValues
 from .models import list_models, load_model
+from .objectives import Misclassification, Objective, ObjectiveValues
 from .result import Result
 
 __version__ = "0.1.0"

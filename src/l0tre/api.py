@@ -11,16 +11,10 @@ from torch import nn
 from .classifier import Classifier, as_classifier
 from .engine.certified import CertifyMode, CertifyOptions
 from .engine.driver import Engine, ProgressHook, estimate_guard
-from .engine.fastpath import Mode, tune
-from .engine.objective import Objective
-from .engine.options import (
-    DEFAULT_MAX_EVALUATIONS,
-    DEFAULT_MAX_MEMORY,
-    EvaluateOptions,
-    check_inputs,
-    check_labels,
-    plan_batch_size,
-)
+from .engine.options import DEFAULT_MAX_EVALUATIONS, EvaluateOptions, check_inputs, check_labels
+from .execution.memory import DEFAULT_MAX_MEMORY, plan_batch_size
+from .execution.modes import Mode, tune
+from .objectives import Objective
 from .result import Result
 
 __all__ = ["evaluate", "evaluate_iter", "prepare"]

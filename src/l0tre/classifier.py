@@ -9,83 +9,33 @@ units the user sees.
 
 from __future__ import annotations
 
-import contextlib
-import enum
-import functools
 import hashlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from .arith import ieee_float32
+from .validate import Choice
+
 __all__ = ["Classifier", "OutputKind", "Preprocessing", "as_classifier", "ieee_float32"]
 
 
-@functools.cache
-def _precision_switches() -> tuple[object, ...]:
-    """The backends' float32-precision settings (PyTorch ≥ 2.9's ``fp32_precision`` API); the
-    backend objects are fixed for the process, so they are looked up once (every model call
-    enters :func:`ieee_float32`)."""
-    found = []
-    for backend in (torch.backends.cudnn, torch.backends.cuda, torch.backends.mkldnn):
-        for name in ("conv", "matmul"):
-            obj = getattr(backend, name, None)
-            if obj is not None and hasattr(obj, "fp32_precision"):
-                found.append(obj)
-    return tuple(found)
-
-
-@contextlib.contextmanager
-def ieee_float32() -> Iterator[None]:
-    """Plain IEEE float32 arithmetic inside the block (also usable as a decorator).
-
-    PyTorch computes float32 cuDNN convolutions in TF32 (a 10-bit mantissa) by default on
-    Ampere and newer GPUs, and a user may switch matmuls / oneDNN to TF32 or bfloat16. Grid
-    bounds, verifications and certificates must be about the float32 model, so the engine,
-    the attack's decisions and certification run under this. The previous settings are restored
-    on exit (also on an exception); on a CPU with default settings nothing changes.
-    """
-    switches = _precision_switches()
-    if switches:
-        old = [s.fp32_precision for s in switches]  # type: ignore[attr-defined]
-        try:
-            for s in switches:
-                s.fp32_precision = "ieee"  # type: ignore[attr-defined]
-            yield
-        finally:
-            for s, v in zip(switches, old, strict=True):
-                s.fp32_precision = v  # type: ignore[attr-defined]
-        return
-    # older PyTorch: the legacy TF32 flags
-    cudnn, matmul = torch.backends.cudnn, torch.backends.cuda.matmul
-    legacy = (cudnn.allow_tf32, matmul.allow_tf32)
-    try:
-        cudnn.allow_tf32 = False
-        matmul.allow_tf32 = False
-        yield
-    finally:
-        cudnn.allow_tf32, matmul.allow_tf32 = legacy
-
-
-class OutputKind(str, enum.Enum):
+class OutputKind(Choice):
     """What the wrapped model returns: raw ``logits`` or ``probabilities`` (softmax)."""
 
     LOGITS = "logits"
     PROBABILITIES = "probabilities"
 
     @classmethod
-    def parse(cls, value: str | OutputKind) -> OutputKind:
-        if isinstance(value, OutputKind):
-            return value
-        aliases = {"logits": cls.LOGITS, "probs": cls.PROBABILITIES, "probabilities": cls.PROBABILITIES,
-                   "softmax": cls.PROBABILITIES}
-        if not isinstance(value, str) or value.lower() not in aliases:
-            raise ValueError(
-                f"output: expected one of 'logits', 'probabilities' (or 'probs'), got {value!r}"
-            )
-        return aliases[value.lower()]
+    def argument(cls) -> str:
+        return "output"
+
+    @classmethod
+    def aliases(cls) -> dict[object, OutputKind]:
+        return {"probs": cls.PROBABILITIES, "softmax": cls.PROBABILITIES}
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write_bytes, atomic_write_text
-from .cli_output import ADVERSARIAL_NPZ, RESULTS_JSON
+from .outdir import ADVERSARIAL_NPZ, RESULTS_JSON
 
 __all__ = ["FIGURES", "build_report", "load_results"]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import nn
 
-from l0tre.attack.cli import add_parser, parse_indices, run
+from l0tre.cli.attack import add_parser, parse_indices, run
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 import l0tre
-from l0tre.attack import AttackResult, attack
+from l0tre.apps.attack import AttackResult, attack
 
 
 def tiny_cnn(seed: int, channels: int = 3, classes: int = 4, side: int = 6) -> nn.Module:

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from l0tre.attack import attack, core
-from l0tre.engine.precision import LowPrecisionModel
+from l0tre.apps.attack import attack, core
+from l0tre.execution.precision import LowPrecisionModel
 
 
 def conv_net(seed: int, channels: int = 3, side: int = 6, classes: int = 4) -> nn.Module:

@@ -90,7 +90,7 @@ def test_incremental_prefix_identical_to_plain(features: str, t_max: int) -> Non
 
 
 def test_incremental_outputs_match_full_forward(shared_data: object) -> None:
-    from l0tre.engine.incremental import IncrementalPrefix
+    from l0tre.execution.incremental import IncrementalPrefix
 
     clf = l0tre.load_model("paper-mnist")
     x = l0tre.load_data("mnist:test", data_root=shared_data, limit=4).x  # type: ignore[arg-type]
@@ -152,7 +152,7 @@ def test_incremental_windows_match_full_forward(
     """Every pixel of the image (borders included) and random values: the windowed chain
     (strides, padding, pooling, BatchNorm, normalisation) equals the plain forward pass.
     Also for 2 and 3 changed features per row, neighbours (overlapping windows) included."""
-    from l0tre.engine.incremental import IncrementalPrefix
+    from l0tre.execution.incremental import IncrementalPrefix
 
     net = _spatial_net(len(layers), shape[0], layers)
     c, h, w = shape
@@ -206,7 +206,7 @@ def test_tuning_cache_skips_measurements_on_the_second_run(
     import json
     from pathlib import Path
 
-    from l0tre.engine import fastpath
+    from l0tre.execution import modes as fastpath
 
     root = Path(str(tmp_path))
     monkeypatch.setenv("L0TRE_TUNING_CACHE", "on")

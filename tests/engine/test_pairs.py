@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import l0tre
-from l0tre.engine.incremental import IncrementalPrefix
-from l0tre.engine.pairs import PairTable
+from l0tre.execution.incremental import IncrementalPrefix
+from l0tre.execution.pairs import PairTable
 
 from .test_fastpath import _spatial_net
 

@@ -1,4 +1,4 @@
-"""Reduced-precision evaluation with exact re-checks (``l0tre.engine.precision``)."""
+"""Reduced-precision evaluation with exact re-checks (``l0tre.execution.precision``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from torch import nn
 
 import l0tre
 from l0tre.classifier import Classifier
-from l0tre.engine.objective import Misclassification
-from l0tre.engine.precision import LowPrecisionModel, Precision, Rechecked, _folded, choose_precision
+from l0tre.execution.precision import LowPrecisionModel, Precision, Rechecked, _folded, choose_precision
+from l0tre.objectives import Misclassification
 
 
 def conv_bn_net(seed: int, classes: int = 5) -> nn.Module:
@@ -97,7 +97,7 @@ def test_calibration_widens_the_tolerance() -> None:
 
 
 def test_choose_precision(monkeypatch: pytest.MonkeyPatch) -> None:
-    import l0tre.engine.precision as precision
+    import l0tre.execution.precision as precision
 
     clf = Classifier(conv_bn_net(9))
     assert choose_precision(clf, "float32") is Precision.FULL

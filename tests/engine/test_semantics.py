@@ -86,7 +86,7 @@ X = torch.rand(2, 1, 2, 2, dtype=torch.float64)
         ({"epsilon": "0.5"}, TypeError, r"epsilon: expected a number"),
         ({"t_max": 0}, ValueError, r"t_max: expected a positive integer, got 0"),
         ({"t_max": 1.5}, TypeError, r"t_max: expected a positive integer, got float"),
-        ({"features": "channel"}, ValueError, r"features: expected 'pixel' or 'element', got 'channel'"),
+        ({"features": "channel"}, ValueError, r"features: expected one of 'pixel', 'element', got 'channel'"),
         ({"batch_size": 0}, ValueError, r"batch_size: expected a positive integer, got 0"),
         ({"time_budget": -1}, ValueError, r"time_budget: expected a positive finite number, got -1"),
         ({"labels": torch.tensor([1])}, ValueError, r"labels: expected shape \(2,\) to match x"),

@@ -34,7 +34,8 @@ def engine_cases() -> dict[str, Case]:
                                {"epsilon": 0.5, "t_max": 8, "features": "element"}),
         "oracle_cnn_partial": (random_cnn((1, 4, 4), 2, 7), x44, {"epsilon": 0.5, "t_max": 3}),
         "oracle_trained": (trained_mlp((1, 4, 4), 2), x44, {"epsilon": 0.5, "t_max": 4}),
-        "oracle_trained_quarter": (trained_mlp((1, 2, 4), 1), torch.rand(6, 1, 2, 4, generator=g(3), dtype=torch.float64),
+        "oracle_trained_quarter": (trained_mlp((1, 2, 4), 1),
+                                   torch.rand(6, 1, 2, 4, generator=g(3), dtype=torch.float64),
                                    {"epsilon": 0.25, "t_max": 8}),
     }
     model, x = _mnist20()
@@ -46,7 +47,8 @@ def engine_cases() -> dict[str, Case]:
 def certify_cases() -> dict[str, Case]:
     g = torch.Generator().manual_seed
     return {
-        "certify_mlp": (random_mlp((1, 3, 3), 2, 5, hidden=4), torch.rand(6, 1, 3, 3, generator=g(3), dtype=torch.float64),
+        "certify_mlp": (random_mlp((1, 3, 3), 2, 5, hidden=4),
+                        torch.rand(6, 1, 3, 3, generator=g(3), dtype=torch.float64),
                         {"epsilon": 0.5, "t_max": 3, "certify": True}),
     }
 

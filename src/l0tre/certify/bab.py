@@ -10,9 +10,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from l0tre.certify.attack import min_margin, search_counterexamples
 from l0tre.certify.bounds import BoundOptions, free_coordinates
 from l0tre.certify.boxes import as_labels, bound_margins
+from l0tre.certify.falsify import min_margin, search_counterexamples
 from l0tre.certify.target import Target, resolve
 from l0tre.certify.types import CertifyResult, Status
 from l0tre.classifier import ieee_float32

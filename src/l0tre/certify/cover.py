@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from l0tre.certify.attack import search_counterexamples
 from l0tre.certify.bab import certify_boxes_bab, prove_by_halving
 from l0tre.certify.bounds import LEVEL_METHODS, BoundOptions, auto_method
 from l0tre.certify.boxes import as_labels, bound_margins, feature_count, subset_boxes
+from l0tre.certify.falsify import search_counterexamples
 from l0tre.certify.separable import PairOutcome, certify_pairs_separable, feature_overlaps
 from l0tre.certify.target import Target, resolve
 from l0tre.certify.triples import TripleOutcome, certify_triples_separable

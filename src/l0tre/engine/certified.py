@@ -13,7 +13,6 @@ stops certification for that input.
 
 from __future__ import annotations
 
-import enum
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -21,27 +20,23 @@ from typing import Any
 import torch
 
 from ..classifier import Classifier
+from ..validate import Choice
 
 __all__ = ["CertifyMode", "CertifyOptions", "Certifier"]
 
 
-class CertifyMode(str, enum.Enum):
+class CertifyMode(Choice):
     OFF = "off"
     ON = "on"  # grid bounds + certified lower bounds
     ONLY = "only"  # certified lower bounds only (no grid pass, no upper-bound search)
 
     @classmethod
-    def parse(cls, value: bool | str | CertifyMode) -> CertifyMode:
-        if isinstance(value, CertifyMode):
-            return value
-        if value is True:
-            return cls.ON
-        if value is False or value is None:
-            return cls.OFF
-        for m in cls:
-            if value == m.value:
-                return m
-        raise ValueError(f"certify: expected False, True, 'on', 'off' or 'only', got {value!r}")
+    def argument(cls) -> str:
+        return "certify"
+
+    @classmethod
+    def aliases(cls) -> dict[object, CertifyMode]:
+        return {True: cls.ON, False: cls.OFF, None: cls.OFF}
 
 
 @dataclass(frozen=True)

@@ -22,15 +22,16 @@ from typing import Any
 import torch
 
 from ..classifier import Classifier, ieee_float32
+from ..execution.incremental import IncrementalPrefix
+from ..execution.memory import plan_batch_size
+from ..execution.modes import incremental_pays
+from ..execution.pairs import PairTable
+from ..objectives import Misclassification, Objective
 from ..result import Result, atomic_torch_save
 from .certified import Certifier, CertifyMode, CertifyOptions
-from .fastpath import incremental_pays
 from .features import FeatureKind, FeatureSpace
 from .grid import colours, grid_values, valid_colours
-from .incremental import IncrementalPrefix
-from .objective import Misclassification, Objective
-from .options import EvaluateOptions, plan_batch_size
-from .pairs import PairTable
+from .options import EvaluateOptions
 from .sensitivity import LevelContext, UnitResult, empty_unit, evaluate_unit, merge_units
 from .subspaces import binomial_table, count_points, n_subsets, unrank
 from .tighten import tighten

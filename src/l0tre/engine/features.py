@@ -10,26 +10,22 @@ channels per feature (``C`` for pixels, ``1`` for elements).
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
 import torch
 
+from ..validate import Choice
+
 __all__ = ["FeatureKind", "FeatureSpace"]
 
 
-class FeatureKind(str, enum.Enum):
+class FeatureKind(Choice):
     PIXEL = "pixel"
     ELEMENT = "element"
 
     @classmethod
-    def parse(cls, value: str | FeatureKind) -> FeatureKind:
-        if isinstance(value, FeatureKind):
-            return value
-        for kind in cls:
-            if value == kind.value:
-                return kind
-        raise ValueError(f"features: expected 'pixel' or 'element', got {value!r}")
+    def argument(cls) -> str:
+        return "features"
 
 
 @dataclass(frozen=True)

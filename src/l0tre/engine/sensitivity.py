@@ -15,10 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from ..classifier import Classifier
+from ..execution.incremental import BOUNDARY_TOL, IncrementalCaches, IncrementalPrefix
+from ..execution.pairs import PairTable
+from ..objectives import Objective, ObjectiveValues
 from .features import FeatureKind, FeatureSpace
-from .incremental import BOUNDARY_TOL, IncrementalCaches, IncrementalPrefix
-from .objective import Objective, ObjectiveValues
-from .pairs import PairTable
 from .subspaces import unrank
 
 __all__ = ["LevelContext", "UnitResult", "chain_values", "evaluate_unit", "merge_units", "empty_unit", "sort_topk"]

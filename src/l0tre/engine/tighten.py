@@ -10,9 +10,9 @@ from __future__ import annotations
 import torch
 
 from ..classifier import Classifier
+from ..execution.incremental import IncrementalPrefix
+from ..objectives import Objective, ObjectiveValues
 from .features import FeatureSpace
-from .incremental import IncrementalPrefix
-from .objective import Objective, ObjectiveValues
 from .sensitivity import chain_values
 
 __all__ = ["tighten"]

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 
 from ..classifier import Classifier
+from ..objectives import Objective
 from .features import FeatureSpace
-from .objective import Objective
 
 __all__ = ["accumulate"]
 

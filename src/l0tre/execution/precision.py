@@ -21,17 +21,17 @@ uses it: its grid lower bounds must hold for the model as it is.
 from __future__ import annotations
 
 import copy
-import enum
 
 import torch
 
 from ..classifier import Classifier, bucket_rows, padded_index
-from .objective import Misclassification, ObjectiveValues
+from ..objectives import Misclassification, ObjectiveValues
+from ..validate import Choice
 
 __all__ = ["LowPrecisionModel", "Precision", "Rechecked", "choose_precision", "fast_bf16"]
 
 
-class Precision(str, enum.Enum):
+class Precision(Choice):
     """Precision of search evaluations: ``auto`` (bfloat16 where the device has bfloat16 units,
     see :func:`choose_precision`), ``float32`` (the model's own dtype throughout) or ``bfloat16``."""
 
@@ -40,14 +40,8 @@ class Precision(str, enum.Enum):
     BF16 = "bfloat16"
 
     @classmethod
-    def parse(cls, value: str | Precision) -> Precision:
-        if isinstance(value, Precision):
-            return value
-        aliases = {"auto": cls.AUTO, "float32": cls.FULL, "fp32": cls.FULL, "full": cls.FULL,
-                   "bfloat16": cls.BF16, "bf16": cls.BF16}
-        if not isinstance(value, str) or value.lower() not in aliases:
-            raise ValueError(f"precision: expected one of 'auto', 'float32', 'bfloat16', got {value!r}")
-        return aliases[value.lower()]
+    def aliases(cls) -> dict[object, Precision]:
+        return {"fp32": cls.FULL, "full": cls.FULL, "bf16": cls.BF16}
 
 
 class LowPrecisionModel:

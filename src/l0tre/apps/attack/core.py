@@ -27,13 +27,14 @@ from typing import Any
 
 import torch
 
-from ..api import ModelLike
-from ..classifier import Classifier, as_classifier, ieee_float32
-from ..engine.fastpath import tune
-from ..engine.features import FeatureKind, FeatureSpace
-from ..engine.grid import check_epsilon, colours, grid_values
-from ..engine.options import DEFAULT_MAX_MEMORY, check_inputs, check_labels, layer_output_bytes, plan_batch_size
-from ..engine.precision import LowPrecisionModel, Precision, Rechecked, choose_precision
+from ...api import ModelLike
+from ...classifier import Classifier, as_classifier, ieee_float32
+from ...engine.features import FeatureKind, FeatureSpace
+from ...engine.grid import check_epsilon, colours, grid_values
+from ...engine.options import check_inputs, check_labels
+from ...execution.memory import DEFAULT_MAX_MEMORY, layer_output_bytes, plan_batch_size
+from ...execution.modes import tune
+from ...execution.precision import LowPrecisionModel, Precision, Rechecked, choose_precision
 from .result import AttackResult
 from .search import CountingObjective, Deadline, SearchConfig, Searcher, pick
 

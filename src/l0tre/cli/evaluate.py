@@ -20,15 +20,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .api import prepare
-from .classifier import Classifier
-from .cli_output import CHECKPOINT, RESULTS_JSON, json_safe, write_outputs
-from .data import Dataset, load_data
-from .engine.driver import Engine
-from .engine.options import DEFAULT_MAX_EVALUATIONS, DEFAULT_MAX_MEMORY
-from .models import load_model
-from .paths import ENV_VAR
-from .result import Result
+from ..api import prepare
+from ..classifier import Classifier
+from ..data import Dataset, load_data
+from ..engine.driver import Engine
+from ..engine.options import DEFAULT_MAX_EVALUATIONS, DEFAULT_MAX_MEMORY
+from ..models import load_model
+from ..outdir import CHECKPOINT, RESULTS_JSON, json_safe, write_outputs
+from ..paths import ENV_VAR
+from ..result import Result
 
 __all__ = ["cmd_demo", "cmd_evaluate", "cmd_info", "drive", "select_inputs"]
 
@@ -150,7 +150,7 @@ def check_forward(model: Classifier, x: torch.Tensor) -> None:
 def _config(args: argparse.Namespace, model: Classifier, data: Dataset, engine: Engine,
             time_budget: float | None) -> dict[str, Any]:
     """The ``config`` block of results.json: every option plus what was resolved."""
-    from . import __version__
+    from .. import __version__
 
     options = {k: v for k, v in vars(args).items() if k not in ("command", "debug")}
     options["time_budget"] = time_budget
@@ -236,7 +236,7 @@ def _summary_lines(res: Result, out: Path, report: Path | None) -> list[str]:
 
 def _write_report(args: argparse.Namespace, out: Path) -> Path | None:
     """Build the report; a failure is a notice (the results are already written)."""
-    from .report import build_report
+    from ..report import build_report
 
     try:
         files = build_report(out)
@@ -268,7 +268,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         ckpt.unlink()
     progress = None
     if not args.quiet:
-        from .progress import TqdmProgress
+        from ..progress import TqdmProgress
 
         tty = sys.stderr.isatty()
         progress = TqdmProgress(file=sys.stderr, mininterval=0.2 if tty else 10.0)

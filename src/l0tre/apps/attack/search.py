@@ -32,14 +32,14 @@ from dataclasses import dataclass
 
 import torch
 
-from ..classifier import Classifier
-from ..engine.features import FeatureSpace
-from ..engine.objective import Misclassification, ObjectiveValues
-from ..engine.precision import Rechecked
-from ..engine.sensitivity import LevelContext, UnitResult, evaluate_unit
-from ..engine.subspaces import binomial_table
-from ..engine.tighten import tighten as engine_tighten
-from ..engine.upper import accumulate
+from ...classifier import Classifier
+from ...engine.features import FeatureSpace
+from ...engine.sensitivity import LevelContext, UnitResult, evaluate_unit
+from ...engine.subspaces import binomial_table
+from ...engine.tighten import tighten as engine_tighten
+from ...engine.upper import accumulate
+from ...execution.precision import Rechecked
+from ...objectives import Misclassification, ObjectiveValues
 
 __all__ = ["SearchConfig", "CountingObjective", "Searcher"]
 

@@ -8,7 +8,6 @@ call takes seconds to minutes).
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Callable
 
@@ -16,13 +15,14 @@ import torch
 from torch import nn
 
 from ..classifier import Classifier
+from ..validate import Choice
 from . import tuning_cache
 from .incremental import IncrementalPrefix
 
 __all__ = ["Mode", "incremental_pays", "select_mode", "time_forward", "tune", "tune_batch_size"]
 
 
-class Mode(str, enum.Enum):
+class Mode(Choice):
     AUTO = "auto"
     EAGER = "eager"
     CHANNELS_LAST = "channels_last"
@@ -30,15 +30,8 @@ class Mode(str, enum.Enum):
     COMPILE_CHANNELS_LAST = "compile+channels_last"
 
     @classmethod
-    def parse(cls, value: str | Mode) -> Mode:
-        if isinstance(value, Mode):
-            return value
-        for m in cls:
-            if m.value == value:
-                return m
-        raise ValueError(
-            f"mode: expected one of {', '.join(repr(m.value) for m in cls)}, got {value!r}"
-        )
+    def argument(cls) -> str:
+        return "mode"
 
 
 def time_forward(model: Classifier, x: torch.Tensor, repeats: int = 2) -> float:

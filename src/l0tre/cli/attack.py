@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..apps.attack.result import AttackResult
 from ..atomic import atomic_write, atomic_write_text
-from .result import AttackResult
 
 __all__ = ["add_parser", "run", "parse_indices", "save_outputs"]
 
@@ -85,9 +85,9 @@ def add_parser(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``l0tre attack``; returns the exit status (0 ok, 2 bad arguments or inputs)."""
+    from ..apps.attack.core import attack
     from ..data import load_data
     from ..models import load_model
-    from .core import attack
 
     try:
         indices = parse_indices(args.indices) if args.indices else None

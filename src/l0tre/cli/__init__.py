@@ -194,7 +194,7 @@ def _add_engine(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``l0tre`` argument parser."""
-    from . import __version__
+    from .. import __version__
 
     common = _common()
     parser = _Parser(prog="l0tre", description="Anytime L0 robustness evaluation (L0-TRE) with trustworthy bounds.")
@@ -242,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     models = sub.add_parser("models", parents=[common], help="list the built-in models")
     models.add_argument("--data-root", metavar="DIR", help="where the shared data lives (default: $L0TRE_DATA)")
 
-    from .attack.cli import add_parser as add_attack_parser
+    from .attack import add_parser as add_attack_parser
 
     add_attack_parser(sub)
 
@@ -264,7 +264,7 @@ def build_parser() -> argparse.ArgumentParser:
 # -- commands -------------------------------------------------------------------------------------
 def _cmd_models(args: argparse.Namespace) -> int:
     """``l0tre models``: a table of the built-in models and whether their files are here."""
-    from .models import list_models
+    from ..models import list_models
 
     rows = []
     for info in list_models():
@@ -282,7 +282,7 @@ def _cmd_models(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     """``l0tre report DIR``: rebuild the figures and index.html; print the files."""
-    from .report import build_report
+    from ..report import build_report
 
     files = build_report(args.dir)
     for f in files:
@@ -292,8 +292,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     """Run the handler of ``args.command``; returns the exit code."""
-    from . import cli_run
-    from .attack.cli import run as cmd_attack
+    from . import evaluate as cli_run
+    from .attack import run as cmd_attack
 
     handlers: dict[str, Callable[[argparse.Namespace], int]] = {
         "attack": cmd_attack,

@@ -16,7 +16,7 @@ from typing import Protocol
 
 import torch
 
-from ..classifier import Classifier
+from .classifier import Classifier
 
 __all__ = ["ObjectiveValues", "Objective", "Misclassification"]
 

@@ -1,0 +1,55 @@
+"""Memory planning: how many rows a model call may take within a byte budget."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ..classifier import Classifier
+
+__all__ = ["DEFAULT_MAX_MEMORY", "layer_output_bytes", "plan_batch_size"]
+
+DEFAULT_MAX_MEMORY = 1 << 30  # 1 GiB
+
+
+def layer_output_bytes(model: Classifier, shape: tuple[int, ...]) -> list[int] | None:
+    """Bytes of each leaf module's output for one sample (a probe forward pass with hooks), or
+    ``None`` for plain callables and TorchScript (no hooks there)."""
+    module = model.modules()
+    if module is None or isinstance(module, torch.jit.ScriptModule):
+        return None
+    sizes: list[int] = []
+
+    def hook(_m: nn.Module, _i: object, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            sizes.append(out.numel() * out.element_size())
+
+    handles = [m.register_forward_hook(hook) for m in module.modules() if len(list(m.children())) == 0]
+    try:
+        model(torch.full((1, *shape), model.bounds[0], dtype=model.dtype, device=model.device))
+    finally:
+        for h in handles:
+            h.remove()
+    return sizes
+
+
+def _activation_bytes(model: Classifier, shape: tuple[int, ...]) -> int:
+    """Bytes of all leaf-module outputs for one sample."""
+    sizes = layer_output_bytes(model, shape)
+    if sizes is None:  # assume activations ≈ 64 × the input
+        return 64 * math.prod(shape) * torch.empty((), dtype=model.dtype).element_size()
+    return sum(sizes)
+
+
+def plan_batch_size(model: Classifier, shape: tuple[int, ...], batch_size: int | None, max_memory: int) -> int:
+    """Rows per model call: the user's ``batch_size`` capped by ``max_memory``.
+
+    Per-row cost = input bytes × 3 (input, copy, scatter) + activation bytes × 2 (a probe
+    forward pass with hooks measures the activations of one sample).
+    """
+    elem = torch.empty((), dtype=model.dtype).element_size()
+    per_row = 3 * elem * math.prod(shape) + 2 * _activation_bytes(model, shape) + 64
+    cap = max(1, max_memory // per_row)
+    return max(1, min(batch_size or 4096, cap))
