@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Generator
+from collections.abc import Generator
 
 import torch
-from torch import nn
 
-from .classifier import Classifier, as_classifier
+from .classifier import ModelLike, as_classifier
 from .engine.certified import CertifyMode, CertifyOptions
-from .engine.driver import Engine, ProgressHook, estimate_guard
+from .engine.driver import Engine, ProgressHook, drive, estimate_guard
 from .engine.options import DEFAULT_MAX_EVALUATIONS, EvaluateOptions, check_inputs, check_labels
 from .execution.memory import DEFAULT_MAX_MEMORY, plan_batch_size
 from .execution.modes import Mode, tune
@@ -18,9 +17,6 @@ from .objectives import Objective
 from .result import Result
 
 __all__ = ["evaluate", "evaluate_iter", "prepare"]
-
-ModelLike = Classifier | nn.Module | Callable[[torch.Tensor], torch.Tensor]
-
 
 def prepare(
     model: ModelLike,
@@ -146,18 +142,8 @@ def evaluate(model: ModelLike, x: torch.Tensor, *, epsilon: float = 0.5, t_max: 
 
         progress = TqdmProgress()
     engine = prepare(model, x, epsilon=epsilon, t_max=t_max, progress=progress, **kwargs)  # type: ignore[arg-type]
-    last: Result | None = None
-    gen = engine.run()
     try:
-        for snap in gen:
-            last = snap
-    except KeyboardInterrupt:
-        gen.close()
-        if last is not None:
-            last.stopped = "interrupted"
+        return drive(engine)
     finally:
         if progress is not None:
             progress.close()
-    if last is None:  # interrupted before the first snapshot
-        last = engine.snapshot(False, 0.0, "interrupted")
-    return last

@@ -20,7 +20,7 @@ from torch import nn
 from .arith import ieee_float32
 from .validate import Choice
 
-__all__ = ["Classifier", "OutputKind", "Preprocessing", "as_classifier", "ieee_float32"]
+__all__ = ["Classifier", "ModelLike", "OutputKind", "Preprocessing", "as_classifier", "ieee_float32"]
 
 
 class OutputKind(Choice):
@@ -263,8 +263,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+#: what the public entry points accept as a model
+ModelLike = Classifier | nn.Module | Callable[[torch.Tensor], torch.Tensor]
+
+
 def as_classifier(
-    model: Classifier | nn.Module | Callable[[torch.Tensor], torch.Tensor],
+    model: ModelLike,
     *,
     bounds: tuple[float, float] | None = None,
     device: str | torch.device | None = None,

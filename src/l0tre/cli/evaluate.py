@@ -13,7 +13,7 @@ import random
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,7 @@ import torch
 from ..api import prepare
 from ..classifier import Classifier
 from ..data import Dataset, load_data
-from ..engine.driver import Engine
+from ..engine.driver import Engine, drive
 from ..engine.options import DEFAULT_MAX_EVALUATIONS, DEFAULT_MAX_MEMORY
 from ..models import load_model
 from ..outdir import CHECKPOINT, RESULTS_JSON, json_safe, write_outputs
@@ -166,52 +166,17 @@ def _config(args: argparse.Namespace, model: Classifier, data: Dataset, engine: 
         "bounds": list(model.bounds),
         "output": model.output.value,
         "parameters": sum(p.numel() for p in module.parameters()) if module is not None else None,
-        "n_features": engine.n,
+        "n_features": engine.n_features,
         "batch_size_used": engine.batch_size,
         "mode_used": model.mode,
-        "incremental_used": engine.incremental is not None,
+        "incremental_used": engine.uses_incremental,
         "device_used": str(model.device),
-        "max_memory_used": engine.opts.max_memory,
-        "max_evaluations_used": engine.opts.max_evaluations,
+        "max_memory_used": engine.options.max_memory,
+        "max_evaluations_used": engine.options.max_evaluations,
         "l0tre_version": __version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
     })
-
-
-# -- the evaluation loop --------------------------------------------------------------------------
-def drive(engine: Engine, on_snapshot: Callable[[Result], None]) -> Result:
-    """Run the engine to its end, calling ``on_snapshot`` on every snapshot.
-
-    A ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM through the CLI's handler) stops the run: when it
-    lands inside the engine, the engine yields a final ``"interrupted"`` snapshot itself; when it
-    lands in ``on_snapshot``, it is thrown into the engine to get that snapshot.
-    """
-    gen = engine.run()
-    last: Result | None = None
-    try:
-        for snap in gen:
-            last = snap
-            on_snapshot(snap)
-    except KeyboardInterrupt:
-        if last is None or last.stopped == "running":
-            final: Result | None = None
-            try:
-                final = gen.throw(KeyboardInterrupt())
-            except (StopIteration, KeyboardInterrupt):
-                final = None
-            finally:
-                gen.close()
-            if final is None:
-                final = last if last is not None else engine.snapshot(False, 0.0, "interrupted")
-            final.stopped = "interrupted"
-            last = final
-        # else: interrupted while writing the final snapshot; write it again, undisturbed
-        with _signals_ignored():
-            on_snapshot(last)
-    if last is None:  # the engine yields at least once; kept for safety
-        last = engine.snapshot(False, 0.0, "interrupted")
-    return last
 
 
 def _summary_lines(res: Result, out: Path, report: Path | None) -> list[str]:
@@ -294,7 +259,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         write_outputs(out, snap, indices, data.x, config)
 
     try:
-        final = drive(engine, on_snapshot)
+        final = drive(engine, on_snapshot, guard=_signals_ignored)
     finally:
         if progress is not None:
             progress.close()
@@ -374,7 +339,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         res = engine.result
         info.update({
             "classes": classes, "data": data.name, "inputs": len(data), "labels": data.y is not None,
-            "accuracy": res.accuracy, "features": args.features, "n_features": engine.n,
+            "accuracy": res.accuracy, "features": args.features, "n_features": engine.n_features,
             "epsilon": args.epsilon, "grid_values": engine.opts.steps + 1, "batch_size": engine.batch_size,
             "evaluations_per_second": rate, "warmup_batches": batches, "levels": levels,
             "max_evaluations": limit,

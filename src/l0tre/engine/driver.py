@@ -9,12 +9,14 @@ Every adversarial example is re-checked on the model before it changes a bound.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import math
 import os
 import time
 from collections.abc import Callable, Generator
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from .subspaces import binomial_table, count_points, n_subsets, unrank
 from .tighten import tighten
 from .upper import accumulate
 
-__all__ = ["Engine", "ProgressHook"]
+__all__ = ["Engine", "ProgressHook", "drive"]
 
 CHECKPOINT_FORMAT = "l0tre.checkpoint/1"
 SHARD_INPUTS = 4  # measured: 8 gives the same speed with half as many snapshots
@@ -145,6 +147,21 @@ class Engine:
         # snapshot), and remembered on disk (see tuning_cache)
 
     # -- public knobs -------------------------------------------------------------------------
+    @property
+    def n_features(self) -> int:
+        """Number of features ``n`` (pixels or elements) of the inputs."""
+        return self.n
+
+    @property
+    def options(self) -> EvaluateOptions:
+        """The validated options of this run (the time budget as last set)."""
+        return self.opts
+
+    @property
+    def uses_incremental(self) -> bool:
+        """Whether the incremental path is available to this run (used where it pays)."""
+        return self.incremental is not None
+
     @property
     def seconds_spent(self) -> float:
         """Seconds of work already in the result (from a resumed checkpoint, else 0)."""
@@ -536,6 +553,49 @@ class Engine:
                 self.final = self.snapshot(self.level is None and self.result.t > 0, seconds, stopped)
         if stopped != "running":
             yield self.final
+
+
+def drive(
+    engine: Engine,
+    on_snapshot: Callable[[Result], None] | None = None,
+    *,
+    guard: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+) -> Result:
+    """Run ``engine`` to its end, calling ``on_snapshot`` on every snapshot; return the last.
+
+    The one run loop of the API and the CLI. A ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM turned
+    into one by the CLI) stops the run: when it lands inside the engine, the engine yields a final
+    ``"interrupted"`` snapshot itself; when it lands in ``on_snapshot``, it is thrown into the
+    engine to get that snapshot, which is then handed to ``on_snapshot`` again inside ``guard()``
+    (the CLI ignores further signals there, so the final write is not torn).
+    """
+    gen = engine.run()
+    last: Result | None = None
+    try:
+        for snap in gen:
+            last = snap
+            if on_snapshot is not None:
+                on_snapshot(snap)
+    except KeyboardInterrupt:
+        if last is None or last.stopped == "running":
+            final: Result | None = None
+            try:
+                final = gen.throw(KeyboardInterrupt())
+            except (StopIteration, KeyboardInterrupt):
+                final = None
+            finally:
+                gen.close()
+            if final is None:
+                final = last if last is not None else engine.snapshot(False, 0.0, "interrupted")
+            final.stopped = "interrupted"
+            last = final
+        # else: interrupted while handling the final snapshot; hand it over again, undisturbed
+        if on_snapshot is not None:
+            with guard():
+                on_snapshot(last)
+    if last is None:  # the engine yields at least once; kept for safety
+        last = engine.snapshot(False, 0.0, "interrupted")
+    return last
 
 
 #: the incremental chain recomputes one window per changed pixel; beyond this many the plain

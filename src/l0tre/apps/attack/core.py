@@ -27,8 +27,7 @@ from typing import Any
 
 import torch
 
-from ...api import ModelLike
-from ...classifier import Classifier, as_classifier, ieee_float32
+from ...classifier import Classifier, ModelLike, as_classifier, ieee_float32
 from ...engine.features import FeatureKind, FeatureSpace
 from ...engine.grid import check_epsilon, colours, grid_values
 from ...engine.options import check_inputs, check_labels
