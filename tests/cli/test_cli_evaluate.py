@@ -170,7 +170,7 @@ def test_interrupt_while_writing_gets_a_final_snapshot(assets: Assets) -> None:
     ``interrupted`` snapshot, written once more."""
     import l0tre
     from l0tre.api import prepare
-    from l0tre.engine.driver import drive
+    from l0tre.engine import drive
 
     model = l0tre.load_model(str(assets.model))
     data = l0tre.load_data(str(assets.data))

@@ -23,7 +23,7 @@ import torch
 from ..api import prepare
 from ..classifier import Classifier
 from ..data import Dataset, load_data
-from ..engine.driver import Engine, drive
+from ..engine import Engine, drive
 from ..engine.options import DEFAULT_MAX_EVALUATIONS, DEFAULT_MAX_MEMORY
 from ..models import load_model
 from ..outdir import CHECKPOINT, RESULTS_JSON, json_safe, write_outputs
