@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 import l0tre
-from l0tre.engine.driver import ProgressHook
+from l0tre.engine import ProgressHook
 from l0tre.execution.modes import time_forward
 
 HERE = Path(__file__).resolve().parent

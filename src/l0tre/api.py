@@ -9,11 +9,18 @@ import torch
 
 from .classifier import ModelLike, as_classifier
 from .engine.certified import CertifyMode, CertifyOptions
-from .engine.driver import Engine, ProgressHook, drive, estimate_guard
+from .engine.executor import Executor
+from .engine.features import FeatureKind, FeatureSpace
+from .engine.hooks import ProgressHook
+from .engine.loop import Engine, drive
 from .engine.options import DEFAULT_MAX_EVALUATIONS, EvaluateOptions, check_inputs, check_labels
+from .engine.planning import estimate_guard
+from .engine.problem import Problem
+from .engine.state import RunState
 from .execution.memory import DEFAULT_MAX_MEMORY, plan_batch_size
 from .execution.modes import Mode, tune
-from .objectives import Objective
+from .execution.plan import ExecutionPlan
+from .objectives import Misclassification, Objective
 from .result import Result
 
 __all__ = ["evaluate", "evaluate_iter", "prepare"]
@@ -42,18 +49,25 @@ def prepare(
     certify: bool | str = False,
     certify_time_limit: float = 60.0,
     certify_method: str = "auto",
+    pixels: object = None,
+    keep_sensitivity: bool = False,
+    executor: Executor | None = None,
 ) -> Engine:
-    """Validate everything and build the :class:`~l0tre.engine.driver.Engine` (no work yet)."""
+    """Validate everything and build the :class:`~l0tre.engine.Engine` (no work yet); a
+    ``checkpoint`` file that exists is resumed (it must be of the same model, inputs and
+    options). Arguments as :func:`evaluate`."""
     opts = EvaluateOptions.build(
         epsilon=epsilon, t_max=t_max, features=features, batch_size=batch_size,
         max_memory=max_memory, time_budget=time_budget, report_every=report_every,
         max_evaluations=max_evaluations, top_k=top_k,
     )
+    cert = CertifyOptions(CertifyMode.parse(certify), _certify_method(certify_method),
+                          _positive_seconds("certify_time_limit", certify_time_limit))
     clf = as_classifier(model, bounds=bounds, device=device)
     x = check_inputs(x, clf)
     lab = check_labels(labels, x.shape[0])
     clf(x[: min(2, x.shape[0])])  # validates the output shape on the caller's own inputs first
-    shape = tuple(x.shape[1:])
+    shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
     cap = plan_batch_size(clf, shape, None, opts.max_memory)
     Mode.parse(mode)  # an unknown mode is refused here, not when the run starts
 
@@ -61,15 +75,23 @@ def prepare(
         return tune(clf, shape, cap, opts.batch_size, mode)[1]
 
     provisional = min(opts.batch_size, cap) if opts.batch_size is not None else min(cap, 256)
-    engine = Engine(clf, x, opts, labels=lab, batch_size=provisional, checkpoint=checkpoint, tuner=tuner,
-                    objective=objective, progress=progress,
-                    incremental=mode != "eager" if incremental is None else incremental,
-                    force_incremental=bool(incremental),
-                    certify=CertifyOptions(CertifyMode.parse(certify), _certify_method(certify_method),
-                                           _positive_seconds("certify_time_limit", certify_time_limit)))
-    if engine.certify.mode is not CertifyMode.ONLY:
-        estimate_guard(engine, opts.t_max, opts.max_evaluations)
-    engine.load_checkpoint()
+    space = FeatureSpace(opts.features, shape).select(pixels)
+    if space.positions is not None and cert.mode is not CertifyMode.OFF:
+        raise ValueError("certify: certification needs the whole feature space; got a pixel selection (pixels=...)")
+    problem = Problem.build(clf, objective or Misclassification(), space, x, opts.steps, opts.top_k, provisional)
+    if keep_sensitivity and problem.top_k < space.n:
+        raise ValueError(f"top_k: keep_sensitivity needs top_k >= n = {space.n}, got {problem.top_k}")
+    plan = ExecutionPlan(clf, shape, pixel_features=opts.features is FeatureKind.PIXEL, batch_size=provisional,
+                         user_batch=opts.batch_size, max_memory=opts.max_memory,
+                         incremental=mode != "eager" if incremental is None else incremental,
+                         force_incremental=bool(incremental), tuner=tuner)
+    state = RunState.fresh(problem, lab, opts.epsilon, certified=cert.mode is not CertifyMode.OFF,
+                           keep_sensitivity=bool(keep_sensitivity))
+    engine = Engine(problem, opts, plan, state, checkpoint=checkpoint, progress=progress, certify=cert,
+                    executor=executor)
+    if cert.mode is not CertifyMode.ONLY:
+        estimate_guard(problem, opts.t_max, opts.max_evaluations)
+    engine.resume()
     return engine
 
 

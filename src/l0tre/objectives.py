@@ -12,13 +12,13 @@ coverage-driven test generation: make a hidden neuron fire) plug in another obje
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 
 from .classifier import Classifier
 
-__all__ = ["ObjectiveValues", "Objective", "Misclassification"]
+__all__ = ["FromOutputs", "Misclassification", "Objective", "ObjectiveValues", "from_outputs_capability"]
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,24 @@ class Objective(Protocol):
     def evaluate(self, model: Classifier, x: torch.Tensor, ref: torch.Tensor) -> ObjectiveValues:
         """Values for ``x`` ``(B, C, H, W)`` against references ``ref`` ``(B,)``."""
         ...
+
+
+@runtime_checkable
+class FromOutputs(Protocol):
+    """Optional capability of an objective: its values from raw model outputs ``(B, K)``.
+
+    With it the engine may compute outputs its own way (incremental windows, pair tables,
+    reduced precision), re-checking rows near the boundary with :meth:`Objective.evaluate`.
+    """
+
+    def from_outputs(self, model: Classifier, raw: torch.Tensor, ref: torch.Tensor) -> ObjectiveValues:
+        """Values for raw outputs ``raw`` ``(B, K)`` against references ``ref`` ``(B,)``."""
+        ...
+
+
+def from_outputs_capability(objective: Objective) -> FromOutputs | None:
+    """``objective`` as a :class:`FromOutputs` when it declares that capability, else ``None``."""
+    return objective if isinstance(objective, FromOutputs) else None
 
 
 class Misclassification:

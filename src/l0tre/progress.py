@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from .engine.driver import ProgressHook
+from .engine.hooks import ProgressHook
 from .result import Result
 
 __all__ = ["TqdmProgress"]

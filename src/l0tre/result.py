@@ -38,6 +38,11 @@ class Result:
         level_seconds: wall seconds spent in each completed level.
         stopped: why the run ended (``"running"``, ``"t_max"``, ``"converged"``,
             ``"time_budget"``, ``"interrupted"``).
+        sensitivity: with ``keep_sensitivity=True``: the level-1 sensitivity map, per feature the
+            lowest objective score (the margin ``z_j − max_{k≠j} z_k``) over its grid colours —
+            ``(N, H, W)`` for pixel features, ``(N, C, H, W)`` for element features; ``inf`` where
+            no colour changes the feature or the feature is outside the ``pixels`` selection.
+            Else ``None``.
     """
 
     lower: torch.Tensor
@@ -58,8 +63,20 @@ class Result:
     history: list[dict[str, float]] = field(default_factory=list)
     level_seconds: list[float] = field(default_factory=list)
     stopped: str = "running"
+    sensitivity: torch.Tensor | None = None
 
     # -- derived ------------------------------------------------------------------------------
+    @property
+    def x_adv(self) -> torch.Tensor:
+        """Alias of :attr:`adversarial` (as in :class:`~l0tre.AttackResult`): ``(N, C, H, W)``."""
+        return self.adversarial
+
+    def __repr__(self) -> str:
+        certified = "" if self.certified_lower is None else f", certified_lower={self.global_certified_lower:.3f}"
+        return (f"Result(inputs={int(self.lower.numel())}, t={self.t}, lower={self.global_lower:.3f}, "
+                f"upper={self.global_upper:.3f}{certified}, converged={int(self.converged.sum())}, "
+                f"evaluations={self.evaluations}, stopped={self.stopped!r})")
+
     @property
     def converged(self) -> torch.Tensor:
         """``(N,)`` BoolTensor: ``lower == upper``."""

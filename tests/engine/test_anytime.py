@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import l0tre
-import l0tre.engine.driver
+import l0tre.engine
 
 from .test_oracle import random_cnn, random_mlp
 
@@ -113,7 +113,7 @@ def test_evaluate_returns_last_snapshot_on_interrupt() -> None:
     inner = random_mlp(shape, 3, 8, hidden=16)
     x = _inputs(shape, 4, seed=2)
 
-    class Hook(l0tre.engine.driver.ProgressHook):
+    class Hook(l0tre.engine.ProgressHook):
         def level_start(self, t: int, evaluations: int, inputs: int) -> None:
             wrapped.armed = True
 

@@ -82,7 +82,7 @@ def test_incremental_prefix_identical_to_plain(features: str, t_max: int) -> Non
     x = torch.rand(6, 3, 6, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     plain = l0tre.evaluate(clf, x, epsilon=0.5, t_max=t_max, mode="eager", features=features)
     prep = l0tre.api.prepare(clf, x, epsilon=0.5, t_max=t_max, incremental=True, features=features)
-    assert prep.incremental is not None and prep.incremental.depth == 3  # conv, bn, relu (then too wide)
+    assert prep.plan.incremental is not None and prep.plan.incremental.depth == 3  # conv, bn, relu (then too wide)
     fast = list(prep.run())[-1]
     assert torch.equal(fast.lower, plain.lower) and torch.equal(fast.upper, plain.upper)
     assert torch.equal(fast.adversarial, plain.adversarial)

@@ -95,7 +95,7 @@ def test_engine_same_results_with_and_without_pair_table(monkeypatch: pytest.Mon
     results = []
     for use in (True, False):
         eng = l0tre.api.prepare(clf, x, epsilon=0.5, t_max=2, incremental=True)
-        eng.use_pairs = use
+        eng.plan.use_pairs = use
         results.append(list(eng.run())[-1])
     on, off = results
     assert on.t == off.t == 2 or bool((off.lower == off.upper).all())

@@ -17,7 +17,7 @@ import torch
 from ..classifier import Classifier
 from ..execution.incremental import BOUNDARY_TOL, IncrementalCaches, IncrementalPrefix
 from ..execution.pairs import PairTable
-from ..objectives import Objective, ObjectiveValues
+from ..objectives import FromOutputs, Objective, ObjectiveValues, from_outputs_capability
 from .features import FeatureKind, FeatureSpace
 from .subspaces import unrank
 
@@ -197,16 +197,17 @@ def evaluate_unit(
     w_score = torch.full((na,), float("inf"), dtype=dtype, device=dev)
     w_pos = torch.full((na,), -1, dtype=torch.int64, device=dev)
     evals = torch.zeros(na, dtype=torch.int64, device=dev)
-    use_inc = incremental is not None and hasattr(objective, "from_outputs")
-    caches = incremental.base(x0) if use_inc and incremental is not None else None
+    fast = from_outputs_capability(objective)
+    caches = incremental.base(x0) if incremental is not None and fast is not None else None
     for b0 in range(0, cand.shape[0], batch_size):
         c = cand[b0 : b0 + batch_size]
         a, s, p = c[:, 0], c[:, 1], c[:, 2]
-        if caches is not None and incremental is not None and pairs and ctx.t == 2:
-            raw = _pair_outputs(pairs, incremental, caches, a, subsets[s], p, ctx)
-            ov = checked_values(model, objective, raw, x0, ref, ctx.space, a, subsets[s], ctx.values(p))
-        elif caches is not None and incremental is not None:
-            ov = chain_values(model, objective, incremental, caches, x0, ref, ctx.space, a, subsets[s], ctx.values(p))
+        if caches is not None and incremental is not None and fast is not None and pairs and ctx.t == 2:
+            raw = _pair_outputs(pairs, incremental, caches, a, ctx.space.full_index(subsets[s]), p, ctx)
+            ov = checked_values(model, objective, fast, raw, x0, ref, ctx.space, a, subsets[s], ctx.values(p))
+        elif caches is not None and incremental is not None and fast is not None:
+            ov = chain_values(model, objective, fast, incremental, caches, x0, ref, ctx.space, a, subsets[s],
+                              ctx.values(p))
         else:
             x = x0[a].clone()
             ctx.space.scatter(x, subsets[s], ctx.values(p))
@@ -278,7 +279,7 @@ def _pair_outputs(
 
 
 def chain_values(
-    model: Classifier, objective: Objective, inc: IncrementalPrefix, caches: IncrementalCaches,
+    model: Classifier, objective: Objective, fast: FromOutputs, inc: IncrementalPrefix, caches: IncrementalCaches,
     base: torch.Tensor, ref: torch.Tensor, space: FeatureSpace, a: torch.Tensor,
     feat: torch.Tensor, vals: torch.Tensor,
 ) -> ObjectiveValues:
@@ -290,21 +291,23 @@ def chain_values(
         caches: ``inc.base(base)``; base: ``(Na, C, H, W)`` images; ref: ``(Na,)`` references.
         a: ``(B,)`` row → image; feat: ``(B, t)`` feature indices; vals: ``(B, t, Cf)`` values.
     """
+    full = space.full_index(feat)
     if space.kind is FeatureKind.PIXEL:
-        raw = inc.outputs(caches, a, feat, vals)
+        raw = inc.outputs(caches, a, full, vals)
     else:
         hw = space.shape[1] * space.shape[2]
-        raw = inc.outputs(caches, a, feat % hw, vals, channel=feat // hw)
-    return checked_values(model, objective, raw, base, ref, space, a, feat, vals)
+        raw = inc.outputs(caches, a, full % hw, vals, channel=full // hw)
+    return checked_values(model, objective, fast, raw, base, ref, space, a, feat, vals)
 
 
 def checked_values(
-    model: Classifier, objective: Objective, raw: torch.Tensor, base: torch.Tensor, ref: torch.Tensor,
+    model: Classifier, objective: Objective, fast: FromOutputs, raw: torch.Tensor, base: torch.Tensor,
+    ref: torch.Tensor,
     space: FeatureSpace, a: torch.Tensor, feat: torch.Tensor, vals: torch.Tensor,
 ) -> ObjectiveValues:
     """Objective values from raw outputs ``(B, K)`` computed some fast way for the rows of
     :func:`chain_values`; rows within ``BOUNDARY_TOL`` of the boundary are recomputed exactly."""
-    ov = objective.from_outputs(model, raw, ref[a])  # type: ignore[attr-defined]
+    ov = fast.from_outputs(model, raw, ref[a])
     near = ov.score.abs() <= BOUNDARY_TOL * (1.0 + raw.abs().amax(dim=1))
     if bool(near.any()):
         idx = near.nonzero().squeeze(1)

@@ -11,7 +11,7 @@ import torch
 
 from ..classifier import Classifier
 from ..execution.incremental import IncrementalPrefix
-from ..objectives import Objective, ObjectiveValues
+from ..objectives import Objective, ObjectiveValues, from_outputs_capability
 from .features import FeatureSpace
 from .sensitivity import chain_values
 
@@ -55,8 +55,8 @@ def tighten(
             break
         best_score = torch.full((na,), float("inf"), dtype=dtype, device=dev)
         best_row = torch.full((na,), _BIG, dtype=torch.int64, device=dev)
-        use_chain = incremental is not None and hasattr(objective, "from_outputs")
-        if use_chain and incremental is not None:
+        fast = from_outputs_capability(objective) if incremental is not None else None
+        if fast is not None and incremental is not None:
             rows_of = cand[:, 0].unique()  # images whose reverts are evaluated this round
             local = torch.full((na,), -1, dtype=torch.int64, device=dev)
             local[rows_of] = torch.arange(rows_of.shape[0], device=dev)
@@ -66,8 +66,8 @@ def tighten(
             c = cand[b0 : b0 + batch_size]
             a, f = c[:, 0], c[:, 1]
             ov: ObjectiveValues
-            if use_chain and incremental is not None:
-                ov = chain_values(model, objective, incremental, caches, base_x, base_ref, space,
+            if fast is not None and incremental is not None:
+                ov = chain_values(model, objective, fast, incremental, caches, base_x, base_ref, space,
                                   local[a], f.unsqueeze(1), orig[a, f].unsqueeze(1))
             else:
                 xb = x[a].clone()

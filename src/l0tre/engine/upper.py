@@ -82,7 +82,7 @@ def accumulate(
         rows_l = levels[rows_a, col[ok]]
         mask = first_k[rows_a] <= rows_l.unsqueeze(1)  # (R, n)
         v = torch.where(mask.unsqueeze(2), value[rows_a], orig[rows_a])
-        xb = space.images(v)
+        xb = space.images(v, base=x0[rows_a])
         ov = objective.evaluate(model, xb, ref[rows_a])
         evaluations += int(xb.shape[0])
         succ = ov.success.to(dev)

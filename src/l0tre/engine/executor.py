@@ -1,0 +1,85 @@
+"""The executor seam: where work units run.
+
+The anytime loop splits each shard's level-``t`` pass into work units (ranges of subset
+ranks, :class:`WorkUnit`) and hands them to an :class:`Executor`, which yields each unit's
+result as it finishes, in any order. Unit results merge by a total order
+(:func:`~.sensitivity.merge_units`), so the bounds do not depend on where or in which order
+units ran. :class:`InProcessExecutor` (the default) runs them here, one after the other; a
+cluster executor implements the same ``map`` and needs no change to the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Generator, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from ..classifier import Classifier
+from ..execution.incremental import IncrementalPrefix
+from ..execution.pairs import PairTable
+from ..objectives import Objective
+from .sensitivity import LevelContext, UnitResult, evaluate_unit
+
+__all__ = ["Executor", "InProcessExecutor", "ShardTask", "WorkUnit"]
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """Subsets of ranks ``[r0, r1)`` of level ``t`` for the inputs of shard ``shard``."""
+
+    shard: int
+    r0: int
+    r1: int
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything a unit of one shard needs (shared by all its units).
+
+    Attributes:
+        x0: ``(Na, C, H, W)`` the shard's inputs (model device); ref: ``(Na,)`` references.
+        valid: ``(Na, n, P1)`` valid colours; inputs: ``(Na,)`` global indices.
+        batch_size: rows per model call; k: subsets kept per input.
+        incremental, pairs: the execution plan's fast paths for this level (or none).
+        on_batch: progress callback, called with the evaluations of each model call.
+    """
+
+    model: Classifier
+    objective: Objective
+    x0: torch.Tensor
+    ref: torch.Tensor
+    valid: torch.Tensor
+    inputs: torch.Tensor
+    ctx: LevelContext
+    batch_size: int
+    k: int
+    incremental: IncrementalPrefix | None = None
+    pairs: Sequence[PairTable] = ()
+    on_batch: Callable[[int], None] | None = None
+
+    def run(self, unit: WorkUnit) -> UnitResult:
+        """Evaluate one unit (all grid points of its subsets for every input of the shard)."""
+        return evaluate_unit(
+            self.model, self.objective, self.x0, self.ref, self.valid, self.inputs, self.ctx, unit.r0, unit.r1,
+            batch_size=self.batch_size, k=self.k, on_batch=self.on_batch, incremental=self.incremental,
+            pairs=self.pairs,
+        )
+
+
+class Executor(Protocol):
+    """Runs work units; results may come back in any order."""
+
+    def map(self, task: ShardTask, units: Sequence[WorkUnit]) -> Generator[tuple[WorkUnit, UnitResult], None, None]:
+        """Yield ``(unit, result)`` for every unit of ``units``, each exactly once. Closing the
+        iterator early (time budget, Ctrl-C) cancels the units not yet yielded."""
+        ...
+
+
+class InProcessExecutor:
+    """Runs units in this process, in the order given, lazily (closing stops the work)."""
+
+    def map(self, task: ShardTask, units: Sequence[WorkUnit]) -> Generator[tuple[WorkUnit, UnitResult], None, None]:
+        for unit in units:
+            yield unit, task.run(unit)

@@ -1,0 +1,328 @@
+"""The anytime loop: levels t = 1, 2, …, shards of inputs, work units, snapshots, checkpoints.
+
+Per level ``t`` the open inputs are split into shards (:mod:`.planning`); each shard's pass is
+a set of work units run by an :class:`~.executor.Executor`, whose results merge by a total
+order. When a shard's pass is complete its bounds are updated (:mod:`.update`). Only inputs
+whose bounds have not met are worked on again; the state is checkpointed atomically
+(:mod:`.state`) and a snapshot is yielded at the start, after every level and at least every
+``report_every`` seconds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Generator
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import torch
+
+from ..arith import ieee_float32
+from ..execution.incremental import IncrementalPrefix
+from ..execution.plan import ExecutionPlan
+from ..result import Result
+from .certified import Certifier, CertifyMode, CertifyOptions
+from .executor import Executor, InProcessExecutor, ShardTask, WorkUnit
+from .hooks import ProgressHook
+from .options import EvaluateOptions
+from .planning import level_evaluations, plan_level
+from .problem import Problem
+from .sensitivity import UnitResult, empty_unit, merge_units
+from .state import LevelProgress, RunState, load_checkpoint, save_checkpoint
+from .subspaces import n_subsets
+from .update import certify_inputs, finish_shard, record_sensitivity
+
+__all__ = ["Engine", "drive"]
+
+
+class Engine:
+    """One evaluation run; build it with :func:`l0tre.api.prepare`, run it with :func:`drive`
+    or iterate :meth:`run` (snapshots)."""
+
+    def __init__(self, problem: Problem, options: EvaluateOptions, plan: ExecutionPlan, state: RunState, *,
+                 checkpoint: str | os.PathLike[str] | None = None, progress: ProgressHook | None = None,
+                 certify: CertifyOptions | None = None, executor: Executor | None = None) -> None:
+        self.problem, self.opts, self.plan, self.state = problem, options, plan, state
+        self.progress = progress or ProgressHook()
+        self.executor: Executor = executor or InProcessExecutor()
+        self.checkpoint = Path(checkpoint) if checkpoint is not None else None
+        self.certify = certify or CertifyOptions()
+        self.certifier = None if self.certify.mode is CertifyMode.OFF else Certifier(
+            problem.model, problem.space.shape, problem.space.kind.value, self.certify)
+        self.fingerprint = problem.fingerprint(options.epsilon)
+        self._start = time.perf_counter()
+
+    # -- public knobs --------------------------------------------------------------------------
+    @property
+    def result(self) -> Result:
+        """The live result (use the snapshots for copies)."""
+        return self.state.result
+
+    @property
+    def n_features(self) -> int:
+        """Number of features ``n`` (pixels or elements) of the inputs."""
+        return self.problem.n
+
+    @property
+    def options(self) -> EvaluateOptions:
+        """The validated options of this run (the time budget as last set)."""
+        return self.opts
+
+    @property
+    def batch_size(self) -> int:
+        """Rows per plain model call."""
+        return self.plan.batch_size
+
+    @property
+    def uses_incremental(self) -> bool:
+        """Whether the incremental path is available to this run (used where it pays)."""
+        return self.plan.incremental is not None
+
+    @property
+    def seconds_spent(self) -> float:
+        """Seconds of work already in the result (from a resumed checkpoint, else 0)."""
+        return self.state.seconds_before
+
+    def set_time_budget(self, seconds: float | None, *, from_now: bool = False) -> None:
+        """Change the time budget; with ``from_now`` it counts only for the coming run (on top of
+        :attr:`seconds_spent`), else it is the total including the resumed work."""
+        if seconds is not None and not (isinstance(seconds, (int, float)) and seconds > 0):
+            raise ValueError(f"time_budget: expected a positive number of seconds or None, got {seconds!r}")
+        total = None if seconds is None else float(seconds) + (self.seconds_spent if from_now else 0.0)
+        self.opts = dataclasses.replace(self.opts, time_budget=total)
+
+    def resume(self) -> bool:
+        """Load the checkpoint file if it exists (same model, inputs and options); return whether
+        it did. Raises ``ValueError`` for an unreadable or foreign checkpoint."""
+        loaded = load_checkpoint(self.checkpoint, self.fingerprint, self.state.result.labels)
+        if loaded is not None:
+            loaded.result.sensitivity = loaded.result.sensitivity if self.keeps_sensitivity else None
+            self.state = loaded
+        return loaded is not None
+
+    @property
+    def keeps_sensitivity(self) -> bool:
+        """Whether level-1 sensitivities are kept in the result (``Result.sensitivity``)."""
+        return self.state.result.sensitivity is not None
+
+    def level_evaluations(self, t: int, inputs: torch.Tensor | None = None) -> int:
+        """Model evaluations of the sensitivity pass of level ``t`` (exact, before pruning)."""
+        return level_evaluations(self.problem, t, inputs)
+
+    def snapshot(self, level_complete: bool, seconds: float, stopped: str = "running") -> Result:
+        """Record a history entry and return a copy of the result."""
+        r = self.state.result
+        r.seconds, r.level_complete, r.stopped = seconds, level_complete, stopped
+        r.history.append({"t": float(r.t), "seconds": seconds, "evaluations": float(r.evaluations),
+                          "lower": r.global_lower, "upper": r.global_upper, "level_complete": float(level_complete)})
+        snap = r.copy()
+        self.progress.snapshot(snap)
+        return snap
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> Generator[Result, None, None]:
+        """The anytime loop: yields snapshots. Every step between two snapshots computes in plain
+        IEEE float32 (no TF32 on GPUs); the caller's settings hold while it holds a snapshot."""
+        steps = self._run()
+        try:
+            while True:
+                with ieee_float32():
+                    try:
+                        snap = next(steps)
+                    except StopIteration:
+                        return
+                yield snap
+        finally:
+            with ieee_float32():
+                steps.close()
+
+    def _now(self) -> float:
+        return self.state.seconds_before + (time.perf_counter() - self._start)
+
+    def _checkpoint(self) -> None:
+        save_checkpoint(self.checkpoint, self.fingerprint, self.state, self._now())
+
+    def _check_budget(self) -> None:
+        if self.opts.time_budget is not None and self._now() >= self.opts.time_budget:
+            raise _OutOfTime
+
+    def _run(self) -> Generator[Result, None, None]:
+        self._start = time.perf_counter()
+        stopped = "running"
+        try:
+            yield self.snapshot(self.state.level is None and self.result.t > 0, self._now())
+            self.plan.ensure_tuned()
+            t_stop = min(self.opts.t_max, self.problem.n)
+            if self.certify.mode is CertifyMode.ONLY:
+                yield from _certify_only(self, t_stop)
+                stopped = "t_max"
+            while stopped == "running":
+                if self.state.level is None:
+                    t, active = self.result.t + 1, self.state.open_inputs()
+                    if t > t_stop or active.numel() == 0:
+                        stopped = "converged" if active.numel() == 0 else "t_max"
+                        break
+                    self.state.level = plan_level(self.problem, t, active, self.plan.batch_size, self._now())
+                yield from self._level(self.state.level)
+        except _OutOfTime:
+            stopped = "time_budget"
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+        finally:
+            self._checkpoint()
+            if stopped != "running":
+                final = self.snapshot(self.state.level is None and self.result.t > 0, self._now(), stopped)
+        if stopped != "running":
+            yield final
+
+    def _level(self, lvl: LevelProgress) -> Generator[Result, None, None]:
+        """Run (the rest of) level ``lvl.t``; snapshots while it runs and at its end."""
+        t, p = lvl.t, self.problem
+        todo = torch.tensor(sum(lvl.shards, []), dtype=torch.long)
+        self.progress.level_start(t, self.level_evaluations(t, todo), int(todo.numel()))
+        chain = self.plan.chain_for(t, p.x0)
+        last = time.perf_counter()
+        while lvl.shard < len(lvl.shards):
+            inputs, acc = self._shard_inputs(lvl)
+            total = n_subsets(p.n, t)
+            pending = lvl.pending(total) if inputs.numel() else []
+            if pending:
+                task = self._task(lvl, inputs, chain)
+                units = [WorkUnit(lvl.shard, r0, r1) for r0, r1 in pending]
+                with contextlib.closing(self.executor.map(task, units)) as results:
+                    for unit, res in results:
+                        acc = merge_units(acc, _cast(res, acc.conf.dtype), p.top_k)
+                        self.result.evaluations += int(res.evaluations.sum())
+                        lvl.mark_done(unit.r0, unit.r1)
+                        lvl.acc = _unit_state(acc)
+                        self._check_budget()
+                        if time.perf_counter() - last >= self.opts.report_every:
+                            last = time.perf_counter()
+                            self._checkpoint()
+                            yield self.snapshot(False, self._now())
+            if inputs.numel():
+                self._finish(t, inputs, acc)
+            lvl.next_shard()
+            self._check_budget()
+            if time.perf_counter() - last >= self.opts.report_every and lvl.shard < len(lvl.shards):
+                last = time.perf_counter()
+                self._checkpoint()
+                yield self.snapshot(False, self._now())
+        self.result.t = t
+        self.result.level_seconds.append(self._now() - lvl.started)
+        self.state.level = None
+        self._checkpoint()
+        yield self.snapshot(True, self._now())
+
+    def _shard_inputs(self, lvl: LevelProgress) -> tuple[torch.Tensor, UnitResult]:
+        """The inputs of the current shard still open, and their merged unit results so far."""
+        if lvl.acc is not None:
+            acc = UnitResult(**lvl.acc)
+            return acc.inputs, acc
+        shard = torch.tensor(lvl.shards[lvl.shard], dtype=torch.long)
+        shard = shard[self.result.lower[shard] < self.result.upper[shard]]
+        return shard, empty_unit(shard, self.problem.top_k, self.problem.acc_dtype)
+
+    def _task(self, lvl: LevelProgress, inputs: torch.Tensor, chain: IncrementalPrefix | None) -> ShardTask:
+        p, dev = self.problem, inputs.to(self.problem.x0.device)
+        return ShardTask(model=p.model, objective=p.objective, x0=p.x0[dev], ref=p.ref[dev], valid=p.valid[dev],
+                         inputs=inputs, ctx=p.context(lvl.t), batch_size=self.plan.rows(chain), k=p.top_k,
+                         incremental=chain, pairs=self.plan.pair_tables(lvl.t, chain, p.x0[dev], p.palette),
+                         on_batch=self.progress.advance)
+
+    def _finish(self, t: int, inputs: torch.Tensor, acc: UnitResult) -> None:
+        """Bound updates of a shard whose pass is complete (see :mod:`.update`)."""
+        if t == 1:
+            record_sensitivity(self.problem, self.result, inputs, acc)
+        chain = self.plan.chain_for(1, self.problem.x0)
+        spent = finish_shard(self.problem, self.result, self.state.blocked, t, inputs, acc,
+                             batch_size=self.plan.batch_size, tighten_rows=self.plan.rows(chain), chain=chain)
+        self.result.evaluations += spent
+        self.progress.advance(spent)
+        certify_inputs(self.certifier, self.problem, self.result, t, inputs)
+
+
+def _certify_only(engine: Engine, t_stop: int) -> Generator[Result, None, None]:
+    """Certified lower bounds only: no grid pass, no upper-bound search (``upper`` stays ``n``
+    unless known). ``lower`` is the certified bound (a certificate implies the grid bound)."""
+    r, p = engine.result, engine.problem
+    if r.certified_lower is None or engine.certifier is None:
+        return
+    done = torch.zeros_like(r.lower, dtype=torch.bool)
+    for t in range(r.t + 1, t_stop + 1):
+        open_ = ((r.certified_lower == t - 1) & ~done).nonzero().squeeze(1)
+        if open_.numel() == 0:
+            break
+        engine.progress.level_start(t, 0, int(open_.numel()))
+        level_start = engine._now()
+        for i in open_.tolist():
+            if engine.certifier.level(p.x0[i], int(p.ref[i]), t):
+                r.certified_lower[i] = t
+                r.lower[i] = max(int(r.lower[i]), t)
+            else:
+                done[i] = True
+            engine._check_budget()
+        r.t = t
+        r.level_seconds.append(engine._now() - level_start)
+        engine._checkpoint()
+        yield engine.snapshot(True, engine._now())
+
+
+def drive(
+    engine: Engine,
+    on_snapshot: Callable[[Result], None] | None = None,
+    *,
+    guard: Callable[[], AbstractContextManager[object]] = contextlib.nullcontext,
+) -> Result:
+    """Run ``engine`` to its end, calling ``on_snapshot`` on every snapshot; return the last.
+
+    The one run loop of the API and the CLI. A ``KeyboardInterrupt`` (Ctrl-C, or SIGTERM turned
+    into one by the CLI) stops the run: when it lands inside the engine, the engine yields a final
+    ``"interrupted"`` snapshot itself; when it lands in ``on_snapshot``, it is thrown into the
+    engine to get that snapshot, which is then handed to ``on_snapshot`` again inside ``guard()``
+    (the CLI ignores further signals there, so the final write is not torn).
+    """
+    gen = engine.run()
+    last: Result | None = None
+    try:
+        for snap in gen:
+            last = snap
+            if on_snapshot is not None:
+                on_snapshot(snap)
+    except KeyboardInterrupt:
+        if last is None or last.stopped == "running":
+            final: Result | None = None
+            try:
+                final = gen.throw(KeyboardInterrupt())
+            except (StopIteration, KeyboardInterrupt):
+                final = None
+            finally:
+                gen.close()
+            if final is None:
+                final = last if last is not None else engine.snapshot(False, 0.0, "interrupted")
+            final.stopped = "interrupted"
+            last = final
+        # else: interrupted while handling the final snapshot; hand it over again, undisturbed
+        if on_snapshot is not None:
+            with guard():
+                on_snapshot(last)
+    if last is None:  # the engine yields at least once; kept for safety
+        last = engine.snapshot(False, 0.0, "interrupted")
+    return last
+
+
+class _OutOfTime(Exception):
+    """Internal: the time budget is spent."""
+
+
+def _unit_state(u: UnitResult) -> dict[str, torch.Tensor]:
+    return {f.name: getattr(u, f.name) for f in dataclasses.fields(u)}
+
+
+def _cast(u: UnitResult, dtype: torch.dtype) -> UnitResult:
+    if u.conf.dtype == dtype:
+        return u
+    return dataclasses.replace(u, conf=u.conf.to(dtype), score=u.score.to(dtype), w_score=u.w_score.to(dtype))

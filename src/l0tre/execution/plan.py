@@ -1,0 +1,109 @@
+"""The execution plan of a run: rows per model call and which fast paths each level uses.
+
+Nothing here changes what is computed: the incremental chain and the pair tables give the same
+bounds as plain forward passes (rows near the decision boundary are recomputed exactly); they
+are used where a measurement says they pay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from ..classifier import Classifier
+from .incremental import IncrementalPrefix
+from .memory import plan_batch_size
+from .modes import incremental_pays
+from .pairs import PairTable
+
+__all__ = ["MAX_INCREMENTAL_T", "ExecutionPlan"]
+
+#: the incremental chain recomputes one window per changed pixel; beyond this many the plain
+#: forward pass is used
+MAX_INCREMENTAL_T = 4
+
+
+class ExecutionPlan:
+    """Rows per call and fast paths for one run.
+
+    Args:
+        model: the classifier; shape: ``(C, H, W)`` of the inputs.
+        pixel_features: features are pixels (pair tables need that).
+        batch_size: provisional rows per plain model call (a deferred ``tuner`` may change it).
+        user_batch: the caller's ``batch_size`` (kept as given), or ``None``.
+        max_memory: bytes the rows of one call may use.
+        incremental: build the incremental chain (it is still only used where it pays).
+        force_incremental: use the chain wherever it exists, without measuring.
+        tuner: measures execution mode and rows per call when the run starts; returns the rows.
+    """
+
+    def __init__(self, model: Classifier, shape: tuple[int, int, int], *, pixel_features: bool, batch_size: int,
+                 user_batch: int | None,
+                 max_memory: int, incremental: bool, force_incremental: bool = False,
+                 tuner: Callable[[], int] | None = None) -> None:
+        self.model = model
+        self.shape = shape
+        self.pixel_features = pixel_features
+        self.batch_size = batch_size
+        self.user_batch = user_batch
+        self.max_memory = max_memory
+        self.force_incremental = force_incremental
+        self._tuner = tuner
+        self.inc_batch = self._inc_rows()
+        self.incremental = IncrementalPrefix.build(model, shape) if incremental else None
+        self.use_pairs = True  # level 2 from the level-1 table where pixel windows never meet
+        self._chains: dict[int, IncrementalPrefix | None] = {1: self.incremental}  # per level t
+        self._pays: dict[int, tuple[bool, int]] = {}  # t -> (pays, chunk), measured once per level
+
+    def _inc_rows(self) -> int:
+        """Rows per call on the incremental path: cheaper rows, so larger calls amortise the
+        per-call work (the chain splits them into cache-sized chunks); a user batch size is kept."""
+        if self.user_batch is not None:
+            return self.batch_size
+        cap = plan_batch_size(self.model, self.shape, None, self.max_memory)
+        return min(cap, max(self.batch_size, 512))
+
+    def ensure_tuned(self) -> None:
+        """Run the deferred tuner once (it sets the model's execution mode)."""
+        if self._tuner is None:
+            return
+        tuner, self._tuner = self._tuner, None
+        self.batch_size = tuner()
+        self.inc_batch = self._inc_rows()
+
+    def rows(self, chain: IncrementalPrefix | None) -> int:
+        """Rows per model call on the path ``chain`` (``None``: plain forward passes)."""
+        return self.batch_size if chain is None else self.inc_batch
+
+    def chain_for(self, t: int, probe: torch.Tensor) -> IncrementalPrefix | None:
+        """The incremental chain when it is on and pays at level ``t`` (measured once per level
+        on ``probe`` ``(B, C, H, W)``), else ``None``."""
+        if self.incremental is None or t > MAX_INCREMENTAL_T:
+            return None
+        if t not in self._chains:  # t windows per row: a shallower chain may pay more
+            self._chains[t] = IncrementalPrefix.build(self.model, self.shape, windows=t)
+        inc = self._chains[t]
+        if inc is None:
+            return None
+        if self.force_incremental:
+            return inc
+        if t > 1 and not self._pays.get(1, (True, 0))[0]:
+            return None  # it did not pay at t=1: it will not with more windows
+        if t not in self._pays:
+            pays = incremental_pays(self.model, inc, probe[: min(8, probe.shape[0])], self.inc_batch, t)
+            self._pays[t] = (pays, inc.chunk)
+        pays, inc.chunk = self._pays[t]
+        return inc if pays else None
+
+    def pair_tables(self, t: int, chain: IncrementalPrefix | None, x0: torch.Tensor,
+                    palette: torch.Tensor) -> list[PairTable]:
+        """Level-2 pair tables for the images ``x0`` at the last two convolutions of the t = 1
+        chain (when a chain is in use at t = 2), deepest first."""
+        if t != 2 or chain is None or not self.use_pairs or self.incremental is None or x0.shape[0] == 0:
+            return []
+        if not self.pixel_features:
+            return []
+        tables = [PairTable.build(self.incremental, x0, palette, conv=conv, max_bytes=self.max_memory // 8)
+                  for conv in (-1, -2)]
+        return [tab for tab in tables if tab is not None]
