@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
+import re
 
 import pytest
 import torch
 from torch import nn
 
 import l0tre
-from l0tre.apps.attack import AttackResult, attack
+from l0tre.apps.attack import EFFORTS, SCREENS, AttackResult, Effort, Screen, SearchPreset, attack
+from l0tre.apps.attack.settings import SearchConfig
 
 
 def tiny_cnn(seed: int, channels: int = 3, classes: int = 4, side: int = 6) -> nn.Module:
@@ -199,11 +202,18 @@ def test_time_budget_returns_verified_examples(cnn_case: tuple[nn.Module, torch.
         ({"seed": "a"}, TypeError),
         ({"features": "channel"}, ValueError),
         ({"batch_size": 0}, ValueError),
+        ({"rounds": -1}, ValueError),
+        ({"candidates": True}, TypeError),
+        ({"shard_size": 0}, ValueError),
+        ({"max_memory": 0}, ValueError),
+        ({"effort": 3}, ValueError),
+        ({"features": 3}, TypeError),
     ],
 )
 def test_invalid_arguments(kwargs: dict[str, object], error: type[Exception]) -> None:
     model = tiny_cnn(0, channels=1, side=4)
-    with pytest.raises(error):
+    (name,) = kwargs
+    with pytest.raises(error, match=f"^{name}: "):  # the message names the argument
         attack(model, inputs(0, 2, (1, 4, 4)), **kwargs)  # type: ignore[arg-type]
 
 
@@ -245,3 +255,117 @@ def test_torchscript_model_is_attacked() -> None:
 def test_gradient_screen_needs_a_module() -> None:
     with pytest.raises(ValueError, match="screen"):
         attack(lambda z: z.flatten(1)[:, :3], inputs(0, 2, (1, 2, 2)), screen="gradient")
+
+
+# -- settings: screen, effort presets ---------------------------------------------------------
+
+
+def _documented_presets() -> dict[str, dict[str, object]]:
+    """The table in :class:`Effort`'s docstring, one dict of fields per effort."""
+    doc = Effort.__doc__ or ""
+    lines = [ln.split() for ln in doc.splitlines() if ln.strip()]
+    header = next(ln for ln in lines if ln[0] == "effort")
+    rows: dict[str, dict[str, object]] = {}
+    for ln in lines:
+        m = re.fullmatch(r"``(\w+)``", ln[0])
+        if m and len(ln) == len(header):
+            rows[m.group(1)] = {k: (v == "True") if v in ("True", "False") else int(v)
+                                for k, v in zip(header[1:], ln[1:], strict=True)}
+    return rows
+
+
+def test_each_named_preset_equals_its_documented_fields() -> None:
+    documented = _documented_presets()
+    assert set(documented) == set(EFFORTS) == {e.value for e in Effort}
+    assert set(next(iter(documented.values()))) == {f.name for f in dataclasses.fields(SearchPreset)}
+    for name, fields in documented.items():
+        assert EFFORTS[name] == SearchPreset(**fields), name  # type: ignore[arg-type]
+        assert Effort.parse(name).preset is EFFORTS[name]
+    # the values themselves (the benchmarks in docs/benchmarks_attack.md were measured with them)
+    assert EFFORTS["fast"] == SearchPreset(candidates=16, per_step=8, pool=0, rounds=0, starts=1,
+                                           colours_per_feature=1, orderings=False)
+    assert EFFORTS["default"] == SearchPreset()
+    assert EFFORTS["thorough"] == SearchPreset(candidates=512, per_step=32, pool=16, rounds=4, starts=2)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "error"),
+    [
+        ("candidates", 0, ValueError),
+        ("candidates", 2.0, TypeError),
+        ("per_step", -1, ValueError),
+        ("pool", -1, ValueError),
+        ("rounds", -2, ValueError),
+        ("rounds", True, TypeError),
+        ("starts", 0, ValueError),
+        ("colours_per_feature", 0, ValueError),
+        ("orderings", 1, TypeError),
+    ],
+)
+def test_preset_validation_names_the_field(field: str, value: object, error: type[Exception]) -> None:
+    with pytest.raises(error, match=f"^{field}: "):
+        SearchPreset(**{field: value})  # type: ignore[arg-type]
+    with pytest.raises(error, match=f"^{field}: "):
+        dataclasses.replace(EFFORTS["fast"], **{field: value})  # type: ignore[arg-type]
+
+
+def test_presets_are_frozen_and_overrides_make_copies() -> None:
+    fast = EFFORTS["fast"]
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.rounds = 3  # type: ignore[misc]
+    assert fast.with_overrides() is fast
+    wider = fast.with_overrides(candidates=40, rounds=1)
+    assert (wider.candidates, wider.rounds, wider.per_step) == (40, 1, fast.per_step)
+    assert EFFORTS["fast"].candidates == 16
+    with pytest.raises(ValueError, match="^rounds: "):
+        fast.with_overrides(rounds=-1)
+    assert fast.as_dict()["orderings"] is False
+    with pytest.raises(TypeError):
+        EFFORTS["mine"] = fast  # type: ignore[index]
+
+
+def test_screen_and_effort_are_choices() -> None:
+    assert SCREENS == ("auto", "exact", "gradient") == tuple(s.value for s in Screen)
+    assert Screen.parse("Exact") is Screen.EXACT and Effort.parse(Effort.FAST) is Effort.FAST
+    with pytest.raises(ValueError, match="^screen: .*'gradient'"):
+        Screen.parse("fast")
+    with pytest.raises(ValueError, match="^effort: .*'thorough'"):
+        Effort.parse(None)
+    with pytest.raises(ValueError, match="^screen: "):
+        SearchConfig(screen=Screen.AUTO)  # the search needs a resolved screen
+
+
+def test_enum_and_string_settings_give_the_same_attack() -> None:
+    model = tiny_cnn(2, channels=1, side=4)
+    x = inputs(3, 3, (1, 4, 4))
+    plain = attack(model, x, screen="exact", effort="fast", precision="float32")
+    typed = attack(model, x, screen=Screen.EXACT, effort=Effort.FAST, precision="float32")
+    assert torch.equal(plain.x_adv, typed.x_adv)
+    assert plain.config["screen"] == typed.config["screen"] == "exact"
+    assert plain.config["effort"] == typed.config["effort"] == "fast"
+    # every preset field is recorded, as plain values (results.json)
+    assert {k: typed.config[k] for k in EFFORTS["fast"].as_dict()} == EFFORTS["fast"].as_dict()
+    overridden = attack(model, x, effort="fast", candidates=5, rounds=1, precision="float32")
+    assert (overridden.config["candidates"], overridden.config["rounds"]) == (5, 1)
+    json.dumps(typed.to_dict())
+
+
+# -- the result -------------------------------------------------------------------------------
+
+
+def test_adversarial_is_a_read_only_alias_of_x_adv(cnn_case: tuple[nn.Module, torch.Tensor, AttackResult]) -> None:
+    _, _, res = cnn_case
+    assert res.adversarial is res.x_adv
+    with pytest.raises(AttributeError):
+        res.adversarial = res.x_adv  # type: ignore[misc]
+    assert "x_adv" not in res.to_dict() and "x_adv" in res.to_dict(include_adversarial=True)
+
+
+def test_repr_is_short_and_holds_the_summary(cnn_case: tuple[nn.Module, torch.Tensor, AttackResult]) -> None:
+    _, x, res = cnn_case
+    text = repr(res)
+    assert text.startswith(f"AttackResult(inputs={x.shape[0]}, attacked={x.shape[0]}, successes={x.shape[0]}, ")
+    assert f"mean_l0={float(res.l0.double().mean()):.3f}" in text and "stopped='done'" in text
+    assert "tensor" not in text and "\n" not in text and len(text) < 200
+    none = dataclasses.replace(res, success=torch.zeros_like(res.success), max_pixels=3)
+    assert "mean_l0=nan, max_pixels=3" in repr(none)

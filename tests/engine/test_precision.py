@@ -120,3 +120,18 @@ def test_attack_rejects_bad_precision() -> None:
         l0tre.attack(conv_bn_net(0), x, precision="fp8")
     with pytest.raises(ValueError, match="precision"):
         l0tre.attack(lambda z: z.flatten(1)[:, :4], x, screen="exact", precision="bfloat16")
+
+
+def test_rechecked_needs_the_from_outputs_capability() -> None:
+    class EvaluateOnly:
+        name = "evaluate-only"
+
+        def reference(self, model: Classifier, x0: torch.Tensor) -> torch.Tensor:
+            return torch.zeros(x0.shape[0], dtype=torch.int64)
+
+        def evaluate(self, model: Classifier, x: torch.Tensor, ref: torch.Tensor) -> object:
+            raise AssertionError("not called")
+
+    low = LowPrecisionModel(Classifier(conv_bn_net(1)))
+    with pytest.raises(TypeError, match="^objective: "):
+        Rechecked(EvaluateOnly(), low)  # type: ignore[arg-type]

@@ -25,7 +25,7 @@ import copy
 import torch
 
 from ..classifier import Classifier, bucket_rows, padded_index
-from ..objectives import Misclassification, ObjectiveValues
+from ..objectives import FromOutputs, Misclassification, ObjectiveValues
 from ..validate import Choice
 
 __all__ = ["LowPrecisionModel", "Precision", "Rechecked", "choose_precision", "fast_bf16"]
@@ -85,22 +85,23 @@ class Rechecked:
     """An objective evaluated in low precision, with the close decisions re-checked exactly.
 
     Args:
-        objective: the objective (needs ``from_outputs``, as :class:`Misclassification`); its
-            decision boundary is score 0 (success iff score < 0 for the misclassification margin).
+        objective: the objective, with the :class:`~l0tre.objectives.FromOutputs` capability (as
+            :class:`Misclassification`); its decision boundary is score 0 (success iff score < 0
+            for the misclassification margin).
         low: the low-precision copy of the model.
         factor: ``tol`` is kept at least ``factor`` × the largest score difference seen.
         tol: the initial tolerance (see :meth:`calibrate`).
 
     Attributes:
         low_rows: rows evaluated by the copy; exact rows are counted by ``objective`` itself
-            when it counts (:class:`~l0tre.attack.search.CountingObjective`).
+            when it counts (:class:`~l0tre.apps.attack.searcher.CountingObjective`).
         rechecked: rows whose values were recomputed exactly.
         max_delta: largest ``|score_low − score_exact|`` seen.
     """
 
     def __init__(self, objective: Misclassification, low: LowPrecisionModel, *, factor: float = 2.0,
                  tol: float = 0.0) -> None:
-        if not hasattr(objective, "from_outputs"):
+        if not isinstance(objective, FromOutputs):
             raise TypeError(f"objective: expected one with from_outputs, got {type(objective).__name__}")
         self.objective = objective
         self.name = objective.name

@@ -11,7 +11,7 @@ import torch
 __all__ = ["AttackResult"]
 
 
-@dataclass
+@dataclass(repr=False)
 class AttackResult:
     """Adversarial examples of minimal L0 found by :func:`l0tre.attack`.
 
@@ -19,7 +19,8 @@ class AttackResult:
 
     Attributes:
         x_adv: ``(N, C, H, W)`` adversarial examples in the caller's dtype; the original input
-            where the attack failed (unchanged pixels hold their exact original values).
+            where the attack failed (unchanged pixels hold their exact original values). Also
+            readable as :attr:`adversarial`, the name :class:`l0tre.Result` uses.
         success: ``(N,)`` bool: ``x_adv`` was re-verified on the model in a separate forward
             pass (``argmax f(x_adv) != predicted``), changes ``1 <= l0 <= max_pixels`` pixels,
             and the input was not flagged ``misclassified``.
@@ -64,6 +65,19 @@ class AttackResult:
     config: dict[str, Any] = field(default_factory=dict)
     low_precision_evaluations: int = 0
     researched: int = 0
+
+    @property
+    def adversarial(self) -> torch.Tensor:
+        """Alias of :attr:`x_adv` (read-only; the name :class:`l0tre.Result` uses): ``(N, C, H, W)``."""
+        return self.x_adv
+
+    def __repr__(self) -> str:
+        s = self.summary()
+        mean = "nan" if math.isnan(s["mean_l0"]) else f"{s['mean_l0']:.3f}"
+        budget = "" if self.max_pixels is None else f", max_pixels={self.max_pixels}"
+        return (f"AttackResult(inputs={s['inputs']}, attacked={s['attacked']}, successes={s['successes']}, "
+                f"mean_l0={mean}{budget}, evaluations={self.evaluations}, seconds={self.seconds:.3f}, "
+                f"stopped={self.stopped!r})")
 
     @property
     def n_inputs(self) -> int:
