@@ -99,26 +99,16 @@ class Engine:
         it did. Raises ``ValueError`` for an unreadable or foreign checkpoint."""
         loaded = load_checkpoint(self.checkpoint, self.fingerprint, self.state.result.labels)
         if loaded is not None:
-            loaded.result.sensitivity = loaded.result.sensitivity if self.keeps_sensitivity else None
-            self.state = loaded
+            self.state = loaded.keeping(self.state.result.sensitivity)
         return loaded is not None
-
-    @property
-    def keeps_sensitivity(self) -> bool:
-        """Whether level-1 sensitivities are kept in the result (``Result.sensitivity``)."""
-        return self.state.result.sensitivity is not None
 
     def level_evaluations(self, t: int, inputs: torch.Tensor | None = None) -> int:
         """Model evaluations of the sensitivity pass of level ``t`` (exact, before pruning)."""
         return level_evaluations(self.problem, t, inputs)
 
     def snapshot(self, level_complete: bool, seconds: float, stopped: str = "running") -> Result:
-        """Record a history entry and return a copy of the result."""
-        r = self.state.result
-        r.seconds, r.level_complete, r.stopped = seconds, level_complete, stopped
-        r.history.append({"t": float(r.t), "seconds": seconds, "evaluations": float(r.evaluations),
-                          "lower": r.global_lower, "upper": r.global_upper, "level_complete": float(level_complete)})
-        snap = r.copy()
+        """Record a history entry and return a copy of the result (also given to the progress hook)."""
+        snap = self.state.snapshot(level_complete, seconds, stopped)
         self.progress.snapshot(snap)
         return snap
 

@@ -102,6 +102,24 @@ class RunState:
         )
         return RunState(result=result, blocked=torch.zeros(n_in, dtype=torch.bool))
 
+    def keeping(self, sensitivity: torch.Tensor | None) -> RunState:
+        """This (loaded) state with the caller's choice of keeping level-1 sensitivities: a map
+        missing from the checkpoint starts as ``sensitivity`` (all ``inf``: levels done before
+        are not re-run); one present but not wanted is dropped."""
+        if sensitivity is None:
+            self.result.sensitivity = None
+        elif self.result.sensitivity is None:
+            self.result.sensitivity = sensitivity
+        return self
+
+    def snapshot(self, level_complete: bool, seconds: float, stopped: str) -> Result:
+        """Record a history entry (t, seconds, evaluations, global bounds) and return a copy."""
+        r = self.result
+        r.seconds, r.level_complete, r.stopped = seconds, level_complete, stopped
+        r.history.append({"t": float(r.t), "seconds": seconds, "evaluations": float(r.evaluations),
+                          "lower": r.global_lower, "upper": r.global_upper, "level_complete": float(level_complete)})
+        return r.copy()
+
     def open_inputs(self) -> torch.Tensor:
         """Indices ``(M,)`` of inputs whose bounds have not met (and are not blocked)."""
         r = self.result
