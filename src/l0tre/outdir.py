@@ -1,12 +1,26 @@
-"""The files ``l0tre evaluate`` writes into its output folder, all written atomically.
+"""Output folders of ``l0tre evaluate`` and ``l0tre attack``: file names, writing (always
+atomic: :mod:`l0tre.atomic`) and reading back.
+
+``l0tre evaluate`` (:func:`write_outputs`):
 
 * ``results.json`` — ``{"config", "global", "inputs", ...}`` (the pinned schema);
 * ``per_input.csv`` — one row per input;
 * ``adversarial.npz`` — ``index``, ``x_adv`` (and ``x``, ``label``, ``adversarial_label``,
   ``predicted``, ``l0``) for the inputs with a found adversarial example;
-* ``result.pt`` — the full :class:`~l0tre.result.Result` (``Result.load``).
+* ``result.pt`` — the full :class:`~l0tre.result.Result` (``Result.load``);
+* ``checkpoint.pt`` — the engine's resumable state (written by the engine itself).
 
-The report (:mod:`l0tre.report`) is rebuilt from these files alone.
+``l0tre attack`` (:func:`write_attack_outputs`):
+
+* ``results.json`` — ``config``, ``global`` (success_rate, mean / median / std L0,
+  seconds_per_image, ...) and one row per input (``index`` in the source set, ``label``,
+  ``predicted``, ``success``, ``l0``, ``adversarial_label``);
+* ``adversarial.npz`` — ``index`` (int64), ``x_adv`` (float32 ``(N, C, H, W)``, the original
+  where the attack failed) and ``success`` (bool);
+* ``examples.png`` — up to 8 successful inputs: original | adversarial | difference.
+
+The report (:mod:`l0tre.report`) is rebuilt from these files alone, through :func:`read_results`
+and :func:`read_adversarial`.
 """
 
 from __future__ import annotations
@@ -16,9 +30,10 @@ import io
 import json
 import math
 import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,15 +41,26 @@ import torch
 from .atomic import atomic_write_bytes, atomic_write_text
 from .result import Result
 
+if TYPE_CHECKING:  # the applications are a higher layer: only their type is named here
+    from .apps.attack.result import AttackResult
+
 __all__ = [
     "ADVERSARIAL_NPZ",
     "CHECKPOINT",
     "CSV_COLUMNS",
+    "EXAMPLES_PNG",
+    "OUTPUT_FILES",
     "PER_INPUT_CSV",
     "RESULTS_JSON",
     "RESULT_PT",
     "json_safe",
+    "l0_distance",
+    "read_adversarial",
+    "read_per_input",
+    "read_results",
     "results_dict",
+    "write_attack_examples",
+    "write_attack_outputs",
     "write_outputs",
 ]
 
@@ -43,11 +69,17 @@ PER_INPUT_CSV = "per_input.csv"
 ADVERSARIAL_NPZ = "adversarial.npz"
 RESULT_PT = "result.pt"
 CHECKPOINT = "checkpoint.pt"
+EXAMPLES_PNG = "examples.png"
+#: the data files of an ``l0tre evaluate`` folder (the report links those that exist)
+OUTPUT_FILES = (RESULTS_JSON, PER_INPUT_CSV, ADVERSARIAL_NPZ, RESULT_PT)
 
 CSV_COLUMNS = (
     "index", "row", "label", "predicted", "lower", "upper", "lower_kind", "converged",
     "found", "adversarial_label", "certified_lower",
 )
+_CSV_INTS = ("index", "row", "label", "predicted", "lower", "upper", "adversarial_label", "certified_lower")
+_CSV_BOOLS = ("converged", "found")
+_ATTACK_EXAMPLES = 8
 
 
 def json_safe(value: Any) -> Any:
@@ -160,3 +192,153 @@ def write_outputs(
     # results.json last: when it exists, the files it describes are there too
     atomic_write_text(out / RESULTS_JSON, json.dumps(data, indent=1, allow_nan=False) + "\n")
     return data
+
+
+# -- l0tre attack -----------------------------------------------------------------------------------
+def write_attack_outputs(
+    out_dir: str | os.PathLike[str],
+    res: AttackResult,
+    x: torch.Tensor,
+    indices: torch.Tensor,
+    config: dict[str, Any],
+) -> dict[str, Any]:
+    """Write ``results.json``, ``adversarial.npz`` and ``examples.png`` of ``l0tre attack``.
+
+    Args:
+        out_dir: the output folder (created if needed).
+        res: the attack result.
+        x: ``(N, C, H, W)`` the original inputs.
+        indices: ``(N,)`` their positions in the source data set.
+        config: the command's options (merged in front of the result's own ``config``).
+
+    Returns:
+        the ``results.json`` payload.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    payload = res.to_dict()
+    payload["config"] = {**config, **payload["config"]}
+    for row, idx in zip(payload["inputs"], indices.tolist(), strict=True):
+        row["index"] = int(idx)
+    atomic_write_text(out / RESULTS_JSON, json.dumps(payload, indent=1))
+    buf = io.BytesIO()
+    np.savez_compressed(buf, index=indices.numpy().astype(np.int64), x_adv=res.x_adv.numpy().astype(np.float32),
+                        success=res.success.numpy())
+    atomic_write_bytes(out / ADVERSARIAL_NPZ, buf.getvalue())
+    write_attack_examples(out / EXAMPLES_PNG, x, res)
+    return payload
+
+
+def write_attack_examples(path: str | os.PathLike[str], x: torch.Tensor, res: AttackResult,
+                          limit: int = _ATTACK_EXAMPLES) -> bool:
+    """PNG of up to ``limit`` successful inputs: original | adversarial | difference.
+
+    matplotlib is imported here only, and drawn through the Agg canvas (no pyplot, no global
+    backend switch).
+
+    Returns:
+        whether a figure was written (``False`` without successes).
+    """
+    ok = res.success.nonzero().squeeze(1)[:limit].tolist()
+    if not ok:
+        return False
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 2 * len(ok)))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(len(ok), 3, squeeze=False)
+    for r, i in enumerate(ok):
+        orig, adv = x[i].detach().float().cpu(), res.x_adv[i].detach().float().cpu()
+        diff = (adv - orig).abs().amax(0)
+        for c, (img, title) in enumerate([(orig, f"#{i} label {int(res.predicted[i])}"),
+                                          (adv, f"→ {int(res.adversarial_label[i])}, L0={int(res.l0[i])}"),
+                                          (diff, "difference")]):
+            ax = axes[r][c]
+            if c == 2:
+                ax.imshow(img.numpy(), cmap="hot", interpolation="nearest", vmin=0.0, vmax=float(img.max()) or 1.0)
+            elif img.shape[0] == 3:
+                ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
+            else:
+                ax.imshow(img[0].numpy(), cmap="gray", interpolation="nearest", vmin=0.0, vmax=1.0)
+            ax.set_title(title, fontsize=8)
+            ax.axis("off")
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=100)
+    atomic_write_bytes(path, png.getvalue())
+    return True
+
+
+# -- reading back -----------------------------------------------------------------------------------
+def read_results(directory: str | os.PathLike[str]) -> dict[str, Any]:
+    """``DIR/results.json`` as a dict (checked to have ``global`` and ``inputs``).
+
+    Raises:
+        FileNotFoundError: no such folder or no results.json in it.
+        ValueError: the file is not a readable l0tre results file.
+    """
+    d = Path(directory)
+    if not d.is_dir():
+        raise FileNotFoundError(
+            f"report: expected an output folder of `l0tre evaluate`, got {str(d)!r} (no such folder)"
+        )
+    path = d / RESULTS_JSON
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"report: expected {RESULTS_JSON} in {str(d)!r}, got no such file (run `l0tre evaluate --out {d}` first)"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"report: {str(path)!r} is not readable JSON ({exc})") from exc
+    if not (isinstance(data, dict) and isinstance(data.get("global"), dict) and isinstance(data.get("inputs"), list)):
+        raise ValueError(f"report: {str(path)!r} is not an l0tre results file (needs 'global' and 'inputs')")
+    return data
+
+
+def read_adversarial(directory: str | os.PathLike[str]) -> dict[str, np.ndarray] | None:
+    """``DIR/adversarial.npz`` as a dict of arrays, or ``None`` when the folder has none.
+
+    Raises:
+        ValueError: the file is unreadable or lacks ``x_adv`` / ``index`` (the message names
+            the file and says why).
+    """
+    path = Path(directory) / ADVERSARIAL_NPZ
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"{path.name} is not readable ({exc})") from exc
+    if "x_adv" not in arrays or "index" not in arrays:
+        raise ValueError(f"{path.name} lacks 'x_adv'/'index'")
+    return arrays
+
+
+def read_per_input(directory: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """``DIR/per_input.csv`` as rows typed like the ``inputs`` of results.json (integers,
+    booleans; an empty cell is ``None``).
+
+    Raises:
+        FileNotFoundError: no per_input.csv in the folder.
+        ValueError: a cell is not of its column's type.
+    """
+    text = (Path(directory) / PER_INPUT_CSV).read_text(encoding="utf-8")
+    rows: list[dict[str, Any]] = []
+    for raw in csv.DictReader(io.StringIO(text)):
+        row: dict[str, Any] = {}
+        for key, cell in raw.items():
+            if cell == "" or cell is None:
+                row[key] = None
+            elif key in _CSV_INTS:
+                row[key] = int(cell)
+            elif key in _CSV_BOOLS:
+                if cell not in ("True", "False"):
+                    raise ValueError(f"{PER_INPUT_CSV}: expected True or False in column {key!r}, got {cell!r}")
+                row[key] = cell == "True"
+            else:
+                row[key] = cell
+        rows.append(row)
+    return rows

@@ -1,6 +1,7 @@
 """Reports of an ``l0tre evaluate`` output folder: PNG figures and a self-contained ``index.html``.
 
-Everything is read back from the folder (``results.json`` and ``adversarial.npz``), so
+Everything is read back from the folder (``results.json`` and ``adversarial.npz``, through
+:func:`l0tre.outdir.read_results` and :func:`l0tre.outdir.read_adversarial`), so
 ``l0tre report DIR`` rebuilds the report at any time without recomputation. The figures follow
 the L0-TRE paper: convergence of the global bounds per level and over time (Fig. 1b), per-input
 bounds sorted by upper bound (Fig. 2), time per level (Fig. 1c) and original | adversarial |
@@ -12,10 +13,8 @@ from __future__ import annotations
 
 import html
 import io
-import json
 import math
 import os
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write_bytes, atomic_write_text
-from .outdir import ADVERSARIAL_NPZ, RESULTS_JSON
+from .outdir import ADVERSARIAL_NPZ, OUTPUT_FILES, read_adversarial, read_results
 
-__all__ = ["FIGURES", "build_report", "load_results"]
+__all__ = ["FIGURES", "INDEX_HTML", "build_report", "load_results"]
 
 FIGURES = ("convergence.png", "per_input.png", "level_time.png", "adversarial.png")
+INDEX_HTML = "index.html"
 MAX_EXAMPLES = 16
 MAX_TABLE_ROWS = 1000
 _LOWER, _UPPER, _EST, _CONV = "#1f6fb4", "#c8312b", "#2e9a3a", "#222222"
@@ -59,46 +59,17 @@ class _Report:
 
 
 # -- loading ----------------------------------------------------------------------------------------
-def load_results(directory: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read ``DIR/results.json``.
-
-    Raises:
-        FileNotFoundError: no such folder or no results.json in it.
-        ValueError: the file is not a readable l0tre results file.
-    """
-    d = Path(directory)
-    if not d.is_dir():
-        raise FileNotFoundError(
-            f"report: expected an output folder of `l0tre evaluate`, got {str(d)!r} (no such folder)"
-        )
-    path = d / RESULTS_JSON
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"report: expected {RESULTS_JSON} in {str(d)!r}, got no such file (run `l0tre evaluate --out {d}` first)"
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"report: {str(path)!r} is not readable JSON ({exc})") from exc
-    if not (isinstance(data, dict) and isinstance(data.get("global"), dict) and isinstance(data.get("inputs"), list)):
-        raise ValueError(f"report: {str(path)!r} is not an l0tre results file (needs 'global' and 'inputs')")
-    return data
+#: ``read_results`` under its earlier name
+load_results = read_results
 
 
-def _load_adversarial(path: Path, notes: list[str]) -> dict[str, np.ndarray] | None:
+def _load_adversarial(directory: Path, notes: list[str]) -> dict[str, np.ndarray] | None:
     """adversarial.npz as a dict of arrays, or ``None`` (with a note) when absent or unreadable."""
-    if not path.is_file():
-        return None
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        notes.append(f"{path.name} is not readable ({exc}); adversarial images are not shown")
+        return read_adversarial(directory)
+    except ValueError as exc:
+        notes.append(f"{exc}; adversarial images are not shown")
         return None
-    if "x_adv" not in arrays or "index" not in arrays:
-        notes.append(f"{path.name} lacks 'x_adv'/'index'; adversarial images are not shown")
-        return None
-    return arrays
 
 
 # -- figures ----------------------------------------------------------------------------------------
@@ -468,8 +439,7 @@ def _html(rep: _Report, figures: list[str]) -> str:
         parts.append(f"<figure><img src='{name}' alt='{name}'><figcaption>{html.escape(_CAPTIONS[name])}"
                      "</figcaption></figure>")
     parts.append("<h2>Inputs</h2>" + _inputs_table(rep))
-    names = ("results.json", "per_input.csv", "adversarial.npz", "result.pt")
-    files = [f for f in names if (rep.directory / f).exists()]
+    files = [f for f in OUTPUT_FILES if (rep.directory / f).exists()]
     parts.append("<h2>Files</h2><p>" + " · ".join(f"<a href='{f}'>{f}</a>" for f in files) + "</p>")
     cfg_rows = [(k, v) for k, v in cfg.items() if k != "data_notes"]
     parts.append("<details><summary>Configuration</summary>" + _table(cfg_rows) + "</details>")
@@ -491,8 +461,8 @@ def build_report(directory: str | os.PathLike[str]) -> list[Path]:
     """
     d = Path(directory)
     notes: list[str] = []
-    rep = _Report(d, load_results(d), None, notes)
-    rep.adversarial = _load_adversarial(d / ADVERSARIAL_NPZ, notes)
+    rep = _Report(d, read_results(d), None, notes)
+    rep.adversarial = _load_adversarial(d, notes)
     written: list[Path] = []
     try:
         import matplotlib  # noqa: F401
@@ -511,7 +481,7 @@ def build_report(directory: str | os.PathLike[str]) -> list[Path]:
     for stale in FIGURES:  # figures of an earlier run that this one does not have
         if stale not in names and (d / stale).exists():
             (d / stale).unlink()
-    index = d / "index.html"
+    index = d / INDEX_HTML
     atomic_write_text(index, _html(rep, names))
     written.append(index)
     return written

@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from l0tre.cli.attack import add_parser, parse_indices, run
+from l0tre.cli.attack import add_parser, run
+from l0tre.cli.parsing import parse_indices
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -84,15 +85,23 @@ def make_assets(root: Path) -> Assets:
                   root / "corrupt.pt", root / "corrupt.npz")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    """In-process CLI runs use one torch thread (tiny batches on a shared 2-core machine)."""
+@contextlib.contextmanager
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread inside (tiny batches on a shared 2-core machine); restored afterwards."""
     saved = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         yield
     finally:
         torch.set_num_threads(saved)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    """In-process runs use one torch thread (also imported by tests/test_report.py and
+    tests/test_outdir.py)."""
+    with one_torch_thread():
+        yield
 
 
 @pytest.fixture(scope="session")

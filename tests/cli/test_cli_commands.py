@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from l0tre.cli import main, parse_count, parse_duration, parse_indices, parse_size
+from l0tre.cli import main
+from l0tre.cli.parsing import parse_count, parse_duration, parse_indices, parse_size
 
 from .conftest import Assets, run_cli
 

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 from l0tre.cli import main
 
@@ -57,10 +60,90 @@ def test_results_json_schema(evaluated: tuple[Path, Any, dict[str, Any]]) -> Non
     assert len(data["history"]) >= 3 and len(data["level_seconds"]) == 2
 
 
-def test_json_stdout_matches_file(evaluated: tuple[Path, Any, dict[str, Any]]) -> None:
+SELECTED = [0, 1, 2, 4, 5]  # the --indices of the `evaluated` run
+GRID = (0.0, 0.5, 1.0)       # --epsilon 0.5 on inputs in [0, 1]
+
+
+def _model_and_data(assets: Assets) -> tuple[torch.jit.ScriptModule, np.ndarray, np.ndarray]:
+    """The tiny model and the source data set, read without l0tre."""
+    with np.load(assets.data) as z:
+        x, y = z["x"], z["y"]
+    with warnings.catch_warnings():  # torch >= 2.9 marks TorchScript as deprecated
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return torch.jit.load(str(assets.model)).eval(), x, y
+
+
+def _label(model: torch.jit.ScriptModule, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return np.asarray(model(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))).argmax(1).numpy())
+
+
+def _smallest_grid_flip(model: torch.jit.ScriptModule, x: np.ndarray, t_max: int) -> int | None:
+    """Exhaustive search: the fewest pixels (<= t_max) whose change to grid values flips the
+    label of ``x`` ``(1, H, W)``, or ``None``."""
+    ref = int(_label(model, x[None])[0])
+    flat = x.reshape(-1)
+    for t in range(1, t_max + 1):
+        batch = []
+        for pixels in itertools.combinations(range(flat.size), t):
+            for values in itertools.product(GRID, repeat=t):
+                z = flat.copy()
+                z[list(pixels)] = values
+                batch.append(z)
+        labels = _label(model, np.stack(batch).reshape(-1, *x.shape))
+        if (labels != ref).any():
+            return t
+    return None
+
+
+def test_json_stdout_matches_file(evaluated: tuple[Path, Any, dict[str, Any]], assets: Assets) -> None:
+    """stdout is results.json; its global numbers follow from per_input.csv, and the labels in
+    both from the model run on the source data."""
     out, proc, printed = evaluated
+    assert "global L0 radius" in proc.stderr and "global L0 radius" not in proc.stdout  # summary on stderr
     assert printed == json.loads((out / "results.json").read_text())
-    assert "global L0 radius" in proc.stderr  # the summary goes to stderr with --json
+    with (out / "per_input.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    lower = np.array([int(r["lower"]) for r in rows], dtype=float)
+    upper = np.array([int(r["upper"]) for r in rows], dtype=float)
+    g = printed["global"]
+    assert g["inputs"] == len(rows) == len(SELECTED)
+    assert g["lower"] == pytest.approx(lower.mean()) and g["upper"] == pytest.approx(upper.mean())
+    assert g["estimate"] == pytest.approx((lower.mean() + upper.mean()) / 2)
+    assert g["radius"] == pytest.approx((upper.mean() - lower.mean()) / 2)
+    assert g["converged"] == int((lower == upper).sum())
+    model, x, y = _model_and_data(assets)
+    predicted = _label(model, x[SELECTED])
+    assert [int(r["predicted"]) for r in rows] == predicted.tolist()
+    assert [int(r["label"]) for r in rows] == y[SELECTED].tolist()
+    assert g["accuracy"] == pytest.approx(float((predicted == y[SELECTED]).mean()))
+
+
+def test_bounds_match_exhaustive_search(evaluated: tuple[Path, Any, dict[str, Any]], assets: Assets) -> None:
+    """Each input's bounds against a brute-force search over all grid perturbations of <= 2
+    pixels, and each adversarial example re-checked on the model."""
+    out, _, data = evaluated
+    model, x, _ = _model_and_data(assets)
+    for r in data["inputs"]:
+        k = _smallest_grid_flip(model, x[r["index"]], 2)
+        if k is None:  # levels 1 and 2 hold: lower is 2, nothing smaller can be an upper bound
+            assert r["lower"] == 2 and r["upper"] >= 2, r
+        else:  # the smallest flip has k pixels: the largest safe radius is k - 1, exactly
+            assert r["lower"] == r["upper"] == k - 1, r
+    with np.load(out / "adversarial.npz") as z:
+        by_index = {int(i): j for j, i in enumerate(z["index"])}
+        for r in data["inputs"]:
+            if r["adversarial_label"] is None:
+                assert r["index"] not in by_index
+                continue
+            j = by_index[r["index"]]
+            x_adv, orig = z["x_adv"][j], x[r["index"]]
+            assert np.array_equal(z["x"][j], orig)
+            changed = x_adv != orig
+            assert int(changed.any(0).sum()) == r["upper"] + 1
+            assert set(np.unique(x_adv[changed]).tolist()) <= set(GRID)
+            label = int(_label(model, x_adv[None])[0])
+            assert label == r["adversarial_label"] != r["predicted"]
 
 
 def test_adversarial_npz_and_csv(evaluated: tuple[Path, Any, dict[str, Any]]) -> None:
@@ -190,8 +273,6 @@ def test_interrupt_while_writing_gets_a_final_snapshot(assets: Assets) -> None:
 
 @pytest.mark.parametrize("flag", ["--certify", "--certify-only", "--certify --certify-method crown"])
 def test_certify_flags_write_certified_lower(assets: Assets, tmp_path: Path, flag: str) -> None:
-    import torch
-
     from .conftest import TinyNet
 
     torch.manual_seed(0)

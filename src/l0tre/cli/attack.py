@@ -1,13 +1,7 @@
-"""The ``l0tre attack`` subcommand: :func:`add_parser` registers it, :func:`run` executes it.
+"""``l0tre attack``: adversarial examples with as few changed pixels as possible.
 
-Outputs in ``--out DIR``:
-
-* ``results.json`` — ``config``, ``global`` (success_rate, mean / median / std L0,
-  seconds_per_image, ...) and one row per input (``index`` in the source set, ``label``,
-  ``predicted``, ``success``, ``l0``, ``adversarial_label``);
-* ``adversarial.npz`` — ``index`` (int64), ``x_adv`` (float32 ``(N, C, H, W)``, the original
-  where the attack failed) and ``success`` (bool);
-* ``examples.png`` — up to 8 successful inputs: original | adversarial | difference.
+:func:`add_parser` registers the command, :func:`run` executes it; the output folder is written
+by :func:`l0tre.outdir.write_attack_outputs` (results.json, adversarial.npz, examples.png).
 """
 
 from __future__ import annotations
@@ -16,44 +10,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-import torch
+from ..outdir import write_attack_outputs
+from .common import image_shape
+from .parsing import EXIT_ERROR, EXIT_OK, Subparsers, parse_indices
 
-from ..apps.attack.result import AttackResult
-from ..atomic import atomic_write, atomic_write_text
-
-__all__ = ["add_parser", "run", "parse_indices", "save_outputs"]
+__all__ = ["add_parser", "parse_indices", "run"]
 
 
-def parse_indices(text: str) -> list[int]:
-    """``"0,3,10-12"`` → ``[0, 3, 10, 11, 12]``.
-
-    Raises:
-        ValueError: malformed item or a reversed range.
-    """
-    out: list[int] = []
-    for item in text.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        try:
-            if "-" in item:
-                a, b = (int(v) for v in item.split("-", 1))
-                if b < a:
-                    raise ValueError
-                out.extend(range(a, b + 1))
-            else:
-                out.append(int(item))
-        except ValueError:
-            raise ValueError(f"--indices: expected comma-separated integers or ranges like 0-9, got {item!r}") from None
-    if not out:
-        raise ValueError("--indices: expected at least one index")
-    return out
-
-
-def add_parser(subparsers: Any) -> None:
+def add_parser(subparsers: Subparsers) -> None:
     """Register the ``attack`` subcommand on an ``argparse`` subparsers object."""
     p = subparsers.add_parser(
         "attack",
@@ -93,15 +58,15 @@ def run(args: argparse.Namespace) -> int:
         indices = parse_indices(args.indices) if args.indices else None
         clf = load_model(args.model, device=args.device, data_root=args.data_root)
         data = load_data(args.data, data_root=args.data_root, limit=args.limit, indices=indices,
-                         input_shape=clf.input_shape)  # type: ignore[arg-type]
+                         input_shape=image_shape(clf))
         res = attack(clf, data.x, labels=data.y, epsilon=args.epsilon, max_pixels=args.max_pixels,
                      time_budget=args.time_budget, seed=args.seed, batch_size=args.batch_size,
                      effort=args.effort, precision=args.precision, show_progress=not args.quiet)
     except (ValueError, TypeError, FileNotFoundError) as exc:
         print(f"l0tre attack: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
     config = {"model": str(args.model), "data": str(args.data), "command": "attack"}
-    payload = save_outputs(Path(args.out), res, data.x, data.indices, config)
+    payload = write_attack_outputs(Path(args.out), res, data.x, data.indices, config)
     if args.json:
         print(json.dumps(payload, indent=1))
     elif not args.quiet:
@@ -109,62 +74,4 @@ def run(args: argparse.Namespace) -> int:
         print(f"attacked {g['attacked']} inputs ({g['misclassified']} misclassified skipped): "
               f"success {g['successes']}/{g['attacked']}, mean L0 {g['mean_l0']}, median {g['median_l0']}, "
               f"{g['seconds_per_image']:.3f} s/image → {args.out}")
-    return 0
-
-
-def save_outputs(out: Path, res: AttackResult, x: torch.Tensor, indices: torch.Tensor,
-                 config: dict[str, Any]) -> dict[str, Any]:
-    """Write ``results.json``, ``adversarial.npz`` and ``examples.png`` into ``out``.
-
-    Args:
-        res: the attack result; x: ``(N, C, H, W)`` originals; indices: ``(N,)`` source positions.
-
-    Returns:
-        the ``results.json`` payload.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    payload = res.to_dict()
-    payload["config"] = {**config, **payload["config"]}
-    for row, idx in zip(payload["inputs"], indices.tolist(), strict=True):
-        row["index"] = int(idx)
-    atomic_write_text(out / "results.json", json.dumps(payload, indent=1))
-    atomic_write(out / "adversarial.npz", lambda fh: np.savez_compressed(
-        fh, index=indices.numpy().astype(np.int64), x_adv=res.x_adv.numpy().astype(np.float32),
-        success=res.success.numpy()))
-    save_grid(out / "examples.png", x, res)
-    return payload
-
-
-def save_grid(path: Path, x: torch.Tensor, res: AttackResult, limit: int = 8) -> bool:
-    """PNG of up to ``limit`` successful inputs: original | adversarial | difference.
-
-    Returns whether a figure was written (``False`` without successes).
-    """
-    ok = res.success.nonzero().squeeze(1)[:limit].tolist()
-    if not ok:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(len(ok), 3, figsize=(6, 2 * len(ok)), squeeze=False)
-    for r, i in enumerate(ok):
-        orig, adv = x[i].detach().float().cpu(), res.x_adv[i].detach().float().cpu()
-        diff = (adv - orig).abs().amax(0)
-        for c, (img, title) in enumerate([(orig, f"#{i} label {int(res.predicted[i])}"),
-                                          (adv, f"→ {int(res.adversarial_label[i])}, L0={int(res.l0[i])}"),
-                                          (diff, "difference")]):
-            ax = axes[r][c]
-            if c == 2:
-                ax.imshow(img.numpy(), cmap="hot", interpolation="nearest", vmin=0.0, vmax=float(img.max()) or 1.0)
-            elif img.shape[0] == 3:
-                ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-            else:
-                ax.imshow(img[0].numpy(), cmap="gray", interpolation="nearest", vmin=0.0, vmax=1.0)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True
+    return EXIT_OK
