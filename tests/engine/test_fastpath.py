@@ -7,26 +7,49 @@ import torch
 
 import l0tre
 
-from .test_oracle import check_against_oracle, random_cnn
+from .oracle import brute_force_dm
+from .test_oracle import check_adversarials, random_cnn
 
 
 def _float32_cnn(shape: tuple[int, int, int]) -> torch.nn.Module:
     return random_cnn(shape, 4, 3).float()
 
 
-@pytest.mark.parametrize("mode", ["channels_last", "auto"])
-def test_fast_modes_match_oracle(mode: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    shape = (3, 2, 2)
-    model = random_cnn(shape, 4, 3)
-    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
-    orig = l0tre.api.prepare
+@pytest.mark.parametrize(
+    ("mode", "dtype", "faster", "chosen"),
+    [
+        ("channels_last", torch.float64, None, "channels_last"),
+        ("auto", torch.float64, None, "eager"),  # auto only considers channels_last for float32 convs
+        ("auto", torch.float32, "channels_last", "channels_last"),
+        ("auto", torch.float32, "eager", "eager"),
+    ],
+)
+def test_fast_modes_match_oracle(
+    mode: str, dtype: torch.dtype, faster: str | None, chosen: str, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every mode gives the brute-force d_m exactly and eager's adversarial examples; ``auto``
+    really picks (the timing is faked so that each choice is made) and the pick is the one used."""
+    from l0tre.execution import modes
 
-    def prepare_with_mode(*a: object, **k: object) -> object:
-        k["mode"] = mode
-        return orig(*a, **k)  # type: ignore[arg-type]
+    # d_m = (1, 1) and (2, 3): every input needs the multi-pixel search
+    shape, seed, x_seed = ((3, 2, 2), 6, 2) if dtype == torch.float64 else ((1, 3, 3), 3, 5)
+    model = random_cnn(shape, 4, seed).to(dtype)
+    x = torch.rand(2, *shape, generator=torch.Generator().manual_seed(x_seed), dtype=dtype)
+    if faster is not None:
+        def fake_time(clf: l0tre.Classifier, _x: torch.Tensor, repeats: int = 2) -> float:
+            return 1.0 if clf.mode == faster else 2.0
 
-    monkeypatch.setattr(l0tre.api, "prepare", prepare_with_mode)
-    check_against_oracle(model, x, 0.5)
+        monkeypatch.setattr(modes, "time_forward", fake_time)
+    truth = torch.tensor([brute_force_dm(model, xi, 2)[0] for xi in x])
+    assert bool((truth > 0).all())
+    clf = l0tre.Classifier(model)
+    res = l0tre.evaluate(clf, x, epsilon=0.5, t_max=int(truth.max()) + 1, mode=mode)
+    assert clf.mode == chosen
+    assert torch.equal(res.lower, truth) and torch.equal(res.upper, truth)
+    check_adversarials(model, x, res)
+    eager = l0tre.evaluate(l0tre.Classifier(random_cnn(shape, 4, seed).to(dtype)), x, epsilon=0.5,
+                           t_max=int(truth.max()) + 1, mode="eager")
+    assert torch.equal(res.adversarial, eager.adversarial) and torch.equal(res.found, eager.found)
 
 
 def test_fast_modes_identical_to_plain_on_float32_cnn() -> None:

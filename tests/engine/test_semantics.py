@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
 
 import l0tre
+import l0tre.engine
 from l0tre.engine.grid import check_epsilon, colours, grid_values
 from l0tre.engine.subspaces import count_points, n_subsets, unrank
 
@@ -43,17 +46,68 @@ def test_grid_and_subsets() -> None:
         assert len({tuple(s) for s in subs.tolist()}) == n_subsets(n, t)
         assert bool((subs[:, 1:] > subs[:, :-1]).all()) if t > 1 else True
         assert bool((subs >= 0).all() and (subs < n).all())
-    v = torch.tensor([[2, 3, 1, 4]])
-    # e_2 = sum of pairwise products
-    assert count_points(v, 2).item() == 2 * 3 + 2 * 1 + 2 * 4 + 3 * 1 + 3 * 4 + 1 * 4
+
+
+@pytest.mark.parametrize("t", [1, 2, 3])
+@pytest.mark.parametrize(("shape", "features"), [((1, 2, 3), "pixel"), ((2, 2, 2), "pixel"), ((2, 1, 3), "element")])
+def test_count_points_counts_the_valid_points(shape: tuple[int, int, int], features: str, t: int) -> None:
+    """``count_points`` (the planned evaluations of a level) vs enumerating, with itertools, every
+    t-subset and every grid colour of its members that differs from the member's original value."""
+    c, h, w = shape
+    x = torch.randint(0, 5, (3, *shape), generator=torch.Generator().manual_seed(t)).double() / 4  # some on the grid
+    x[0], x[1] = 0.5, 0.25  # every value on the grid, none
+    grid = [0.0, 0.5, 1.0]
+    if features == "pixel":
+        feats = [x[:, :, i, j] for i in range(h) for j in range(w)]  # (N, C) each
+        palette = list(itertools.product(grid, repeat=c))
+    else:
+        feats = [x[:, k, i, j].unsqueeze(1) for k in range(c) for i in range(h) for j in range(w)]
+        palette = [(g,) for g in grid]
+    counts, enumerated = [], []
+    for a in range(x.shape[0]):
+        orig = [tuple(f[a].tolist()) for f in feats]
+        counts.append([sum(col != o for col in palette) for o in orig])
+        enumerated.append(sum(
+            1
+            for sub in itertools.combinations(range(len(feats)), t)
+            for cols in itertools.product(palette, repeat=t)
+            if all(col != orig[f] for f, col in zip(sub, cols, strict=True))
+        ))
+    assert count_points(torch.tensor(counts), t).tolist() == enumerated
+    assert len(set(enumerated)) > 1  # inputs with more or fewer values on the grid count differently
 
 
 def test_evaluations_match_estimate_at_t1() -> None:
+    """The level's planned evaluations (the estimate shown by progress bars and ``l0tre info``)
+    equal an independent count of the valid grid points, and the run's ``evaluations`` equal the
+    rows the model really saw during the level."""
     model = random_mlp((1, 3, 3), 3, 1)
-    x = torch.rand(2, 1, 3, 3, dtype=torch.float64)
+    x = torch.rand(3, 1, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     x[0, 0, 0, 0] = 0.5  # on the grid: one colour skipped
-    res = l0tre.evaluate(model, x, epsilon=0.5, t_max=1, top_k=1)
-    assert res.evaluations >= 2 * 9 * 2 - 1  # the sensitivity pass alone
+    x[1, 0, 2, 1], x[1, 0, 0, 2] = 1.0, 0.0
+    grid = (0.0, 0.5, 1.0)
+    valid = sum(g != v for v in x.flatten().tolist() for g in grid)
+    assert valid == 3 * 9 * 3 - 3
+    planned: list[tuple[int, int, int]] = []
+    rows: list[int] = []
+
+    class Planned(l0tre.engine.ProgressHook):
+        def level_start(self, t: int, evaluations: int, inputs: int) -> None:
+            planned.append((t, evaluations, inputs))
+            rows.clear()  # count the model's rows from here on
+
+    def counted(z: torch.Tensor) -> torch.Tensor:
+        rows.append(z.shape[0])
+        return model(z)
+
+    clf = l0tre.Classifier(counted, dtype=torch.float64)  # a callable: no padding of batches
+    res = l0tre.evaluate(clf, x, epsilon=0.5, t_max=1, top_k=1, mode="eager", batch_size=16, progress=Planned())
+    assert planned == [(1, valid, 3)]
+    assert res.evaluations == sum(rows)
+    # and beyond the sensitivity pass, one row per input: the re-check of its one-pixel witness,
+    # or (no witness) its single top-1 prefix
+    assert bool(res.found.any()) and not bool(res.found.all())
+    assert res.evaluations == valid + 3
 
 
 def test_reference_is_prediction_and_accuracy_reported() -> None:
