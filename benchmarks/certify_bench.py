@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from l0tre.certify import Status, certify_level, certify_subsets
+from l0tre.certify import LEVEL_SETTINGS, CertifySettings, Status, certify_level, certify_subsets
 from l0tre.certify.separable import feature_overlaps
 from l0tre.certify.target import Target, resolve
 
@@ -130,6 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     preds = target.predict(x.to(target.graph.device)).cpu()
     separable = not args.no_separable
     overlaps = feature_overlaps(target, args.features) if args.t in (2, 3) and separable else None
+    settings = CertifySettings.build(LEVEL_SETTINGS, method=args.method, block=args.block, time_limit=args.time_limit,
+                                     batch_size=args.batch_size, dtype=dtype,
+                                     separable=separable and overlaps is not None)
     rows: list[dict[str, Any]] = []
     print(f"{'#':>4} {'label':>5} {'pred':>4} {'status':>9} {'boxes':>6} {'proven':>6} "
           f"{'singles':>7} {'bab':>6} {'sec':>7}")
@@ -143,10 +146,8 @@ def main(argv: list[str] | None = None) -> int:
             row = {"index": args.start + i, "label": label, "pred": int(preds[i]), "status": "skipped",
                    "seconds": 0.0}
         else:
-            res = certify_level(target, x[i], label, args.t, features=args.features,
-                                method=args.method, block=args.block, time_limit=args.time_limit,
-                                batch_size=args.batch_size, dtype=dtype,
-                                separable=separable and overlaps is not None, overlaps=overlaps)
+            res = certify_level(target, x[i], label, args.t, features=args.features, settings=settings,
+                                overlaps=overlaps)
             row = {"index": args.start + i, "label": label, "pred": int(preds[i]), "status": res.status.value,
                    "boxes_tried": res.boxes_tried, "boxes_proven": res.boxes_proven,
                    "singles": res.subsets_checked, "bab_nodes": res.bab_nodes,
@@ -169,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             for i in range(x.shape[0]):
                 label = int(y[i]) if y is not None else int(preds[i])
                 r = certify_subsets(target, x[i], label, subsets, features=args.features,
-                                    method=method, batch_size=args.batch_size, dtype=dtype)
+                                    settings=CertifySettings.build(settings, method=method))
                 proven += r.n_proven
                 total += subsets.shape[0]
             sec = (time.perf_counter() - t0) / max(1, x.shape[0])

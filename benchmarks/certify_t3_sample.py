@@ -20,9 +20,9 @@ import mnist14
 import torch
 
 from l0tre.certify.bab import prove_by_halving
-from l0tre.certify.bounds import BoundOptions
 from l0tre.certify.boxes import bound_margins, subset_boxes
 from l0tre.certify.separable import feature_overlaps
+from l0tre.certify.settings import CertifySettings
 from l0tre.certify.target import resolve
 from l0tre.certify.triples import certify_triples_separable, connected_triples
 
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     if ov is None:
         raise SystemExit("no overlap structure for this model")
     tri = connected_triples(ov)
-    opts = BoundOptions(method="crown")
+    opts = CertifySettings(method="crown")
     rows = []
     print(f"{'image':>5} {'decomposed proven':>17} {'remaining':>9} {'sec':>6} | {'one-shot':>8} {'halved x2':>9} "
           f"{'ms/triple':>9} {'all connected (h)':>17}")
@@ -57,8 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, object] = {"index": i, "label": y, "connected_triples": int(tri.shape[0])}
         if not args.no_decomposition:
             t0 = time.perf_counter()
-            out = certify_triples_separable(target, x0, y, ov, features="pixel", opts=opts, batch_size=256,
-                                            margin_tol=1e-6, deadline=time.perf_counter() + 3600)
+            out = certify_triples_separable(target, x0, y, ov, opts, features="pixel",
+                                            deadline=time.perf_counter() + 3600)
             row.update(decomposed_proven=out.proven, remaining=int(out.remaining.shape[0]),
                        decomposition_seconds=time.perf_counter() - t0, counterexample_subset=out.subset,
                        timed_out=out.timed_out)
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = subset_boxes(x0, tri[sel])
         lab = torch.tensor([y]).expand(lo.shape[0])
         t0 = time.perf_counter()
-        once = (bound_margins(target, lo, hi, lab, opts, 256) > 1e-6).all(1)
+        once = (bound_margins(target, lo, hi, lab, opts) > 1e-6).all(1)
         miss = (~once).nonzero().flatten()
         halved, pieces = prove_by_halving(target, lo[miss], hi[miss], lab[miss], opts, rounds=2)
         sec = time.perf_counter() - t0

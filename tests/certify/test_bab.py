@@ -187,8 +187,8 @@ def test_prove_by_halving_is_sound_against_milp() -> None:
     """Boxes it proves have an exact (MILP) minimum margin above zero; it proves more than the
     one-shot bound and never a box with a negative exact minimum."""
     from l0tre.certify.bab import prove_by_halving
-    from l0tre.certify.bounds import BoundOptions
     from l0tre.certify.boxes import bound_margins
+    from l0tre.certify.settings import CertifySettings
     from l0tre.certify.target import resolve
 
     shape = (1, 3, 3)
@@ -206,8 +206,8 @@ def test_prove_by_halving_is_sound_against_milp() -> None:
         model[-1].bias[label] += shift
     exact += shift
     target = resolve(model, shape)
-    opts = BoundOptions(method="crown")
-    once = (bound_margins(target, lo, hi, labels, opts, 256) > 1e-6).all(1)
+    opts = CertifySettings(method="crown")
+    once = (bound_margins(target, lo, hi, labels, opts) > 1e-6).all(1)
     halved, pieces = prove_by_halving(target, lo, hi, labels, opts, rounds=3)
     assert pieces > 0
     assert bool((exact[halved] > 0).all())
@@ -237,14 +237,14 @@ def test_bab_per_class_thresholds() -> None:
 
 def test_prove_by_halving_skips_unequal_or_wide_boxes() -> None:
     from l0tre.certify.bab import prove_by_halving
-    from l0tre.certify.bounds import BoundOptions
+    from l0tre.certify.settings import CertifySettings
     from l0tre.certify.target import resolve
 
     shape = (1, 3, 3)
     model = mlp(1, shape).double()
     x0 = torch.rand(shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     target = resolve(model, shape)
-    opts = BoundOptions(method="crown")
+    opts = CertifySettings(method="crown")
     mixed_lo, mixed_hi = subset_boxes(x0, torch.tensor([[0, 1, -1], [2, 3, 4]]))  # 2 and 3 free pixels
     wide_lo, wide_hi = subset_boxes(x0, torch.tensor([[0, 1, 2, 3, 4]]))
     for lo, hi in ((mixed_lo, mixed_hi), (wide_lo, wide_hi)):

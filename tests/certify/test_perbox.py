@@ -12,9 +12,10 @@ from torch import nn
 
 import l0tre.certify.window as W
 from l0tre.certify import bound_model, build_graph, subset_boxes
-from l0tre.certify.bounds import BoundOptions, extent_groups
+from l0tre.certify.bounds import extent_groups
 from l0tre.certify.boxes import bound_margins
 from l0tre.certify.perbox import crop_shifted, eligible, make_perbox_plan, uncrop_shifted
+from l0tre.certify.settings import CertifySettings
 from l0tre.certify.target import resolve
 from l0tre.certify.window import Rect
 
@@ -112,9 +113,9 @@ def test_shared_rows_and_order() -> None:
     assert len(groups) > 1
     assert torch.equal(torch.sort(torch.cat(groups)).values, torch.arange(lo.shape[0]))
     labels = torch.full((lo.shape[0],), 3)
-    opts = BoundOptions(method="crown")
-    batch = bound_margins(target, lo, hi, labels, opts, batch_size=4)
-    alone = torch.cat([bound_margins(target, lo[i:i + 1], hi[i:i + 1], labels[i:i + 1], opts, 1)
+    batch = bound_margins(target, lo, hi, labels, CertifySettings(method="crown", batch_size=4))
+    alone = torch.cat([bound_margins(target, lo[i:i + 1], hi[i:i + 1], labels[i:i + 1],
+                                     CertifySettings(method="crown", batch_size=1))
                        for i in range(lo.shape[0])])
     assert torch.allclose(batch, alone, atol=1e-9, rtol=0)
 

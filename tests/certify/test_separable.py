@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from l0tre.certify import Status, build_graph, certify_level, subset_boxes
-from l0tre.certify.bounds import BoundOptions
 from l0tre.certify.boxes import bound_margins
 from l0tre.certify.separable import feature_boxes, feature_overlaps
+from l0tre.certify.settings import CertifySettings
 from l0tre.certify.target import resolve
 
 
@@ -186,7 +186,8 @@ def test_separable_bounds_below_sampled_margins() -> None:
     x0 = torch.rand(1, 6, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     label = int(target.graph.forward(x0.unsqueeze(0)).argmax())
     lo, hi = feature_boxes(x0, "pixel", torch.arange(36), 4, (0.0, 1.0))
-    lb = bound_margins(target, lo, hi, torch.tensor([label]).expand(lo.shape[0]), BoundOptions(method="crown"), 64)
+    labels = torch.tensor([label]).expand(lo.shape[0])
+    lb = bound_margins(target, lo, hi, labels, CertifySettings(method="crown", batch_size=64))
     for a in torch.linspace(0, 1, 5, dtype=torch.float64):
         x = lo + a * (hi - lo)
         z = target.graph.forward(x)
@@ -275,8 +276,8 @@ def test_pairs_proven_from_single_bounds_are_truly_safe(monkeypatch: pytest.Monk
         model[-1].bias[label] += shift
     target = resolve(model, shape)
     exact = {p: v + shift for p, v in exact0.items()}
-    out = sep.certify_pairs_separable(target, x0, label, ov, features="pixel", opts=BoundOptions(method="crown"),
-                                      batch_size=256, margin_tol=1e-6, deadline=float("inf"))
+    out = sep.certify_pairs_separable(target, x0, label, ov, CertifySettings(method="crown"), features="pixel",
+                                      deadline=float("inf"))
     assert out.counterexample is None
     remaining = {tuple(p) for p in out.remaining.tolist()}
     proven = [p for p in exact if p not in remaining]

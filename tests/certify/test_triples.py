@@ -12,8 +12,8 @@ from torch import nn
 
 import l0tre.certify.triples as triples
 from l0tre.certify import Status, certify_level, subset_boxes
-from l0tre.certify.bounds import BoundOptions
 from l0tre.certify.separable import feature_overlaps
+from l0tre.certify.settings import CertifySettings
 from l0tre.certify.target import resolve
 from l0tre.certify.triples import connected_triples, decomposed_failures
 
@@ -197,8 +197,8 @@ def test_decomposed_triples_it_proves_are_truly_safe(monkeypatch: pytest.MonkeyP
     with torch.no_grad():
         model[-1].bias[label] += shift
     target = resolve(model, shape)
-    out = triples.certify_triples_separable(target, x0, label, ov, features="pixel", opts=BoundOptions(method="crown"),
-                                    batch_size=256, margin_tol=1e-6, deadline=float("inf"), use_bab=False)
+    out = triples.certify_triples_separable(target, x0, label, ov, CertifySettings(method="crown", use_bab=False),
+                                            features="pixel", deadline=float("inf"))
     assert out.counterexample is None and not out.timed_out
     remaining = {tuple(t) for t in out.remaining.tolist()}
     proven = [t for t in decomposed if t not in remaining]
@@ -219,9 +219,8 @@ def test_sampled_counterexample_on_a_weak_input() -> None:
             z0 = m(x0.unsqueeze(0))[0]
             m[-1].bias[label] += shift - float(z0[label] - z0[1 - label])  # clean margin = shift
         t = resolve(m, shape)
-        out = triples.certify_triples_separable(t, x0, label, ov, features="pixel",
-                                                opts=BoundOptions(method="crown"), batch_size=256,
-                                                margin_tol=1e-6, deadline=float("inf"))
+        out = triples.certify_triples_separable(t, x0, label, ov, CertifySettings(method="crown"), features="pixel",
+                                                deadline=float("inf"))
         assert (out.counterexample is not None) is expect
         if expect:
             x, subset = out.counterexample, out.subset

@@ -12,10 +12,12 @@ Main entry points:
 * :func:`certify_level`: is every change of at most ``t`` features safe?
 * :func:`bound_model`: sound output / margin bounds over boxes.
 
-Bounding methods: ``"ibp"``, ``"forward"`` (linear bounds in the box's free coordinates),
-``"crown"`` (backward relaxation to the input) and ``"hybrid"`` (CROWN over the fully
-connected head, forward bounds on the convolutional body; the default of
-:func:`certify_level`). Boxes that free few pixels are computed on spatial windows only
+Every entry point takes one :class:`CertifySettings` (``settings=``; its fields are also
+accepted as keywords): the bounding method (:class:`Method`: ``"ibp"``, ``"forward"``
+(linear bounds in the box's free coordinates), ``"crown"`` (backward relaxation to the input),
+``"hybrid"`` (CROWN over the fully connected head, forward bounds on the convolutional body;
+the default of :func:`certify_level`) or ``"auto"``), batch size, dtype, tolerance, time and
+branch-and-bound budgets. Boxes that free few pixels are computed on spatial windows only
 (:mod:`l0tre.certify.window`).
 
 Soundness caveat: bounds are computed in float64 (by default) without directed rounding;
@@ -26,14 +28,22 @@ against rounding in the bound computation and in the deployed model.
 from l0tre.certify.api import bound_model
 from l0tre.certify.bab import certify_boxes_bab
 from l0tre.certify.boxes import certify_boxes, certify_subsets, subset_boxes
-from l0tre.certify.cover import certify_level, covering_blocks, initial_regions, refine_block
+from l0tre.certify.cover import covering_blocks, initial_regions, refine_block
 from l0tre.certify.graph import Graph, build_graph
+from l0tre.certify.level import certify_level
+from l0tre.certify.methods import Intermediate, Method
+from l0tre.certify.settings import LEVEL_SETTINGS, CertifySettings, Split
 from l0tre.certify.types import CertifyResult, LevelResult, Status, UnsupportedLayerError
 
 __all__ = [
+    "LEVEL_SETTINGS",
     "CertifyResult",
+    "CertifySettings",
     "Graph",
+    "Intermediate",
     "LevelResult",
+    "Method",
+    "Split",
     "Status",
     "UnsupportedLayerError",
     "bound_model",

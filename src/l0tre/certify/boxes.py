@@ -4,6 +4,9 @@ A *feature* is a pixel (all ``C`` channels of one spatial position, index ``h*W 
 with ``features="element"``, one tensor element (flat index into ``C*H*W``). The box of a
 subset frees its features over the full pixel range ``[lo, hi]`` and fixes every other
 feature at ``x0``.
+
+How boxes are bounded (method, batch size, dtype, tolerance …) is one
+:class:`~l0tre.certify.settings.CertifySettings`.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from l0tre.certify.bounds import BoundOptions, extent_groups
+from l0tre.certify.grouping import extent_groups
 from l0tre.certify.perbox import eligible
+from l0tre.certify.settings import CertifySettings
 from l0tre.certify.target import Target, resolve
 from l0tre.certify.types import CertifyResult, Status
 from l0tre.classifier import ieee_float32
@@ -76,15 +80,13 @@ def as_labels(label: int | Tensor, b: int, device: torch.device) -> Tensor:
 
 
 @ieee_float32()
-def bound_margins(target: Target, lo: Tensor, hi: Tensor, labels: Tensor, opts: BoundOptions,
-                  batch_size: int) -> Tensor:
-    """Margin lower bounds ``(B, K)`` in batches of ``batch_size`` boxes (on the graph's
-    device; label column ``+inf``)."""
-    if batch_size <= 0:
-        raise ValueError(f"batch_size: expected a positive integer, got {batch_size}")
+def bound_margins(target: Target, lo: Tensor, hi: Tensor, labels: Tensor, settings: CertifySettings) -> Tensor:
+    """Margin lower bounds ``(B, K)`` in batches of ``settings.batch_size`` boxes (on the
+    graph's device; label column ``+inf``)."""
     k = target.num_classes
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= k):
         raise ValueError(f"label: expected values in [0, {k}), got {labels.tolist()[:5]}")
+    opts, batch_size = settings.bound_options(target.graph), settings.batch_size
     order: Tensor | None = None
     if lo.shape[0] > batch_size and eligible(target.graph):
         # batches of boxes with equally large windows (see l0tre.certify.perbox)
@@ -111,20 +113,8 @@ def _result(margin: Tensor, tol: float, method: str, start: float) -> CertifyRes
 
 
 @ieee_float32()
-def certify_boxes(
-    model: Any,
-    lo: Tensor,
-    hi: Tensor,
-    label: int | Tensor,
-    *,
-    preprocessing: Any = None,
-    method: str = "crown",
-    intermediate: str = "auto",
-    batch_size: int = 256,
-    max_memory: int = 1 << 30,
-    dtype: torch.dtype = torch.float64,
-    margin_tol: float = 1e-6,
-) -> CertifyResult:
+def certify_boxes(model: Any, lo: Tensor, hi: Tensor, label: int | Tensor, *, preprocessing: Any = None,
+                  settings: CertifySettings | None = None, **options: Any) -> CertifyResult:
     """Certify general pixel-space boxes ``[lo, hi]`` ``(B, C, H, W)`` (no branching).
 
     Args:
@@ -133,44 +123,29 @@ def certify_boxes(
         lo, hi: box corners in pixel space.
         label: the class to keep, an int or ``(B,)``.
         preprocessing: per-channel ``(mean, std)`` applied in front of the model.
-        method: ``"ibp"``, ``"forward"``, ``"crown"`` or ``"hybrid"`` (see
-            :mod:`l0tre.certify.bounds`).
-        intermediate: intermediate bounds, see :mod:`l0tre.certify.bounds`.
-        batch_size: boxes per bound pass; ``max_memory`` (bytes) caps each pass further.
-        dtype: computation type (float64 by default, for a safety margin against rounding).
-        margin_tol: a box is proven when every margin lower bound exceeds this.
+        settings: :class:`~l0tre.certify.settings.CertifySettings` (here: ``method``,
+            ``intermediate``, ``dtype``, ``batch_size``, ``max_memory``, ``margin_tol``);
+            ``options``: any of its fields, applied on top.
 
     Returns:
-        :class:`CertifyResult` with ``margin_lb`` ``(B, K)`` and ``proven`` ``(B,)``.
+        :class:`CertifyResult` with ``margin_lb`` ``(B, K)`` and ``proven`` ``(B,)`` (every
+        margin bound ``> margin_tol``).
     """
     start = time.perf_counter()
+    settings = CertifySettings.build(settings, **options)
     if lo.dim() != 4 or lo.shape != hi.shape:
         raise ValueError(f"lo, hi: expected two (B, C, H, W) tensors of the same shape, got "
                          f"{tuple(lo.shape)} and {tuple(hi.shape)}")
-    target = resolve(model, tuple(lo.shape[1:]), preprocessing=preprocessing, dtype=dtype)
-    opts = BoundOptions(method=method, intermediate=intermediate, max_memory=max_memory)
+    target = resolve(model, tuple(lo.shape[1:]), preprocessing=preprocessing, dtype=settings.dtype)
     labels = as_labels(label, lo.shape[0], target.graph.device)
-    margin = bound_margins(target, lo, hi, labels, opts, batch_size)
-    return _result(margin, margin_tol, method, start)
+    margin = bound_margins(target, lo, hi, labels, settings)
+    return _result(margin, settings.margin_tol, settings.method_for(target.graph), start)
 
 
 @ieee_float32()
-def certify_subsets(
-    model: Any,
-    x0: Tensor,
-    label: int,
-    subsets: Tensor,
-    *,
-    features: str = "pixel",
-    bounds: tuple[float, float] | None = None,
-    preprocessing: Any = None,
-    method: str = "crown",
-    intermediate: str = "auto",
-    batch_size: int = 256,
-    max_memory: int = 1 << 30,
-    dtype: torch.dtype = torch.float64,
-    margin_tol: float = 1e-6,
-) -> CertifyResult:
+def certify_subsets(model: Any, x0: Tensor, label: int, subsets: Tensor, *, features: str = "pixel",
+                    bounds: tuple[float, float] | None = None, preprocessing: Any = None,
+                    settings: CertifySettings | None = None, **options: Any) -> CertifyResult:
     """Certify that freeing the features of each subset cannot change the label.
 
     Args:
@@ -182,20 +157,18 @@ def certify_subsets(
         features: ``"pixel"`` (index ``h*W + w``, all channels free) or ``"element"``.
         bounds: pixel range the free features range over (default: the classifier's or
             ``(0, 1)``).
-        preprocessing, method, intermediate, batch_size, max_memory, dtype, margin_tol: as in
-            :func:`certify_boxes`.
+        preprocessing, settings, options: as in :func:`certify_boxes`.
 
     Returns:
         :class:`CertifyResult`: ``margin_lb`` ``(S, K)`` (label column ``+inf``), ``proven``
         ``(S,)`` (every margin ``> margin_tol``), statuses ``PROVEN``/``UNKNOWN``.
     """
     start = time.perf_counter()
+    settings = CertifySettings.build(settings, **options)
     _check_features(features)
-    target = resolve(model, tuple(x0.shape), preprocessing=preprocessing, bounds=bounds,
-                     dtype=dtype)
+    target = resolve(model, tuple(x0.shape), preprocessing=preprocessing, bounds=bounds, dtype=settings.dtype)
     x0 = x0.to(device=target.graph.device, dtype=target.graph.dtype)
     lo, hi = subset_boxes(x0, subsets, features=features, bounds=target.bounds)
-    opts = BoundOptions(method=method, intermediate=intermediate, max_memory=max_memory)
     labels = as_labels(label, lo.shape[0], target.graph.device)
-    margin = bound_margins(target, lo, hi, labels, opts, batch_size)
-    return _result(margin, margin_tol, method, start)
+    margin = bound_margins(target, lo, hi, labels, settings)
+    return _result(margin, settings.margin_tol, settings.method_for(target.graph), start)

@@ -4,7 +4,9 @@ The model is traced with :func:`torch.fx.symbolic_trace` (custom modules such as
 ResNet shortcut are traced through; standard ``torch.nn`` layers are leaves). Every traced
 node is mapped onto an operation of :mod:`l0tre.certify.ops`; anything else raises
 :class:`~l0tre.certify.types.UnsupportedLayerError` naming the layer. The converted graph is
-checked against the model on random probes, so a wrong translation is caught at build time.
+checked against the model on random probes (:mod:`l0tre.certify.graphcheck`), so a wrong
+translation is caught at build time; the model runs in plain IEEE arithmetic there
+(:func:`l0tre.arith.ieee_float32`), as everywhere in certification.
 
 The graph always takes *pixel-space* inputs ``(N, C, H, W)``: an optional per-channel
 normalisation ``(x - mean) / std`` is its first operation.
@@ -20,11 +22,12 @@ from typing import Any
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from l0tre.arith import ieee_float32
 from l0tre.certify import ops as O
 from l0tre.certify.fxconv import convert_call
+from l0tre.certify.graphcheck import check_conversion
 from l0tre.certify.types import UnsupportedLayerError
 
 __all__ = ["Graph", "Node", "build_graph", "eval_mode", "normalisation_of"]
@@ -203,6 +206,7 @@ def _trace(model: nn.Module) -> fx.GraphModule:
         ) from exc
 
 
+@ieee_float32()
 def build_graph(
     model: nn.Module | Graph,
     input_shape: Sequence[int],
@@ -222,7 +226,12 @@ def build_graph(
         dtype: floating type of the bound computations (float64 by default).
         device: where to compute (default: the model's parameter device).
         drop_softmax: remove a trailing softmax / log-softmax (it preserves argmax).
-        check: compare the graph with the model on random probes.
+        check: compare the graph with the model on random probes
+            (:func:`~l0tre.certify.graphcheck.check_conversion`).
+
+    The model runs in plain IEEE arithmetic here (:func:`l0tre.arith.ieee_float32`: no TF32
+    convolutions or matmuls, whatever the global settings), so the graph is checked against
+    the float32 model that certificates speak about.
 
     Raises:
         UnsupportedLayerError: a layer or function cannot be bounded soundly.
@@ -252,7 +261,7 @@ def build_graph(
                 f"model: failed on inputs of per-sample shape {shape}: {exc}") from exc
         graph = _convert(gm, rec.values, shape, norm, dtype, dev, drop_softmax)
         if check:
-            _check(graph, out, pixel_probe, model_dtype)
+            check_conversion(graph, out, pixel_probe, model_dtype)
     return graph
 
 
@@ -356,31 +365,3 @@ def _prune(nodes: list[Node], out: int, dtype: torch.dtype, device: torch.device
     new_nodes = [Node(nodes[i].name, nodes[i].op, tuple(remap[j] for j in nodes[i].inputs),
                       nodes[i].shape) for i in order]
     return Graph(new_nodes, dtype, device, softmax_dropped)
-
-
-def _check(graph: Graph, out: Any, pixel_probe: Tensor, model_dtype: torch.dtype) -> None:
-    if not isinstance(out, Tensor):
-        raise UnsupportedLayerError(f"model output: expected a tensor, got {type(out).__name__}")
-    ref = out.to(graph.dtype)
-    got = graph.forward(pixel_probe)
-    if graph.softmax_dropped == "softmax":
-        got = F.softmax(got, dim=1)
-    elif graph.softmax_dropped == "log_softmax":
-        got = F.log_softmax(got, dim=1).clamp_min(-1e4)
-        ref = ref.clamp_min(-1e4)
-    low = model_dtype in (torch.float16, torch.bfloat16)
-    tol = (1e-2 if low else 1e-4) * (1.0 + float(ref.abs().max()))
-    if got.shape != ref.shape or bool(((got - ref).abs() > tol).any()):
-        diff = (got - ref).abs().max().item() if got.shape == ref.shape else float("nan")
-        raise UnsupportedLayerError(
-            "graph conversion check failed: the converted graph disagrees with the model "
-            f"(shapes {tuple(got.shape)} vs {tuple(ref.shape)}, max |diff| {diff:.3g}); some "
-            "operation is not translated faithfully"
-        )
-    single = graph.forward(pixel_probe[:1])
-    both = graph.forward(pixel_probe)[:1]
-    eps = torch.finfo(graph.dtype).eps
-    if not torch.allclose(single, both, rtol=1e3 * eps, atol=1e3 * eps * (1.0 + float(
-            both.abs().max()))):
-        raise UnsupportedLayerError(
-            "graph conversion check failed: samples interact across the batch")

@@ -30,17 +30,18 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor
 
 from l0tre.certify import ops as O
-from l0tre.certify.bounds import BoundOptions
 from l0tre.certify.boxes import bound_margins, feature_count
+from l0tre.certify.settings import CertifySettings
 from l0tre.certify.target import Target
 
-__all__ = ["PairOutcome", "certify_pairs_separable", "feature_boxes", "feature_overlaps",
-           "coordinates", "refine_singles"]
+__all__ = ["PairOutcome", "SingleBounds", "certify_pairs_separable", "clean_margins", "coordinates", "feature_boxes",
+           "feature_overlaps", "refine_singles"]
 
 #: sub-boxes per feature at each refinement round (a feature with ``C`` free coordinates is
 #: split into ``round(S ** (1 / C))`` parts per coordinate)
@@ -146,6 +147,35 @@ def feature_boxes(
 
 
 @dataclass
+class SingleBounds:
+    """What is known about the margins over each single feature's box ``(n, K)``.
+
+    Attributes:
+        lower: sound lower bounds (the minimum over a grid of sub-boxes).
+        upper: sampled margins (the smallest at the grid's corner points), with the values
+            ``argpt`` ``(n, K, C')`` of the feature's ``C'`` coordinates where they were seen.
+    """
+
+    lower: Tensor
+    upper: Tensor
+    argpt: Tensor
+
+    @classmethod
+    def empty(cls, x0: Tensor, n: int, k: int, features: str) -> SingleBounds:
+        """Nothing known yet about ``n`` features of ``x0`` ``(C, H, W)`` and ``K`` classes."""
+        cf = x0.shape[0] if features == "pixel" else 1
+        full = partial(torch.full, dtype=x0.dtype, device=x0.device)
+        return cls(full((n, k), -math.inf), full((n, k), math.inf), full((n, k, cf), 0.0))
+
+
+def clean_margins(target: Target, x0: Tensor, label: int) -> Tensor:
+    """``z_label − z_k`` ``(K,)`` of the graph at ``x0`` (``0`` at the label)."""
+    with torch.no_grad():
+        z0 = target.graph.forward(x0.unsqueeze(0))[0]
+    return z0[label] - z0
+
+
+@dataclass
 class PairOutcome:
     """Result of :func:`certify_pairs_separable`.
 
@@ -168,36 +198,18 @@ class PairOutcome:
 
 
 def certify_pairs_separable(
-    target: Target,
-    x0: Tensor,
-    label: int,
-    overlaps: Tensor,
-    *,
-    features: str,
-    opts: BoundOptions,
-    batch_size: int,
-    margin_tol: float,
-    deadline: float,
-    splits: tuple[int, ...] = SPLITS,
-    max_candidates: int = 64,
+    target: Target, x0: Tensor, label: int, overlaps: Tensor, settings: CertifySettings, *, features: str,
+    deadline: float, splits: tuple[int, ...] = SPLITS, max_candidates: int = 64,
 ) -> PairOutcome:
     """Prove the separable pairs of ``x0`` ``(C, H, W)`` (graph dtype and device) from
     single-feature bounds, refining the features of failing pairs (module docstring).
     ``overlaps``: from :func:`feature_overlaps`; ``deadline``: a ``time.perf_counter`` value."""
-    graph = target.graph
-    dev = graph.device
-    n = overlaps.shape[0]
-    lab = torch.tensor([label], device=dev)
-    with torch.no_grad():
-        z0 = graph.forward(x0.unsqueeze(0))[0]
-    m0 = z0[label] - z0  # (K,), 0 at the label
-    k = m0.shape[0]
+    lab = torch.tensor([label], device=target.graph.device)
+    m0 = clean_margins(target, x0, label)
     pairs = torch.triu(~overlaps, diagonal=1).nonzero()  # (P, 2) separable
     close = torch.triu(overlaps, diagonal=1).nonzero()
-    lower = torch.full((n, k), -math.inf, dtype=graph.dtype, device=dev)
-    upper = torch.full((n, k), math.inf, dtype=graph.dtype, device=dev)
+    singles = SingleBounds.empty(x0, overlaps.shape[0], m0.shape[0], features)
     cf = x0.shape[0] if features == "pixel" else 1
-    argpt = torch.zeros((n, k, cf), dtype=graph.dtype, device=dev)
     boxes = 0
     todo = torch.unique(pairs.flatten())
     for parts_total in splits:
@@ -206,17 +218,17 @@ def certify_pairs_separable(
         if time.perf_counter() > deadline:
             return PairOutcome(torch.cat([close, pairs]), 0, boxes, timed_out=True)
         parts = max(1, round(parts_total ** (1 / cf)))
-        done = refine_singles(target, x0, lab, features, todo, parts, opts, batch_size, lower, upper, argpt, deadline)
+        done = refine_singles(target, x0, lab, features, todo, parts, settings, singles, deadline)
         boxes += done
         if done < todo.shape[0] * parts**cf:
             return PairOutcome(torch.cat([close, pairs]), 0, boxes, timed_out=True)
-        cex = _counterexample(target, x0, label, features, pairs, _pair_sums(upper, pairs, m0), argpt,
+        cex = _counterexample(target, x0, label, features, pairs, _pair_sums(singles.upper, pairs, m0), singles.argpt,
                               max_candidates)
         if cex is not None:
             return PairOutcome(pairs.new_zeros((0, 2)), 0, boxes, cex[0], cex[1])
-        failing = pairs[_pair_sums(lower, pairs, m0).min(1).values <= margin_tol]
+        failing = pairs[_pair_sums(singles.lower, pairs, m0).min(1).values <= settings.margin_tol]
         todo = torch.unique(failing.flatten())
-    ok = _pair_sums(lower, pairs, m0).min(1).values > margin_tol
+    ok = _pair_sums(singles.lower, pairs, m0).min(1).values > settings.margin_tol
     return PairOutcome(torch.cat([close, pairs[~ok]]), int(ok.sum()), boxes)
 
 
@@ -227,23 +239,24 @@ def _pair_sums(single: Tensor, pairs: Tensor, m0: Tensor) -> Tensor:
 
 
 def refine_singles(
-    target: Target, x0: Tensor, lab: Tensor, features: str, feats: Tensor, parts: int, opts: BoundOptions,
-    batch_size: int, lower: Tensor, upper: Tensor, argpt: Tensor, deadline: float,
+    target: Target, x0: Tensor, lab: Tensor, features: str, feats: Tensor, parts: int, settings: CertifySettings,
+    singles: SingleBounds, deadline: float,
 ) -> int:
-    """Tighten ``lower`` (sound bounds: min over the ``parts``-grid's cells) and ``upper``
-    (sampled margins at the grid's corners, minimising values in ``argpt`` ``(n, K, C')``) of ``feats``;
-    returns the number of sub-boxes bounded (fewer than all when ``deadline`` passed)."""
+    """Tighten the bounds of ``feats`` in ``singles``: ``lower`` with the ``parts``-grid's
+    cells, ``upper`` and ``argpt`` with its corners; returns the number of sub-boxes bounded
+    (fewer than all when ``deadline`` passed)."""
     cf = int(x0.shape[0]) if features == "pixel" else 1
     cells = parts**cf
     corners, _ = _grid(parts, cf, target.bounds, x0.dtype, x0.device, corners=True)
     per_chunk = max(1, 4096 // max(cells, corners.shape[0]))
+    lower, upper, argpt = singles.lower, singles.upper, singles.argpt
     done = 0
     for s in range(0, feats.shape[0], per_chunk):
         if time.perf_counter() > deadline:
             return done
         fs = feats[s : s + per_chunk]
         lo, hi = feature_boxes(x0, features, fs, parts, target.bounds)
-        lb = bound_margins(target, lo, hi, lab.expand(lo.shape[0]), opts, batch_size)
+        lb = bound_margins(target, lo, hi, lab.expand(lo.shape[0]), settings)
         lower[fs] = torch.maximum(lower[fs], lb.view(fs.shape[0], cells, -1).min(1).values)
         with torch.no_grad():
             z = target.graph.forward(_place(x0, features, fs, corners))

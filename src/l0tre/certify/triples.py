@@ -30,6 +30,7 @@ Every triple's box contains the boxes of its pairs and singles (the other featur
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -37,10 +38,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from l0tre.certify.bab import certify_boxes_bab
-from l0tre.certify.bounds import BoundOptions
+from l0tre.certify.bab import branch_and_bound
 from l0tre.certify.boxes import bound_margins, subset_boxes
-from l0tre.certify.separable import SPLITS, coordinates, refine_singles
+from l0tre.certify.separable import SPLITS, SingleBounds, clean_margins, coordinates, refine_singles
+from l0tre.certify.settings import CertifySettings
 from l0tre.certify.target import Target
 
 __all__ = [
@@ -203,110 +204,131 @@ class TripleOutcome:
 
 
 def certify_triples_separable(
-    target: Target,
-    x0: Tensor,
-    label: int,
-    overlaps: Tensor,
-    *,
-    features: str,
-    opts: BoundOptions,
-    batch_size: int,
-    margin_tol: float,
-    deadline: float,
-    use_bab: bool = True,
-    bab_max_depth: int = 12,
-    bab_max_nodes: int = 20_000,
-    splits: tuple[int, ...] = SPLITS,
+    target: Target, x0: Tensor, label: int, overlaps: Tensor, settings: CertifySettings, *, features: str,
+    deadline: float, splits: tuple[int, ...] = SPLITS,
 ) -> TripleOutcome:
     """Prove the decomposed ``3``-subsets of ``x0`` ``(C, H, W)`` (graph dtype and device) from
     single-feature and close-pair bounds (module docstring); ``overlaps`` from
-    :func:`~l0tre.certify.separable.feature_overlaps`, ``deadline`` a ``time.perf_counter`` value."""
-    graph = target.graph
-    dev = graph.device
-    n = overlaps.shape[0]
-    lab = torch.tensor([label], device=dev)
-    with torch.no_grad():
-        z0 = graph.forward(x0.unsqueeze(0))[0]
-    m0 = z0[label] - z0
-    tau = margin_tol - m0
-    tau[label] = math.inf
-    k_cls = m0.shape[0]
-    cf = x0.shape[0] if features == "pixel" else 1
-    lower = torch.full((n, k_cls), -math.inf, dtype=graph.dtype, device=dev)
-    upper = torch.full((n, k_cls), math.inf, dtype=graph.dtype, device=dev)
-    argpt = torch.zeros((n, k_cls, cf), dtype=graph.dtype, device=dev)
-    tri = connected_triples(overlaps)
-    pairs = torch.triu(overlaps, diagonal=1).nonzero()
-    boxes = 0
+    :func:`~l0tre.certify.separable.feature_overlaps`, ``deadline`` a ``time.perf_counter`` value.
+    Close pairs go to branch and bound when ``settings.use_bab``."""
+    run = _Triples(target, x0, label, overlaps, settings, features, deadline)
+    out = run.singles_and_pairs()
+    if out is not None:
+        return out
+    failures = run.refine(splits)
+    if failures is None:
+        return run.out_of_time()
+    if failures[1].numel() and settings.use_bab:
+        cex = run.close_pairs(failures[2])
+        if cex is not None:
+            return cex
+        failures = decomposed_failures(run.d1(), run.d2(), run.pairs, overlaps, run.tau)
+        if failures[3] is not None:
+            return run.out_of_time()
+    return run.remaining(failures[0], failures[1])
 
-    def out_of_time() -> TripleOutcome:
-        return TripleOutcome(tri, 0, boxes, timed_out=True)
 
-    # singles, then every close pair bounded jointly
-    todo = torch.arange(n, device=dev)
-    done = refine_singles(target, x0, lab, features, todo, 1, opts, batch_size, lower, upper, argpt, deadline)
-    boxes += done
-    if done < n:
-        return out_of_time()
-    cex = sampled_counterexample(target, x0, label, features, overlaps, upper, argpt, m0)
-    if cex is not None:
-        return TripleOutcome(tri.new_zeros((0, 3)), 0, boxes, cex[0], cex[1])
-    l2 = torch.empty((pairs.shape[0], k_cls), dtype=graph.dtype, device=dev)
-    for s in range(0, pairs.shape[0], 4096):
-        if time.perf_counter() > deadline:
-            return out_of_time()
-        lo, hi = subset_boxes(x0, pairs[s : s + 4096], features=features, bounds=target.bounds)
-        l2[s : s + 4096] = bound_margins(target, lo, hi, lab.expand(lo.shape[0]), opts, batch_size)
-        boxes += int(lo.shape[0])
+class _Triples:
+    """The state of :func:`certify_triples_separable`: single-feature and close-pair bounds."""
 
-    level = 0
-    while True:
-        singles, combos, rows, too_many = decomposed_failures(lower - m0, l2 - m0, pairs, overlaps, tau)
-        if too_many is None and singles.numel() == 0 and combos.numel() == 0:
-            break
-        level += 1
-        if level >= len(splits):
-            break
-        refine = torch.unique(torch.cat([singles.flatten(), combos[:, 2],
-                                         too_many if too_many is not None else singles.new_zeros(0)]))
-        parts = max(1, round(splits[level] ** (1 / cf)))
-        done = refine_singles(target, x0, lab, features, refine, parts, opts, batch_size, lower, upper, argpt,
-                              deadline)
-        boxes += done
-        if done < refine.numel() * parts**cf:
-            return out_of_time()
-    if too_many is not None:
-        return out_of_time()
+    def __init__(self, target: Target, x0: Tensor, label: int, overlaps: Tensor, settings: CertifySettings,
+                 features: str, deadline: float) -> None:
+        self.target, self.x0, self.label, self.overlaps = target, x0, label, overlaps
+        self.settings, self.features, self.deadline = settings, features, deadline
+        self.lab = torch.tensor([label], device=target.graph.device)
+        self.m0 = clean_margins(target, x0, label)
+        self.tau = settings.margin_tol - self.m0
+        self.tau[label] = math.inf
+        self.n = overlaps.shape[0]
+        self.singles = SingleBounds.empty(x0, self.n, self.m0.shape[0], features)
+        self.tri = connected_triples(overlaps)
+        self.pairs = torch.triu(overlaps, diagonal=1).nonzero()
+        self.l2 = torch.empty((self.pairs.shape[0], self.m0.shape[0]), dtype=x0.dtype, device=x0.device)
+        self.boxes = 0
 
-    if combos.numel() and use_bab:
-        # close pairs that need a higher bound than zero: branch and bound up to that threshold,
-        # per class the largest drop of a single feature (the label's column: +inf, clamped to 0)
-        need = margin_tol - (lower - m0).min(0).values.clamp(max=0.0)
+    def d1(self) -> Tensor:
+        return self.singles.lower - self.m0
+
+    def d2(self) -> Tensor:
+        return self.l2 - self.m0
+
+    def out_of_time(self) -> TripleOutcome:
+        return TripleOutcome(self.tri, 0, self.boxes, timed_out=True)
+
+    def _refine(self, feats: Tensor, parts: int) -> bool:
+        """Refine the single-feature bounds of ``feats``; whether it finished in time."""
+        done = refine_singles(self.target, self.x0, self.lab, self.features, feats, parts, self.settings,
+                              self.singles, self.deadline)
+        self.boxes += done
+        cf = self.x0.shape[0] if self.features == "pixel" else 1
+        return done >= feats.numel() * parts**cf
+
+    def singles_and_pairs(self) -> TripleOutcome | None:
+        """Bound every single feature, then every close pair jointly; an outcome when that
+        already decides (a sampled counterexample, or the deadline)."""
+        if not self._refine(torch.arange(self.n, device=self.x0.device), 1):
+            return self.out_of_time()
+        cex = sampled_counterexample(self.target, self.x0, self.label, self.features, self.overlaps,
+                                     self.singles.upper, self.singles.argpt, self.m0)
+        if cex is not None:
+            return TripleOutcome(self.tri.new_zeros((0, 3)), 0, self.boxes, cex[0], cex[1])
+        for s in range(0, self.pairs.shape[0], 4096):
+            if time.perf_counter() > self.deadline:
+                return self.out_of_time()
+            lo, hi = subset_boxes(self.x0, self.pairs[s : s + 4096], features=self.features,
+                                  bounds=self.target.bounds)
+            self.l2[s : s + 4096] = bound_margins(self.target, lo, hi, self.lab.expand(lo.shape[0]), self.settings)
+            self.boxes += int(lo.shape[0])
+        return None
+
+    def refine(self, splits: tuple[int, ...]) -> tuple[Tensor, Tensor, Tensor, Tensor | None] | None:
+        """Refine the singles of failing combinations, split by split; the failures left
+        (:func:`decomposed_failures`, complete), or ``None`` when out of time."""
+        cf = self.x0.shape[0] if self.features == "pixel" else 1
+        level = 0
+        while True:
+            failures = decomposed_failures(self.d1(), self.d2(), self.pairs, self.overlaps, self.tau)
+            singles, combos, _, too_many = failures
+            if too_many is None and singles.numel() == 0 and combos.numel() == 0:
+                break
+            level += 1
+            if level >= len(splits):
+                break
+            extra = too_many if too_many is not None else singles.new_zeros(0)
+            feats = torch.unique(torch.cat([singles.flatten(), combos[:, 2], extra]))
+            if not self._refine(feats, max(1, round(splits[level] ** (1 / cf)))):
+                return None
+        return None if failures[3] is not None else failures
+
+    def close_pairs(self, rows: Tensor) -> TripleOutcome | None:
+        """Close pairs that need a higher bound than zero: branch and bound up to that
+        threshold, per class the largest drop of a single feature (the label's column: +inf,
+        clamped to 0). Raises ``l2``; an outcome when a pair flips the label (or time is up)."""
+        need = self.settings.margin_tol - self.d1().min(0).values.clamp(max=0.0)
         p_rows = torch.unique(rows)
-        lo, hi = subset_boxes(x0, pairs[p_rows], features=features, bounds=target.bounds)
-        left = deadline - time.perf_counter()
+        lo, hi = subset_boxes(self.x0, self.pairs[p_rows], features=self.features, bounds=self.target.bounds)
+        left = self.deadline - time.perf_counter()
         if left <= 0:
-            return out_of_time()
-        res = certify_boxes_bab(target, lo, hi, lab.expand(lo.shape[0]), method=opts.method,
-                                intermediate=opts.intermediate, max_depth=bab_max_depth, max_nodes=bab_max_nodes,
-                                time_limit=left / 2, batch_size=batch_size, max_memory=opts.max_memory,
-                                margin_tol=need, initial_margins=l2[p_rows])
-        boxes += res.nodes
+            return self.out_of_time()
+        res = branch_and_bound(self.target, lo, hi, self.lab.expand(lo.shape[0]),
+                               dataclasses.replace(self.settings, time_limit=left / 2), thresholds=need,
+                               initial_margins=self.l2[p_rows])
+        self.boxes += res.nodes
         if res.counterexamples:  # a real flip with two changed features
             i, x = next(iter(res.counterexamples.items()))
-            return TripleOutcome(tri.new_zeros((0, 3)), 0, boxes, x.to(dev),
-                                 tuple(int(v) for v in pairs[p_rows[i]].tolist()))
-        l2[p_rows] = torch.maximum(l2[p_rows], res.margin_lb.to(device=dev, dtype=l2.dtype))
-        singles, combos, rows, too_many = decomposed_failures(lower - m0, l2 - m0, pairs, overlaps, tau)
-        if too_many is not None:
-            return out_of_time()
+            return TripleOutcome(self.tri.new_zeros((0, 3)), 0, self.boxes, x.to(self.x0.device),
+                                 tuple(int(v) for v in self.pairs[p_rows[i]].tolist()))
+        self.l2[p_rows] = torch.maximum(self.l2[p_rows], res.margin_lb.to(device=self.l2.device, dtype=self.l2.dtype))
+        return None
 
-    failing = torch.unique(torch.cat([singles, combos.sort(1).values]), dim=0)
-    total = math.comb(n, 3) - tri.shape[0]
-    remaining = torch.cat([failing, tri])
-    # most promising first (a counterexample then stops the level early): by the margin the
-    # sampled single-feature minima would give if the triple were additive
-    drop = (upper - m0).clamp(max=0.0).nan_to_num(posinf=0.0)  # (n, K), 0 at the label
-    estimate = (m0 + drop[remaining].sum(1)).masked_fill(torch.isinf(tau), math.inf).min(1).values
-    order = torch.argsort(estimate, stable=True)
-    return TripleOutcome(remaining[order], total - int(failing.shape[0]), boxes)
+    def remaining(self, singles: Tensor, combos: Tensor) -> TripleOutcome:
+        """The outcome: every failing decomposed triple and every connected triple, the most
+        promising for a counterexample first (then it stops the level early): by the margin
+        the sampled single-feature minima would give if the triple were additive."""
+        failing = torch.unique(torch.cat([singles, combos.sort(1).values]), dim=0)
+        total = math.comb(self.n, 3) - self.tri.shape[0]
+        remaining = torch.cat([failing, self.tri])
+        drop = (self.singles.upper - self.m0).clamp(max=0.0).nan_to_num(posinf=0.0)  # (n, K), 0 at the label
+        estimate = (self.m0 + drop[remaining].sum(1)).masked_fill(torch.isinf(self.tau), math.inf).min(1).values
+        order = torch.argsort(estimate, stable=True)
+        return TripleOutcome(remaining[order], total - int(failing.shape[0]), self.boxes)

@@ -13,14 +13,17 @@ stops certification for that input.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ..certify.methods import Method
+from ..certify.settings import LEVEL_SETTINGS, CertifySettings
 from ..classifier import Classifier
-from ..validate import Choice
+from ..validate import Choice, positive_float
 
 __all__ = ["CertifyMode", "CertifyOptions", "Certifier"]
 
@@ -41,9 +44,37 @@ class CertifyMode(Choice):
 
 @dataclass(frozen=True)
 class CertifyOptions:
+    """The engine's certification: ``mode``, the bounding ``method`` (``"auto"``: per model)
+    and the ``time_limit`` in seconds per input and level; validated on construction (also
+    from plain strings, as :meth:`build` names the arguments of :func:`l0tre.evaluate`)."""
+
     mode: CertifyMode = CertifyMode.OFF
-    method: str = "auto"
+    method: Method | str = Method.AUTO  # a Method after construction
     time_limit: float = 60.0  # seconds per input and level
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", CertifyMode.parse(self.mode))
+        object.__setattr__(self, "method", Method.parse(self.method))
+        object.__setattr__(self, "time_limit", positive_float("time_limit", self.time_limit))
+
+    @classmethod
+    def build(cls, certify: object = False, certify_method: object = "auto",
+              certify_time_limit: object = 60.0) -> CertifyOptions:
+        """From the arguments of :func:`l0tre.evaluate`, with errors that name them."""
+        try:
+            method = Method.parse(certify_method)
+        except ValueError:
+            raise ValueError(f"certify_method: expected one of {tuple(m.value for m in Method)}, "
+                             f"got {certify_method!r}") from None
+        if isinstance(certify_time_limit, bool) or not isinstance(certify_time_limit, (int, float)) \
+                or not certify_time_limit > 0:
+            raise ValueError(f"certify_time_limit: expected a positive number of seconds, got {certify_time_limit!r}")
+        return cls(CertifyMode.parse(certify), method, float(certify_time_limit))
+
+    @property
+    def settings(self) -> CertifySettings:
+        """The settings of each :func:`l0tre.certify.certify_level` call."""
+        return dataclasses.replace(LEVEL_SETTINGS, method=Method.parse(self.method), time_limit=self.time_limit)
 
 
 class Certifier:
@@ -58,7 +89,8 @@ class Certifier:
         self.shape = shape
         self.features = features
         self.options = options
-        self.target: Any = resolve(model, shape)
+        self.settings = options.settings
+        self.target: Any = resolve(model, shape)  # build_graph runs the model in IEEE float32 (no TF32)
         self.seconds = 0.0
         self.attempts = 0
         self.proven = 0
@@ -75,9 +107,9 @@ class Certifier:
         if t in (2, 3) and not self._overlaps_done:  # input-independent: once per model
             self._overlaps = feature_overlaps(self.target, self.features)
             self._overlaps_done = True
-        res = certify_level(self.target, x0, label, t, features=self.features, method=self.options.method,
-                            time_limit=self.options.time_limit, overlaps=self._overlaps,
-                            separable=self._overlaps is not None)
+        settings = dataclasses.replace(self.settings, separable=self._overlaps is not None)
+        res = certify_level(self.target, x0, label, t, features=self.features, settings=settings,
+                            overlaps=self._overlaps)
         self.seconds += time.perf_counter() - start
         self.attempts += 1
         ok = res.status is Status.PROVEN
