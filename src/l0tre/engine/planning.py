@@ -17,7 +17,9 @@ from .subspaces import count_points
 __all__ = ["SHARD_INPUTS", "SHARD_POINTS_MAX", "estimate_guard", "level_evaluations", "plan_level"]
 
 SHARD_INPUTS = 4  # measured: 8 gives the same speed with half as many snapshots
-SHARD_POINTS_MAX = 1 << 16  # points per shard beyond which a shard is never grown for batching
+SHARD_POINTS_MAX = 1 << 16  # points per shard beyond which a shard is not grown for batching, unless
+# 16 model calls hold more (large calls on a GPU): then shards grow to 16 calls, so that the
+# upper-bound search and tightening batch over many inputs per call
 
 
 def level_evaluations(problem: Problem, t: int, inputs: torch.Tensor | None = None) -> int:
@@ -34,7 +36,7 @@ def plan_level(problem: Problem, t: int, active: torch.Tensor, batch_size: int, 
     """
     per_input = count_points(problem.valid_counts[active], t).clamp_min(1)
     target = max(16 * batch_size, SHARD_INPUTS * int(per_input.float().median()))
-    target = min(target, SHARD_POINTS_MAX)
+    target = min(target, max(SHARD_POINTS_MAX, 16 * batch_size))  # large calls (GPU): larger shards
     shards: list[list[int]] = []
     cur: list[int] = []
     cur_cost = 0.0

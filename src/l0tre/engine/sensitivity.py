@@ -224,19 +224,19 @@ def evaluate_unit(
         upd = bs < min_score  # strict: earlier batches hold smaller p for the same key
         min_score = torch.where(upd, bs, min_score)
         best_p = torch.where(upd, bp, best_p)
-        evals += torch.bincount(a, minlength=na)
+        evals.index_add_(0, a, torch.ones_like(a))
+        # the best adversarial row per input, with masks instead of a host sync on ``succ.any()``
         succ = ov.success.to(dev)
-        if bool(succ.any()):
-            sa, ss = a[succ], score[succ]
-            pos = torch.arange(b0, b0 + c.shape[0], device=dev)[succ]
-            bws = torch.full_like(w_score, float("inf")).scatter_reduce(0, sa, ss, "amin")
-            tie_w = ss == bws[sa]
-            bwp = torch.full_like(w_pos, _BIG).scatter_reduce(
-                0, sa, torch.where(tie_w, pos, torch.full_like(pos, _BIG)), "amin"
-            )
-            upd_w = (bws < w_score) | ((w_pos < 0) & (bwp < _BIG))
-            w_score = torch.where(upd_w, bws, w_score)
-            w_pos = torch.where(upd_w, bwp, w_pos)
+        ss = torch.where(succ, score, torch.full_like(score, float("inf")))
+        pos = torch.arange(b0, b0 + c.shape[0], device=dev)
+        bws = torch.full_like(w_score, float("inf")).scatter_reduce(0, a, ss, "amin")
+        tie_w = succ & (ss == bws[a])
+        bwp = torch.full_like(w_pos, _BIG).scatter_reduce(
+            0, a, torch.where(tie_w, pos, torch.full_like(pos, _BIG)), "amin"
+        )
+        upd_w = (bws < w_score) | ((w_pos < 0) & (bwp < _BIG))
+        w_score = torch.where(upd_w, bws, w_score)
+        w_pos = torch.where(upd_w, bwp, w_pos)
         if on_batch is not None:
             on_batch(int(c.shape[0]))
     ranks = torch.arange(r0, r1, device=dev).unsqueeze(0).expand(na, s_count)
