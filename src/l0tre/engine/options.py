@@ -2,35 +2,19 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 
 from ..classifier import Classifier
 from ..execution.memory import DEFAULT_MAX_MEMORY
+from ..validate import positive_float, positive_int
 from .features import FeatureKind
 from .grid import check_epsilon
 
 __all__ = ["EvaluateOptions", "check_inputs", "check_labels"]
 
 DEFAULT_MAX_EVALUATIONS = 10**10
-
-
-def _positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected a positive integer, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value}")
-    return value
-
-
-def _positive_float(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name}: expected a positive number, got {type(value).__name__} {value!r}")
-    if not math.isfinite(float(value)) or value <= 0:
-        raise ValueError(f"{name}: expected a positive finite number, got {value}")
-    return float(value)
 
 
 @dataclass(frozen=True)
@@ -65,14 +49,14 @@ class EvaluateOptions:
             raise TypeError(f"features: expected 'pixel' or 'element', got {type(features).__name__}")
         return EvaluateOptions(
             epsilon=float(epsilon),  # type: ignore[arg-type]
-            t_max=_positive_int("t_max", t_max),
+            t_max=positive_int("t_max", t_max),
             features=FeatureKind.parse(features),
-            batch_size=None if batch_size is None else _positive_int("batch_size", batch_size),
-            max_memory=_positive_int("max_memory", max_memory),
-            time_budget=None if time_budget is None else _positive_float("time_budget", time_budget),
-            report_every=_positive_float("report_every", report_every),
-            max_evaluations=_positive_int("max_evaluations", max_evaluations),
-            top_k=None if top_k is None else _positive_int("top_k", top_k),
+            batch_size=None if batch_size is None else positive_int("batch_size", batch_size),
+            max_memory=positive_int("max_memory", max_memory),
+            time_budget=None if time_budget is None else positive_float("time_budget", time_budget),
+            report_every=positive_float("report_every", report_every),
+            max_evaluations=positive_int("max_evaluations", max_evaluations),
+            top_k=None if top_k is None else positive_int("top_k", top_k),
         )
 
     @property
