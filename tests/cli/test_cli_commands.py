@@ -26,9 +26,17 @@ def test_info_prints_evaluations_per_level(assets: Assets) -> None:
     for word in ("model", "parameters", "device", "evaluations/s", "t=1", "t=2", "t=3", "total"):
         assert word in out, word
     assert "235" in out  # parameters of TinyNet: 4*9+4 + 64*3+3
-    # 6 inputs, 36 pixels, 3 grid values each (no pixel is on the grid): t=1 needs 6*36*3 evaluations
-    assert f"{6 * 36 * 3:,}" in out
-    assert f"{6 * math.comb(36, 2) * 9:,}" in out
+    # independent count of grid points: per pixel, the grid values {0, 0.5, 1} that differ from it
+    import itertools
+
+    import numpy as np
+
+    x = np.load(assets.data)["x"].reshape(6, -1).astype(np.float64)
+    valid = [[sum(v != g for g in (0.0, 0.5, 1.0)) for v in row] for row in x]
+    t1 = sum(sum(row) for row in valid)
+    t2 = sum(a * b for row in valid for a, b in itertools.combinations(row, 2))
+    assert t1 == 6 * 36 * 3 and t2 == 6 * math.comb(36, 2) * 9  # no pixel of the fixture is on the grid
+    assert f"{t1:,}" in out and f"{t2:,}" in out
 
 
 def test_info_json(assets: Assets, capsys: pytest.CaptureFixture[str]) -> None:

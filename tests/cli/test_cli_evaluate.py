@@ -46,9 +46,12 @@ def test_results_json_schema(evaluated: tuple[Path, Any, dict[str, Any]]) -> Non
     g = data["global"]
     assert GLOBAL_KEYS <= set(g)
     assert g["t"] == 2 and g["evaluations"] > 0 and g["accuracy"] == pytest.approx(4 / 5)
-    assert g["lower"] <= g["estimate"] <= g["upper"]
-    assert g["estimate"] == pytest.approx((g["lower"] + g["upper"]) / 2)
     rows = data["inputs"]
+    # the global numbers from the per-input rows (paper Def. 5: the means, and their centre)
+    lower = sum(r["lower"] for r in rows) / len(rows)
+    upper = sum(r["upper"] for r in rows) / len(rows)
+    assert g["lower"] == pytest.approx(lower) and g["upper"] == pytest.approx(upper)
+    assert g["estimate"] == pytest.approx((lower + upper) / 2) and g["radius"] == pytest.approx((upper - lower) / 2)
     assert [r["index"] for r in rows] == [0, 1, 2, 4, 5]  # positions in the source data set
     for r in rows:
         assert INPUT_KEYS <= set(r)
