@@ -11,11 +11,11 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from l0tre.certify.boxes import as_labels, bound_margins
+from l0tre.certify.boxes import bound_margins, box_target
 from l0tre.certify.falsify import min_margin, search_counterexamples
 from l0tre.certify.grouping import free_coordinates
 from l0tre.certify.settings import CertifySettings, Split
-from l0tre.certify.target import Target, resolve
+from l0tre.certify.target import Target
 from l0tre.certify.types import CertifyResult, Status
 from l0tre.classifier import ieee_float32
 
@@ -138,11 +138,7 @@ def certify_boxes_bab(model: Any, lo: Tensor, hi: Tensor, label: int | Tensor, *
     if margin_tol is not None and thresholds is None:
         options["margin_tol"] = margin_tol
     settings = CertifySettings.build(settings, **options)
-    if lo.dim() != 4 or lo.shape != hi.shape:
-        raise ValueError(f"lo, hi: expected two (B, C, H, W) tensors of the same shape, got "
-                         f"{tuple(lo.shape)} and {tuple(hi.shape)}")
-    target = resolve(model, tuple(lo.shape[1:]), preprocessing=preprocessing, dtype=settings.dtype)
-    labels = as_labels(label, lo.shape[0], target.graph.device)
+    target, labels = box_target(model, lo, hi, label, preprocessing, settings)
     return branch_and_bound(target, lo, hi, labels, settings, thresholds=thresholds,
                             initial_margins=initial_margins, start=start)
 

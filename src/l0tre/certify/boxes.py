@@ -24,7 +24,8 @@ from l0tre.certify.target import Target, resolve
 from l0tre.certify.types import CertifyResult, Status
 from l0tre.classifier import ieee_float32
 
-__all__ = ["certify_boxes", "certify_subsets", "feature_count", "subset_boxes"]
+__all__ = ["as_labels", "bound_margins", "box_target", "certify_boxes", "certify_subsets", "feature_count",
+           "subset_boxes"]
 
 _FEATURES = ("pixel", "element")
 
@@ -105,6 +106,16 @@ def bound_margins(target: Target, lo: Tensor, hi: Tensor, labels: Tensor, settin
     return torch.empty_like(out).index_copy_(0, order.to(out.device), out)
 
 
+def box_target(model: Any, lo: Tensor, hi: Tensor, label: int | Tensor, preprocessing: Any,
+               settings: CertifySettings) -> tuple[Target, Tensor]:
+    """The target for general boxes ``(B, C, H, W)`` and their labels ``(B,)`` (validated)."""
+    if lo.dim() != 4 or lo.shape != hi.shape:
+        raise ValueError(f"lo, hi: expected two (B, C, H, W) tensors of the same shape, got "
+                         f"{tuple(lo.shape)} and {tuple(hi.shape)}")
+    target = resolve(model, tuple(lo.shape[1:]), preprocessing=preprocessing, dtype=settings.dtype)
+    return target, as_labels(label, lo.shape[0], target.graph.device)
+
+
 def _result(margin: Tensor, tol: float, method: str, start: float) -> CertifyResult:
     proven = (margin > tol).all(1).cpu()
     status = [Status.PROVEN if p else Status.UNKNOWN for p in proven.tolist()]
@@ -133,11 +144,7 @@ def certify_boxes(model: Any, lo: Tensor, hi: Tensor, label: int | Tensor, *, pr
     """
     start = time.perf_counter()
     settings = CertifySettings.build(settings, **options)
-    if lo.dim() != 4 or lo.shape != hi.shape:
-        raise ValueError(f"lo, hi: expected two (B, C, H, W) tensors of the same shape, got "
-                         f"{tuple(lo.shape)} and {tuple(hi.shape)}")
-    target = resolve(model, tuple(lo.shape[1:]), preprocessing=preprocessing, dtype=settings.dtype)
-    labels = as_labels(label, lo.shape[0], target.graph.device)
+    target, labels = box_target(model, lo, hi, label, preprocessing, settings)
     margin = bound_margins(target, lo, hi, labels, settings)
     return _result(margin, settings.margin_tol, settings.method_for(target.graph), start)
 

@@ -76,6 +76,28 @@ def _pgd(target: Target, lo: Tensor, hi: Tensor, labels: Tensor, start: Tensor, 
     return best_x, best_m
 
 
+def _best_candidates(target: Target, lo: Tensor, hi: Tensor, labels: Tensor, corner_dims: int, n_random: int,
+                     grid: int, seed: int) -> tuple[Tensor, Tensor]:
+    """The smallest margin ``(B,)`` over each box's centre, corners, grid and random points,
+    and the point ``(B, C, H, W)`` where it is reached."""
+    b = lo.shape[0]
+    gen = torch.Generator().manual_seed(seed)
+    centre = (lo + hi) / 2
+    corners = _corners(lo, hi, corner_dims, n_random, grid, gen)
+    rand = lo + (hi - lo) * torch.rand((n_random, *lo.shape), generator=gen,
+                                      dtype=lo.dtype).to(lo.device)
+    cands = torch.cat([centre.unsqueeze(0), corners, rand])  # (P, B, ...)
+    p = cands.shape[0]
+    with torch.no_grad():
+        step = max(1, 4096 // max(1, b))
+        margins = torch.cat([
+            min_margin(target, cands[i:i + step].flatten(0, 1), labels.repeat(min(step, p - i)))
+            for i in range(0, p, step)
+        ]).view(p, b)
+    best_m, best_i = margins.min(0)
+    return best_m, cands[best_i, torch.arange(b, device=lo.device)].clone()
+
+
 def search_counterexamples(
     target: Target,
     lo: Tensor,
@@ -107,21 +129,7 @@ def search_counterexamples(
     b = lo.shape[0]
     if b == 0:
         return torch.zeros(0, dtype=torch.bool, device=lo.device), lo.clone()
-    gen = torch.Generator().manual_seed(seed)
-    centre = (lo + hi) / 2
-    corners = _corners(lo, hi, corner_dims, n_random, grid, gen)
-    rand = lo + (hi - lo) * torch.rand((n_random, *lo.shape), generator=gen,
-                                      dtype=lo.dtype).to(lo.device)
-    cands = torch.cat([centre.unsqueeze(0), corners, rand])  # (P, B, ...)
-    p = cands.shape[0]
-    with torch.no_grad():
-        step = max(1, 4096 // max(1, b))
-        margins = torch.cat([
-            min_margin(target, cands[i:i + step].flatten(0, 1), labels.repeat(min(step, p - i)))
-            for i in range(0, p, step)
-        ]).view(p, b)
-    best_m, best_i = margins.min(0)
-    best_x = cands[best_i, torch.arange(b, device=lo.device)].clone()
+    best_m, best_x = _best_candidates(target, lo, hi, labels, corner_dims, n_random, grid, seed)
     if steps > 0:
         # a gradient search from the best candidate (not for boxes of at most 2 free
         # coordinates, which the grid covers, nor where that is already a hit)

@@ -14,7 +14,7 @@ from torch import Tensor
 from l0tre.certify import ops as O
 from l0tre.certify.types import UnsupportedLayerError
 
-__all__ = ["CallContext", "Result", "pair", "shape_numel"]
+__all__ = ["CallContext", "Result", "pair"]
 
 #: ``(op, input indices)``; an ``int`` (an alias of an existing graph node); ``"softmax"`` /
 #: ``"log_softmax"`` (a removable trailing softmax); ``None`` (a constant, kept in ``consts``)
@@ -26,13 +26,6 @@ def pair(v: Any) -> tuple[int, int]:
     if isinstance(v, (tuple, list)):
         return (int(v[0]), int(v[-1])) if len(v) else (0, 0)
     return (int(v), int(v))
-
-
-def shape_numel(shape: O.Shape) -> int:
-    out = 1
-    for s in shape:
-        out *= s
-    return out
 
 
 class CallContext:

@@ -9,6 +9,7 @@ per-sample, monotone (non-negative) linear map, and is bounded through its linea
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from l0tre.certify import ops as O
-from l0tre.certify.fxcontext import CallContext, Result, pair, shape_numel
+from l0tre.certify.fxcontext import CallContext, Result, pair
 from l0tre.certify.types import UnsupportedLayerError
 
 __all__ = ["add_sub", "f_batch_norm", "f_conv2d", "f_linear", "f_max_pool2d", "linear_function", "monotone_linear",
@@ -82,7 +83,7 @@ def reshape(ctx: CallContext) -> Result:
             and ctx.n.target not in ("view_as", "reshape_as"):
         raise UnsupportedLayerError(f"unsupported {ctx.where}: several tensor inputs")
     in_shape = ctx.shape(x)
-    if shape_numel(in_shape) != shape_numel(ctx.out_shape):
+    if math.prod(in_shape) != math.prod(ctx.out_shape):
         raise UnsupportedLayerError(f"unsupported {ctx.where}: mixes samples")
     return ctx.reshape_to(ctx.index[x], in_shape)
 

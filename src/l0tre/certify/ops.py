@@ -87,6 +87,10 @@ class AffineOp(Op):
         y = self.linear(xs[0])
         return y if self.bias is None else y + self.bias
 
+    def _keep_signs(self, w: Tensor) -> None:
+        """Store ``|w|``, ``w⁺`` and ``w⁻`` for ``abs_linear`` and ``pos_neg``."""
+        self._abs, self._pos, self._neg = w.abs(), w.clamp(min=0), w.clamp(max=0)
+
 
 class LinearOp(AffineOp):
     """``y = x Wᵀ + b`` on the last dimension; ``weight`` ``(O, I)``, ``bias`` ``(O,)``."""
@@ -96,9 +100,7 @@ class LinearOp(AffineOp):
         super().__init__((in_shape,), out_shape)
         self.weight = weight
         self.bias = bias
-        self._abs = weight.abs()
-        self._pos = weight.clamp(min=0)
-        self._neg = weight.clamp(max=0)
+        self._keep_signs(weight)
 
     def linear(self, x: Tensor) -> Tensor:
         return x @ self.weight.T
@@ -137,9 +139,7 @@ class ConvOp(AffineOp):
         self.bias = None if bias is None else bias.view(-1, 1, 1)
         self._bias_vec = bias
         self.stride, self.padding, self.dilation, self.groups = stride, padding, dilation, groups
-        self._abs = weight.abs()
-        self._pos = weight.clamp(min=0)
-        self._neg = weight.clamp(max=0)
+        self._keep_signs(weight)
         ks = (int(weight.shape[-2]), int(weight.shape[-1]))
         full = [
             (out_shape[1 + i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (ks[i] - 1) + 1
@@ -196,9 +196,7 @@ class ScaleShiftOp(AffineOp):
         super().__init__((shape,), shape)
         self.scale = scale
         self.bias = shift
-        self._abs = scale.abs()
-        self._pos = scale.clamp(min=0)
-        self._neg = scale.clamp(max=0)
+        self._keep_signs(scale)
 
     def linear(self, x: Tensor) -> Tensor:
         return x * self.scale

@@ -47,8 +47,10 @@ def _flag(name: str, value: object) -> bool:
 
 
 def _finite(name: str, value: object, minimum: float = -math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a finite number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(value):
+        raise ValueError(f"{name}: expected a finite number, got {value}")
     if value < minimum:
         raise ValueError(f"{name}: expected a number >= {minimum}, got {value}")
     return float(value)

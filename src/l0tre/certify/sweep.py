@@ -10,6 +10,7 @@ non-linearity) are skipped. Boxes are held as the window plan says (:mod:`.windo
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 
 import torch
@@ -78,10 +79,7 @@ def _needed(graph: Graph, keep: set[int]) -> set[int]:
 
 
 def shape_numel(shape: O.Shape) -> int:
-    n = 1
-    for s in shape:
-        n *= s
-    return n
+    return math.prod(shape)
 
 
 class Sweep:

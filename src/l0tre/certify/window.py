@@ -208,6 +208,27 @@ def input_window(lo: Tensor, hi: Tensor, x_ref: Tensor) -> Rect:
     return Rect(int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
 
 
+def _node_window(op: O.Op, in_geoms: list[Rect | None], shape: O.Shape) -> tuple[Rect | None, list[Rect | None]]:
+    """The window of a node whose inputs are held in ``in_geoms`` and the rectangles it reads
+    of them; ``None`` when it is held densely (not windowable, or the window would be large)."""
+    if not _windowable(op) or any(g is None for g in in_geoms):
+        return None, []
+    gs = [g for g in in_geoms if g is not None]
+    reads: list[Rect | None]
+    if isinstance(op, (O.ConvOp, O.MaxPoolOp)):
+        out_win, read = _sliding(op, gs[0])
+        reads = [read]
+    elif isinstance(op, O.AddOp):
+        out_win = Rect(min(g.h0 for g in gs), max(g.h1 for g in gs), min(g.w0 for g in gs), max(g.w1 for g in gs))
+        reads = [None if g == out_win else out_win for g in gs]
+    else:
+        out_win, reads = gs[0], [None]
+    _, hh, ww = shape
+    if out_win.h * out_win.w > _DENSE_FRACTION * hh * ww:
+        return None, reads
+    return out_win, reads
+
+
 def make_plan(graph: Graph, lo: Tensor, hi: Tensor) -> Plan:
     """The plan for the boxes ``[lo, hi]`` ``(B, *input_shape)`` (dense when windows do not
     pay off)."""
@@ -226,25 +247,7 @@ def make_plan(graph: Graph, lo: Tensor, hi: Tensor) -> Plan:
         op = node.op
         assert op is not None
         in_geoms = [geom[j] for j in node.inputs]
-        out_win: Rect | None = None
-        reads: list[Rect | None] = []
-        if _windowable(op) and all(g is not None for g in in_geoms):
-            if isinstance(op, (O.ConvOp, O.MaxPoolOp)):
-                g0 = in_geoms[0]
-                assert g0 is not None
-                out_win, read = _sliding(op, g0)
-                reads = [read]
-            elif isinstance(op, O.AddOp):
-                gs = [g for g in in_geoms if g is not None]
-                out_win = Rect(min(g.h0 for g in gs), max(g.h1 for g in gs),
-                               min(g.w0 for g in gs), max(g.w1 for g in gs))
-                reads = [None if g == out_win else out_win for g in gs]
-            else:
-                out_win = in_geoms[0]
-                reads = [None]
-            _, hh, ww = node.shape
-            if out_win is not None and out_win.h * out_win.w > _DENSE_FRACTION * hh * ww:
-                out_win = None
+        out_win, reads = _node_window(op, in_geoms, node.shape)
         if out_win is None:
             reads = [None if g is None else Rect(0, graph.nodes[j].shape[1], 0,
                                                  graph.nodes[j].shape[2])
