@@ -11,9 +11,9 @@ import torch
 # tests never read or write the user's tuning cache (tests of the cache switch it on in a tmp dir)
 os.environ["L0TRE_TUNING_CACHE"] = "off"
 
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    # one torch thread per xdist worker: 2 workers on 2 cores, no oversubscription
-    torch.set_num_threads(1)
+# one torch thread per test process: 2 xdist workers on 2 cores without oversubscription, and a
+# single-process run on a busy machine not slowed 10-30x by thread hand-offs on tiny tensors
+torch.set_num_threads(1)
 
 
 def shared_data_dir() -> Path:

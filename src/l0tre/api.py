@@ -17,7 +17,7 @@ from .engine.options import DEFAULT_MAX_EVALUATIONS, EvaluateOptions, check_inpu
 from .engine.planning import estimate_guard
 from .engine.problem import Problem
 from .engine.state import RunState
-from .execution.memory import DEFAULT_MAX_MEMORY, plan_batch_size
+from .execution.memory import default_max_memory, memory_rows
 from .execution.modes import Mode, tune
 from .execution.plan import ExecutionPlan
 from .objectives import Misclassification, Objective
@@ -34,7 +34,7 @@ def prepare(
     bounds: tuple[float, float] | None = None,
     features: str = "pixel",
     batch_size: int | None = None,
-    max_memory: int = DEFAULT_MAX_MEMORY,
+    max_memory: int | None = None,
     time_budget: float | None = None,
     device: str | torch.device | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
@@ -56,19 +56,18 @@ def prepare(
     """Validate everything and build the :class:`~l0tre.engine.Engine` (no work yet); a
     ``checkpoint`` file that exists is resumed (it must be of the same model, inputs and
     options). Arguments as :func:`evaluate`."""
+    clf = as_classifier(model, bounds=bounds, device=device)
     opts = EvaluateOptions.build(
         epsilon=epsilon, t_max=t_max, features=features, batch_size=batch_size,
-        max_memory=max_memory, time_budget=time_budget, report_every=report_every,
-        max_evaluations=max_evaluations, top_k=top_k,
+        max_memory=default_max_memory(clf.device) if max_memory is None else max_memory,
+        time_budget=time_budget, report_every=report_every, max_evaluations=max_evaluations, top_k=top_k,
     )
-    cert = CertifyOptions(CertifyMode.parse(certify), _certify_method(certify_method),
-                          _positive_seconds("certify_time_limit", certify_time_limit))
-    clf = as_classifier(model, bounds=bounds, device=device)
+    cert = CertifyOptions.build(certify, certify_method, certify_time_limit)
     x = check_inputs(x, clf)
     lab = check_labels(labels, x.shape[0])
     clf(x[: min(2, x.shape[0])])  # validates the output shape on the caller's own inputs first
     shape = (int(x.shape[1]), int(x.shape[2]), int(x.shape[3]))
-    cap = plan_batch_size(clf, shape, None, opts.max_memory)
+    cap = memory_rows(clf, shape, opts.max_memory)
     Mode.parse(mode)  # an unknown mode is refused here, not when the run starts
 
     def tuner() -> int:  # measured when the run starts, after its first snapshot
@@ -95,20 +94,6 @@ def prepare(
     return engine
 
 
-def _certify_method(value: object) -> str:
-    from .certify.bounds import LEVEL_METHODS
-
-    if not isinstance(value, str) or value not in LEVEL_METHODS:
-        raise ValueError(f"certify_method: expected one of {LEVEL_METHODS}, got {value!r}")
-    return value
-
-
-def _positive_seconds(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-        raise ValueError(f"{name}: expected a positive number of seconds, got {value!r}")
-    return float(value)
-
-
 def evaluate_iter(model: ModelLike, x: torch.Tensor, **kwargs: object) -> Generator[Result, None, None]:
     """Anytime evaluation: yields :class:`~l0tre.Result` snapshots.
 
@@ -132,7 +117,9 @@ def evaluate(model: ModelLike, x: torch.Tensor, *, epsilon: float = 0.5, t_max: 
         t_max: last level (subset size) to evaluate.
         bounds: input range ``(lo, hi)`` (default: the classifier's, else ``(0, 1)``).
         features: ``"pixel"`` (a spatial position, all channels) or ``"element"``.
-        batch_size: rows per model call (capped by ``max_memory``, bytes).
+        batch_size: rows per model call (capped by ``max_memory``).
+        max_memory: bytes one model call may use (default ``None``: 1 GiB on a CPU, a quarter
+            of the GPU's memory, at most 32 GiB, on CUDA).
         time_budget: seconds; the run stops at the first unit boundary after it.
         device: ``"auto"``, ``"cpu"``, ``"cuda"``...
         checkpoint: a file path; written atomically and resumed from when it exists.

@@ -10,7 +10,7 @@ cluster executor implements the same ``map`` and needs no change to the loop.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,9 +71,10 @@ class ShardTask:
 class Executor(Protocol):
     """Runs work units; results may come back in any order."""
 
-    def map(self, task: ShardTask, units: Sequence[WorkUnit]) -> Generator[tuple[WorkUnit, UnitResult], None, None]:
-        """Yield ``(unit, result)`` for every unit of ``units``, each exactly once. Closing the
-        iterator early (time budget, Ctrl-C) cancels the units not yet yielded."""
+    def map(self, task: ShardTask, units: Sequence[WorkUnit]) -> Iterator[tuple[WorkUnit, UnitResult]]:
+        """Yield ``(unit, result)`` for every unit of ``units``, each exactly once, in any order.
+        When the iterator is a generator, the loop closes it when it stops early (time budget,
+        Ctrl-C): a generator's ``finally`` is where outstanding units are cancelled."""
         ...
 
 

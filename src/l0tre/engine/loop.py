@@ -14,7 +14,7 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -182,7 +182,8 @@ class Engine:
             if pending:
                 task = self._task(lvl, inputs, chain)
                 units = [WorkUnit(lvl.shard, r0, r1) for r0, r1 in pending]
-                with contextlib.closing(self.executor.map(task, units)) as results:
+                results = self.executor.map(task, units)
+                with _closing(results):
                     for unit, res in results:
                         acc = merge_units(acc, _cast(res, acc.conf.dtype), p.top_k)
                         self.result.evaluations += int(res.evaluations.sum())
@@ -302,6 +303,16 @@ def drive(
     if last is None:  # the engine yields at least once; kept for safety
         last = engine.snapshot(False, 0.0, "interrupted")
     return last
+
+
+@contextlib.contextmanager
+def _closing(results: Iterator[tuple[WorkUnit, UnitResult]]) -> Iterator[None]:
+    """Close ``results`` on exit when it is a generator (stops its outstanding units)."""
+    try:
+        yield
+    finally:
+        if isinstance(results, Generator):
+            results.close()
 
 
 class _OutOfTime(Exception):

@@ -9,7 +9,7 @@ from torch import nn
 
 from ..classifier import Classifier
 
-__all__ = ["DEFAULT_MAX_MEMORY", "layer_output_bytes", "plan_batch_size"]
+__all__ = ["DEFAULT_MAX_MEMORY", "default_max_memory", "layer_output_bytes", "memory_rows", "plan_batch_size"]
 
 DEFAULT_MAX_MEMORY = 1 << 30  # 1 GiB
 
@@ -43,13 +43,27 @@ def _activation_bytes(model: Classifier, shape: tuple[int, ...]) -> int:
     return sum(sizes)
 
 
-def plan_batch_size(model: Classifier, shape: tuple[int, ...], batch_size: int | None, max_memory: int) -> int:
-    """Rows per model call: the user's ``batch_size`` capped by ``max_memory``.
+def memory_rows(model: Classifier, shape: tuple[int, ...], max_memory: int) -> int:
+    """Rows of ``shape`` inputs whose model call fits in ``max_memory`` bytes.
 
     Per-row cost = input bytes × 3 (input, copy, scatter) + activation bytes × 2 (a probe
     forward pass with hooks measures the activations of one sample).
     """
     elem = torch.empty((), dtype=model.dtype).element_size()
     per_row = 3 * elem * math.prod(shape) + 2 * _activation_bytes(model, shape) + 64
-    cap = max(1, max_memory // per_row)
-    return max(1, min(batch_size or 4096, cap))
+    return max(1, max_memory // per_row)
+
+
+def plan_batch_size(model: Classifier, shape: tuple[int, ...], batch_size: int | None, max_memory: int) -> int:
+    """Rows per model call: the user's ``batch_size`` (default 4096) capped by ``max_memory``."""
+    return max(1, min(batch_size or 4096, memory_rows(model, shape, max_memory)))
+
+
+def default_max_memory(device: torch.device) -> int:
+    """The memory budget of one model call when the caller gives none: 1 GiB on a CPU; a quarter
+    of the device's memory (at most 32 GiB) on a GPU, which needs tens of thousands of rows per
+    call to be saturated."""
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+        return int(min(total // 4, 32 << 30))
+    return DEFAULT_MAX_MEMORY

@@ -13,7 +13,7 @@ import torch
 
 from ..classifier import Classifier
 from .incremental import IncrementalPrefix
-from .memory import plan_batch_size
+from .memory import memory_rows
 from .modes import incremental_pays
 from .pairs import PairTable
 
@@ -61,7 +61,7 @@ class ExecutionPlan:
         per-call work (the chain splits them into cache-sized chunks); a user batch size is kept."""
         if self.user_batch is not None:
             return self.batch_size
-        cap = plan_batch_size(self.model, self.shape, None, self.max_memory)
+        cap = memory_rows(self.model, self.shape, self.max_memory)
         return min(cap, max(self.batch_size, 512))
 
     def ensure_tuned(self) -> None:
