@@ -12,6 +12,7 @@ import torch
 from _certify_helpers import zoo
 from torch import nn
 
+from l0tre.arith import _precision_switches as precision_switches
 from l0tre.certify import UnsupportedLayerError, bound_model, build_graph
 from l0tre.certify import ops as O
 from l0tre.certify.graph import normalisation_of
@@ -130,13 +131,7 @@ _CUDA = torch.cuda.is_available()
 
 def _precision_switches() -> list[object]:
     """The backends' float32-precision settings that exist in this PyTorch (``fp32_precision``)."""
-    found = []
-    for backend in (torch.backends.cudnn, torch.backends.cuda, torch.backends.mkldnn):
-        for name in ("conv", "matmul"):
-            obj = getattr(backend, name, None)
-            if obj is not None and hasattr(obj, "fp32_precision"):
-                found.append(obj)
-    return found
+    return list(precision_switches())
 
 
 @contextlib.contextmanager

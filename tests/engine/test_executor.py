@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 
 import pytest
@@ -27,17 +27,6 @@ from l0tre.engine.sensitivity import UnitResult
 
 from .oracle import brute_force_dm
 from .test_oracle import random_cnn, random_mlp
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny nets run on one torch thread: on a shared 2-core machine the default two threads
-    spin-wait for each other and these tests run 10-30 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 Yield = Generator[tuple[WorkUnit, UnitResult], None, None]
 

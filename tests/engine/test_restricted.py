@@ -9,7 +9,6 @@ label. Nothing of the engine is used on that side.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,16 +18,6 @@ from torch import nn
 import l0tre
 
 from .test_oracle import random_cnn, random_mlp
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny nets run on one torch thread: on a shared 2-core machine the default two threads
-    spin-wait for each other and these tests run 10-30 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- the oracle -------------------------------------------------------------------------------------

@@ -12,7 +12,6 @@ net differ in the last bits (measured: ≤ 1e-14), so comparisons use ``TOL``.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +26,6 @@ from .test_oracle import random_cnn, random_mlp
 
 TOL = 1e-12
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny nets run on one torch thread: on a shared 2-core machine the default two threads
-    spin-wait for each other and these tests run 10-30 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # -- the oracle -------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ stopped in the middle of a level, and by refusing files of another run.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Sequence
 from pathlib import Path
 
 import pytest
@@ -27,16 +27,6 @@ from l0tre.engine.state import CHECKPOINT_FORMAT, LevelProgress, RunState, load_
 from l0tre.result import Result
 
 from .test_oracle import random_mlp
-
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> Iterator[None]:
-    """Tiny nets run on one torch thread: on a shared 2-core machine the default two threads
-    spin-wait for each other and these tests run 10-30 times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _units(total: int, step: int) -> list[tuple[int, int]]:
