@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from l0tre.data import Dataset, load_data, read_idx
+from l0tre.data import Dataset, EmbeddedDataWarning, load_data, read_idx
 
 
 def test_mnist_test_full(shared_data: Path) -> None:
@@ -26,7 +27,8 @@ def test_mnist_test_full(shared_data: Path) -> None:
 
 def test_mnist_embedded_equals_shared(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("L0TRE_DATA", raising=False)
-    emb = load_data("mnist:test")
+    with pytest.warns(EmbeddedDataWarning):
+        emb = load_data("mnist:test")
     assert emb.name == "mnist:test (embedded 100)" and any("embedded" in n for n in emb.notes)
     ref = load_data("mnist:test", data_root=shared_data, limit=100)
     assert torch.equal(emb.x, ref.x) and emb.y is not None and ref.y is not None
@@ -34,12 +36,29 @@ def test_mnist_embedded_equals_shared(shared_data: Path, monkeypatch: pytest.Mon
     with pytest.raises(
         ValueError,
         match=r"indices: expected positions in \[0, 100\) of mnist:test \(embedded 100\)",
-    ):
+    ), pytest.warns(EmbeddedDataWarning):
         load_data("mnist:test", indices=[100])
     with pytest.raises(
         FileNotFoundError, match=r"data 'mnist:train': needs the MNIST IDX files.*L0TRE_DATA"
     ):
         load_data("mnist:train")
+
+
+def test_embedded_fallback_warns(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No data root: the 100 embedded images, with a warning that names the fallback, the way to
+    set a root, and the caller's line (not l0tre's)."""
+    monkeypatch.delenv("L0TRE_DATA", raising=False)
+    with pytest.warns(EmbeddedDataWarning) as record:
+        ds = load_data("mnist:test", limit=3)
+    assert len(ds) == 3 and ds.name == "mnist:test (embedded 100)"
+    assert len(record) == 1 and issubclass(record[0].category, UserWarning)
+    text = str(record[0].message)
+    assert "embedded" in text and "100" in text and "data_root=" in text and "L0TRE_DATA" in text
+    assert record[0].filename == __file__
+    np.save(tmp_path / "q.npy", np.zeros((1, 1, 2, 2), np.float32))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any other source: no warning
+        load_data(tmp_path / "q.npy")
 
 
 def test_mnist_train(shared_data: Path) -> None:
@@ -196,8 +215,39 @@ def test_array_guards(tmp_path: Path) -> None:
     ):
         load_data(tmp_path / "shape.npy")
     (tmp_path / "corrupt.npz").write_bytes(b"PK\x03\x04 nope")
-    with pytest.raises(ValueError, match=r"expected a readable .npz file"):
+    with pytest.raises(ValueError, match=r"is not a valid \.npz/\.npy file"):
         load_data(tmp_path / "corrupt.npz")
+
+
+@pytest.mark.parametrize("name", ["random.npz", "random.npy"])
+def test_random_bytes_are_not_a_valid_array_file(tmp_path: Path, name: str) -> None:
+    """Random bytes are named as such, never answered with numpy's allow_pickle hint."""
+    path = tmp_path / name
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    with pytest.raises(ValueError) as info:
+        load_data(path)
+    text = str(info.value)
+    assert "is not a valid .npz/.npy file" in text and name in text
+    assert "pickle" not in text.lower()
+
+
+def test_object_arrays_are_refused_without_pickle_hint(tmp_path: Path) -> None:
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    np.savez(tmp_path / "obj.npz", x=np.array([{"a": 1}, None], dtype=object))
+    for name in ("obj.npy", "obj.npz"):
+        with pytest.raises(ValueError, match=r"not a valid \.npz/\.npy file \(it holds Python objects") as info:
+            load_data(tmp_path / name)
+        assert "allow_pickle" not in str(info.value)
+
+
+def test_array_file_by_content_not_suffix(tmp_path: Path) -> None:
+    x = np.zeros((2, 1, 3, 3), np.float32)
+    np.save(tmp_path / "a.npy", x)
+    (tmp_path / "a.npy").rename(tmp_path / "really_npy.npz")
+    assert load_data(tmp_path / "really_npy.npz").x.shape == (2, 1, 3, 3)
+    np.savez(tmp_path / "b.npz", x=x, y=np.array([0, 1]))
+    (tmp_path / "b.npz").rename(tmp_path / "really_npz.npy")
+    assert load_data(tmp_path / "really_npz.npy").x.shape == (2, 1, 3, 3)
 
 
 def test_selection(tmp_path: Path) -> None:

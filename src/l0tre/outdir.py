@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from .atomic import atomic_write_bytes, atomic_write_text
+from .atomic import OutputError, atomic_write_bytes, atomic_write_text, check_writable_folder, make_folder
+from .figures import write_attack_examples
+from .readers.arrays import array_file_kind
 from .result import Result
 
 if TYPE_CHECKING:  # the applications are a higher layer: only their type is named here
@@ -46,6 +48,7 @@ if TYPE_CHECKING:  # the applications are a higher layer: only their type is nam
 
 __all__ = [
     "ADVERSARIAL_NPZ",
+    "ATTACK_FILES",
     "CHECKPOINT",
     "CSV_COLUMNS",
     "EXAMPLES_PNG",
@@ -53,12 +56,17 @@ __all__ = [
     "PER_INPUT_CSV",
     "RESULTS_JSON",
     "RESULT_PT",
+    "RUN_FILES",
+    "OutputError",
+    "check_writable_folder",
     "json_safe",
     "l0_distance",
     "read_adversarial",
     "read_per_input",
     "read_results",
+    "remove_run_files",
     "results_dict",
+    "run_files",
     "write_attack_examples",
     "write_attack_outputs",
     "write_outputs",
@@ -72,6 +80,10 @@ CHECKPOINT = "checkpoint.pt"
 EXAMPLES_PNG = "examples.png"
 #: the data files of an ``l0tre evaluate`` folder (the report links those that exist)
 OUTPUT_FILES = (RESULTS_JSON, PER_INPUT_CSV, ADVERSARIAL_NPZ, RESULT_PT)
+#: what an ``l0tre evaluate`` run leaves: its checkpoint and data files
+RUN_FILES = (CHECKPOINT, *OUTPUT_FILES)
+#: what an ``l0tre attack`` run leaves
+ATTACK_FILES = (RESULTS_JSON, ADVERSARIAL_NPZ, EXAMPLES_PNG)
 
 CSV_COLUMNS = (
     "index", "row", "label", "predicted", "lower", "upper", "lower_kind", "converged",
@@ -79,7 +91,6 @@ CSV_COLUMNS = (
 )
 _CSV_INTS = ("index", "row", "label", "predicted", "lower", "upper", "adversarial_label", "certified_lower")
 _CSV_BOOLS = ("converged", "found")
-_ATTACK_EXAMPLES = 8
 
 
 def json_safe(value: Any) -> Any:
@@ -164,6 +175,32 @@ def _npz_bytes(result: Result, indices: Sequence[int], x: torch.Tensor) -> bytes
     return buf.getvalue()
 
 
+# -- the folder --------------------------------------------------------------------------------------
+def run_files(directory: str | os.PathLike[str]) -> list[str]:
+    """The files of an earlier run (``l0tre evaluate`` or ``l0tre attack``) in ``directory``:
+    the names of :data:`RUN_FILES` and :data:`ATTACK_FILES` that exist there, checkpoint first."""
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    return [name for name in dict.fromkeys((*RUN_FILES, *ATTACK_FILES)) if (d / name).exists()]
+
+
+def remove_run_files(directory: str | os.PathLike[str], *, argument: str | None = None) -> list[str]:
+    """Delete the files of an earlier run (:func:`run_files`) from ``directory``; returns their names.
+
+    Raises:
+        OutputError: a file cannot be deleted.
+    """
+    names = run_files(directory)
+    for name in names:
+        path = Path(directory) / name
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise OutputError.from_os_error(exc, path, action="remove", argument=argument) from exc
+    return names
+
+
 def write_outputs(
     out_dir: str | os.PathLike[str],
     result: Result,
@@ -182,9 +219,12 @@ def write_outputs(
 
     Returns:
         the dict written to ``results.json``.
+
+    Raises:
+        OutputError: the folder or a file cannot be written (an ``OSError``; the message names
+            the path).
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir)
     data = results_dict(result, indices, config)
     atomic_write_bytes(out / ADVERSARIAL_NPZ, _npz_bytes(result, indices, x))
     atomic_write_text(out / PER_INPUT_CSV, _csv_text(data["inputs"]))
@@ -213,9 +253,11 @@ def write_attack_outputs(
 
     Returns:
         the ``results.json`` payload.
+
+    Raises:
+        OutputError: the folder or a file cannot be written.
     """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = make_folder(out_dir)
     payload = res.to_dict()
     payload["config"] = {**config, **payload["config"]}
     for row, idx in zip(payload["inputs"], indices.tolist(), strict=True):
@@ -227,47 +269,6 @@ def write_attack_outputs(
     atomic_write_bytes(out / ADVERSARIAL_NPZ, buf.getvalue())
     write_attack_examples(out / EXAMPLES_PNG, x, res)
     return payload
-
-
-def write_attack_examples(path: str | os.PathLike[str], x: torch.Tensor, res: AttackResult,
-                          limit: int = _ATTACK_EXAMPLES) -> bool:
-    """PNG of up to ``limit`` successful inputs: original | adversarial | difference.
-
-    matplotlib is imported here only, and drawn through the Agg canvas (no pyplot, no global
-    backend switch).
-
-    Returns:
-        whether a figure was written (``False`` without successes).
-    """
-    ok = res.success.nonzero().squeeze(1)[:limit].tolist()
-    if not ok:
-        return False
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(6, 2 * len(ok)))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(len(ok), 3, squeeze=False)
-    for r, i in enumerate(ok):
-        orig, adv = x[i].detach().float().cpu(), res.x_adv[i].detach().float().cpu()
-        diff = (adv - orig).abs().amax(0)
-        for c, (img, title) in enumerate([(orig, f"#{i} label {int(res.predicted[i])}"),
-                                          (adv, f"→ {int(res.adversarial_label[i])}, L0={int(res.l0[i])}"),
-                                          (diff, "difference")]):
-            ax = axes[r][c]
-            if c == 2:
-                ax.imshow(img.numpy(), cmap="hot", interpolation="nearest", vmin=0.0, vmax=float(img.max()) or 1.0)
-            elif img.shape[0] == 3:
-                ax.imshow(img.permute(1, 2, 0).clamp(0, 1).numpy(), interpolation="nearest")
-            else:
-                ax.imshow(img[0].numpy(), cmap="gray", interpolation="nearest", vmin=0.0, vmax=1.0)
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
-    fig.tight_layout()
-    png = io.BytesIO()
-    fig.savefig(png, format="png", dpi=100)
-    atomic_write_bytes(path, png.getvalue())
-    return True
 
 
 # -- reading back -----------------------------------------------------------------------------------
@@ -308,6 +309,8 @@ def read_adversarial(directory: str | os.PathLike[str]) -> dict[str, np.ndarray]
     if not path.is_file():
         return None
     try:
+        if array_file_kind(path) != "npz":
+            raise ValueError("not a valid .npz file: it does not start like a zip archive")
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:

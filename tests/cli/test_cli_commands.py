@@ -110,8 +110,8 @@ def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["evaluate", "--help"]) == 0
     text = capsys.readouterr().out
     for opt in ("--model", "--data", "--epsilon", "--t-max", "--features", "--time-budget", "--device",
-                "--batch-size", "--out", "--resume", "--quiet", "--seed", "--json", "--limit", "--indices",
-                "--start", "--only-correct", "--data-root", "--trust-pickle", "--arch", "--max-memory",
+                "--batch-size", "--out", "--resume", "--overwrite", "--quiet", "--seed", "--json", "--limit",
+                "--indices", "--start", "--only-correct", "--data-root", "--trust-pickle", "--arch", "--max-memory",
                 "--max-evaluations", "--report-every", "--debug"):
         assert opt in text, opt
 

@@ -22,8 +22,8 @@ from .conftest import Assets, popen_cli, run_cli
 GLOBAL_KEYS = {"lower", "upper", "estimate", "radius", "t", "evaluations", "seconds", "accuracy"}
 INPUT_KEYS = {"index", "label", "predicted", "lower", "upper", "lower_kind", "converged", "adversarial_label"}
 CONFIG_KEYS = {"model", "data", "epsilon", "t_max", "features", "time_budget", "device", "batch_size", "out",
-               "resume", "quiet", "seed", "json", "limit", "indices", "start", "only_correct", "data_root",
-               "trust_pickle", "arch", "max_memory", "max_evaluations", "report_every", "l0tre_version"}
+               "resume", "overwrite", "quiet", "seed", "json", "limit", "indices", "start", "only_correct",
+               "data_root", "trust_pickle", "arch", "max_memory", "max_evaluations", "report_every", "l0tre_version"}
 
 
 @pytest.fixture(scope="module")
@@ -194,14 +194,15 @@ def test_resume_equals_uninterrupted(assets: Assets, tmp_path: Path, capsys: pyt
     assert done["global"]["lower"] == ref["global"]["lower"] and done["global"]["upper"] == ref["global"]["upper"]
 
 
-def test_rerun_without_resume_starts_over(assets: Assets, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_rerun_with_overwrite_starts_over(assets: Assets, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     common = ["evaluate", "--model", str(assets.model), "--data", str(assets.data), "--limit", "2", "--quiet",
               "--no-report", "--json", "--t-max", "1", "--out", str(tmp_path)]
     assert main(common) == 0
     capsys.readouterr()
-    # a different epsilon would refuse the old checkpoint; without --resume it is replaced
-    assert main([*common, "--epsilon", "0.25"]) == 0
-    assert json.loads(capsys.readouterr().out)["config"]["epsilon"] == 0.25
+    # a different epsilon would refuse the old checkpoint; with --overwrite it is replaced
+    assert main([*common, "--epsilon", "0.25", "--overwrite"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["config"]["epsilon"] == 0.25 and data["config"]["overwrite"] is True
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
@@ -237,7 +238,7 @@ def test_uint8_notice_and_quiet(assets: Assets, tmp_path: Path, capsys: pytest.C
             "--limit", "2", "--no-report", "--out", str(tmp_path)]
     assert main(args) == 0
     assert "uint8 input scaled by 1/255" in capsys.readouterr().err
-    assert main([*args, "--quiet"]) == 0
+    assert main([*args, "--quiet", "--overwrite"]) == 0
     captured = capsys.readouterr()
     assert captured.err.strip() == "" and "global L0 radius" in captured.out
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import pickle
 import sys
 from pathlib import Path
 
@@ -19,6 +21,7 @@ from l0tre.models import (
     paper_mnist_cnn,
     resnet20,
 )
+from l0tre.models.loader import pickle_globals
 from l0tre.models.onnx_loader import _torchvision_stand_in
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -153,12 +156,53 @@ def test_trust_pickle_guard(tmp_path: Path) -> None:
     path = tmp_path / "full.pt"
     torch.save(net, path)
     with pytest.raises(
-        ValueError, match=r"full pickled model.*--trust-pickle \(trust_pickle=True\)"
+        ValueError, match=r"holds pickled code \(it names .*\.Conv2d.*--trust-pickle \(trust_pickle=True\)"
     ):
         load_model(path)
     clf = load_model(path, trust_pickle=True, input_shape=(1, 14, 14))
     x = torch.rand(2, 1, 14, 14)
     torch.testing.assert_close(clf(x), net(x))
+
+
+class _RunsCode:
+    """Unpickling this runs ``touch MARKER`` through ``os.system``: code run by the file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str]]:
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("how", ["torch.save", "torch.save legacy", "pickle protocol 4", "pickle protocol 0"])
+def test_malicious_pickle_is_refused_as_code(tmp_path: Path, how: str) -> None:
+    """A .pt whose unpickling would run code: refused, never run, and the message says that it holds
+    code and names --trust-pickle (not "corrupt")."""
+    marker = tmp_path / "pwned"
+    path = tmp_path / "evil.pt"
+    payload = {"weight": _RunsCode(marker)}
+    if how == "torch.save":
+        torch.save(payload, path)
+    elif how == "torch.save legacy":
+        torch.save(payload, path, _use_new_zipfile_serialization=False)
+    else:
+        with path.open("wb") as fh:
+            pickle.dump(payload, fh, protocol=4 if how.endswith("4") else 0)
+    with pytest.raises(ValueError) as info:
+        load_model(path)
+    text = str(info.value)
+    assert "holds pickled code" in text and "--trust-pickle" in text and "trust_pickle=True" in text
+    assert "system" in text and "corrupt" not in text
+    assert not marker.exists()
+    assert pickle_globals(path) is not None and any(n.endswith(".system") for n in pickle_globals(path) or [])
+
+
+def test_corrupt_torch_file_is_not_called_code(tmp_path: Path) -> None:
+    path = tmp_path / "noise.pt"
+    path.write_bytes(np.random.default_rng(0).bytes(2048))
+    with pytest.raises(ValueError, match=r"model: expected a readable torch file") as info:
+        load_model(path)
+    assert "pickled code" not in str(info.value)
 
 
 def test_module_spec_and_options() -> None:

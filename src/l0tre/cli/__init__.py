@@ -5,19 +5,22 @@ One module per command (``l0tre.cli.<command>``), each with ``add_parser(subpars
 in :mod:`l0tre.cli.common`. This module only builds the parser and dispatches.
 
 Errors in the user's input (missing or corrupt files, unknown names, shape mismatches,
-values out of range, bad option values) print one line ``l0tre: error: ...`` on stderr and
-exit with code 2 (``--debug`` adds the traceback). Ctrl-C / SIGTERM during an evaluation
-stop it with its current bounds written, exit code 0.
+values out of range, bad option values, an output folder that cannot be written) print one line
+``l0tre: error: ...`` on stderr and exit with code 2 (``--debug`` adds the traceback). Ctrl-C /
+SIGTERM during an evaluation stop it with its current bounds written, exit code 0.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import signal
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import ModuleType
+from typing import Any
 
 from .parsing import (
     EXIT_ERROR,
@@ -67,6 +70,38 @@ def _dispatch(args: argparse.Namespace) -> int:
     return code
 
 
+def _no_command() -> int:
+    """The error for a plain ``l0tre``: one line listing every command."""
+    names = list(_commands())
+    print(f"l0tre: error: expected a command: {', '.join(names[:-1])} or {names[-1]} (see `l0tre --help`)",
+          file=sys.stderr)
+    return EXIT_ERROR
+
+
+@contextlib.contextmanager
+def _after_error_quiet(debug: bool) -> Iterator[list[bool]]:
+    """Inside, once the flag it yields is set (an error was reported), an ``OSError`` raised again
+    while the failed run is cleaned up (a generator closed when collected, writing its final
+    checkpoint to the same unwritable folder) is not printed as "Exception ignored in ...": the
+    error line already said it. ``--debug`` prints them."""
+    failed = [False]
+    previous = sys.unraisablehook
+
+    def hook(unraisable: Any) -> None:
+        """Drop a repeated file-system error of the cleanup; pass on anything else."""
+        if failed[0] and not debug and isinstance(unraisable.exc_value, OSError):
+            return
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield failed
+    finally:
+        if failed[0]:
+            gc.collect()  # clean up the failed run now, under the hook
+        sys.unraisablehook = previous
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``l0tre`` command line; returns the exit code (0 ok, 2 user error, 130 interrupted)."""
     from .common import one_line, raise_interrupt
@@ -81,26 +116,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SystemExit as exc:  # --help / --version
         return int(exc.code or 0) if not isinstance(exc.code, str) else EXIT_ERROR
     if args.command is None:
-        print("l0tre: error: expected a command: evaluate, info, models, report or demo "
-              "(see `l0tre --help`)", file=sys.stderr)
-        return EXIT_ERROR
+        return _no_command()
     try:
         previous = signal.signal(signal.SIGTERM, raise_interrupt)
     except ValueError:  # not the main thread: leave signals alone
         previous = None
-    try:
-        return _dispatch(args)
-    except KeyboardInterrupt:
-        print("l0tre: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except (ValueError, TypeError, OSError, ImportError) as exc:
-        if debug:
-            traceback.print_exc()
-        print(f"l0tre: error: {one_line(exc)}", file=sys.stderr)
-        return EXIT_ERROR
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+    with _after_error_quiet(debug) as failed:
+        try:
+            return _dispatch(args)
+        except KeyboardInterrupt:
+            print("l0tre: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except (ValueError, TypeError, OSError, ImportError) as exc:
+            failed[0] = True
+            if debug:
+                traceback.print_exc()
+            print(f"l0tre: error: {one_line(exc)}", file=sys.stderr)
+            return EXIT_ERROR
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":  # pragma: no cover

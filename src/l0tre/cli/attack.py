@@ -1,7 +1,9 @@
 """``l0tre attack``: adversarial examples with as few changed pixels as possible.
 
 :func:`add_parser` registers the command, :func:`run` executes it; the output folder is written
-by :func:`l0tre.outdir.write_attack_outputs` (results.json, adversarial.npz, examples.png).
+by :func:`l0tre.outdir.write_attack_outputs` (results.json, adversarial.npz, examples.png). A
+folder that holds a run is refused without ``--overwrite`` (an attack cannot be resumed), and one
+that cannot be written is reported before the attack starts.
 """
 
 from __future__ import annotations
@@ -11,8 +13,9 @@ import json
 import sys
 from pathlib import Path
 
-from ..outdir import write_attack_outputs
-from .common import image_shape
+from ..atomic import OutputError
+from ..outdir import check_writable_folder, remove_run_files, write_attack_outputs
+from .common import load_inputs, notice, output_errors, refuse_to_replace
 from .parsing import EXIT_ERROR, EXIT_OK, Subparsers, parse_indices
 
 __all__ = ["add_parser", "parse_indices", "run"]
@@ -29,6 +32,8 @@ def add_parser(subparsers: Subparsers) -> None:
     p.add_argument("--model", required=True, help="built-in model name or model file")
     p.add_argument("--data", required=True, help="mnist:test, cifar10:test, an image folder, .npy/.npz")
     p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace the results of an earlier run in --out (else such a folder is refused)")
     p.add_argument("--epsilon", type=float, default=0.5, help="value grid step, must divide 1 (default 0.5)")
     p.add_argument("--max-pixels", type=int, default=None, help="L0 budget: larger examples count as failures")
     p.add_argument("--time-budget", type=float, default=None, help="seconds; best examples so far are returned")
@@ -49,24 +54,28 @@ def add_parser(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Execute ``l0tre attack``; returns the exit status (0 ok, 2 bad arguments or inputs)."""
+    """Execute ``l0tre attack``; returns the exit status (0 ok, 2 bad arguments, inputs or --out)."""
     from ..apps.attack.core import attack
-    from ..data import load_data
     from ..models import load_model
 
+    out = Path(args.out)
     try:
+        refuse_to_replace(out, resume=None, overwrite=args.overwrite)
         indices = parse_indices(args.indices) if args.indices else None
         clf = load_model(args.model, device=args.device, data_root=args.data_root)
-        data = load_data(args.data, data_root=args.data_root, limit=args.limit, indices=indices,
-                         input_shape=image_shape(clf))
+        data = load_inputs(args, clf, limit=args.limit, indices=indices)
+        check_writable_folder(out, argument="--out")
+        if args.overwrite and remove_run_files(out, argument="--out"):
+            notice(args, f"overwrite: replacing the earlier run in {str(out)!r}")
         res = attack(clf, data.x, labels=data.y, epsilon=args.epsilon, max_pixels=args.max_pixels,
                      time_budget=args.time_budget, seed=args.seed, batch_size=args.batch_size,
                      effort=args.effort, precision=args.precision, show_progress=not args.quiet)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
+        config = {"model": str(args.model), "data": str(args.data), "command": "attack"}
+        with output_errors("--out"):
+            payload = write_attack_outputs(out, res, data.x, data.indices, config)
+    except (ValueError, TypeError, FileNotFoundError, OutputError) as exc:
         print(f"l0tre attack: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    config = {"model": str(args.model), "data": str(args.data), "command": "attack"}
-    payload = write_attack_outputs(Path(args.out), res, data.x, data.indices, config)
     if args.json:
         print(json.dumps(payload, indent=1))
     elif not args.quiet:

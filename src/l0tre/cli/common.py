@@ -11,7 +11,9 @@ import os
 import random
 import signal
 import sys
+import warnings
 from collections.abc import Iterator
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -19,9 +21,12 @@ import numpy as np
 import torch
 
 from ..api import prepare
+from ..atomic import OutputError
 from ..classifier import Classifier
-from ..data import Dataset, load_data
+from ..data import Dataset, EmbeddedDataWarning, load_data
 from ..models import load_model
+from ..outdir import CHECKPOINT, run_files
+from .parsing import UsageError
 
 __all__ = [
     "check_forward",
@@ -29,9 +34,12 @@ __all__ = [
     "fmt_seconds",
     "image_shape",
     "load_classifier",
+    "load_inputs",
     "notice",
     "one_line",
+    "output_errors",
     "raise_interrupt",
+    "refuse_to_replace",
     "seed_everything",
     "select_inputs",
     "signals_ignored",
@@ -111,6 +119,38 @@ def signals_ignored() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+# -- output folders ------------------------------------------------------------------------------------
+def refuse_to_replace(out: Path, *, resume: bool | None, overwrite: bool) -> None:
+    """Refuse an output folder that holds an earlier run, unless ``--overwrite`` (or ``--resume``
+    with a checkpoint to continue from); ``resume`` is ``None`` for a command without ``--resume``.
+
+    Raises:
+        UsageError: one line naming the folder, its run files and the flags that proceed.
+    """
+    found = run_files(out)
+    if not found or overwrite or (resume and CHECKPOINT in found):
+        return
+    held = f"{str(out)!r} already holds a run ({', '.join(found)})"
+    if resume is None:
+        raise UsageError(f"--out: {held}; pass --overwrite to replace it, or choose another --out")
+    if resume:
+        raise UsageError(f"--resume: {held} but no {CHECKPOINT} to continue from; pass --overwrite to start "
+                         "over, or choose another --out")
+    raise UsageError(f"--out: {held}; pass --resume to continue it, or --overwrite to start over "
+                     "(or choose another --out)")
+
+
+@contextlib.contextmanager
+def output_errors(argument: str) -> Iterator[None]:
+    """Inside, a failed write (:class:`~l0tre.atomic.OutputError`) names ``argument`` (``--out``)."""
+    try:
+        yield
+    except OutputError as exc:
+        if exc.argument is not None:
+            raise
+        raise exc.for_argument(argument) from exc
+
+
 # -- model and data -------------------------------------------------------------------------------------
 def default_max_evaluations() -> int:
     """The evaluation cap :func:`l0tre.api.prepare` applies when none is given."""
@@ -144,6 +184,19 @@ def check_forward(model: Classifier, x: torch.Tensor) -> None:
         raise ValueError(f"model output: expected scores for at least 2 classes, got shape {tuple(out.shape)}")
 
 
+def load_inputs(args: argparse.Namespace, model: Classifier, *, limit: int | None,
+                indices: list[int] | None, start: int = 0) -> Dataset:
+    """``load_data`` of ``--data`` shaped for ``model``; its notes (the embedded fallback among
+    them, instead of its Python warning) are printed as notices."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmbeddedDataWarning)  # said by the notice below
+        data = load_data(args.data, data_root=args.data_root, limit=limit, indices=indices, start=start,
+                         input_shape=image_shape(model))
+    for note in data.notes:
+        notice(args, f"data: {note}")
+    return data
+
+
 def select_inputs(model: Classifier, args: argparse.Namespace) -> Dataset:
     """Load ``--data`` with the selection options; ``--only-correct`` keeps correctly classified
     inputs (then ``--limit`` counts those).
@@ -153,10 +206,8 @@ def select_inputs(model: Classifier, args: argparse.Namespace) -> Dataset:
     """
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"limit: expected a positive integer, got {args.limit}")
-    data = load_data(args.data, data_root=args.data_root, limit=None if args.only_correct else args.limit,
-                     indices=args.indices, start=args.start, input_shape=image_shape(model))
-    for note in data.notes:
-        notice(args, f"data: {note}")
+    data = load_inputs(args, model, limit=None if args.only_correct else args.limit, indices=args.indices,
+                       start=args.start)
     if len(data) == 0:
         raise ValueError(f"data: expected at least one input, got none from {args.data!r} with this selection")
     check_forward(model, data.x)

@@ -1,7 +1,8 @@
 """``l0tre demo``: the embedded paper-mnist model on the bundled MNIST test images.
 
 It runs ``l0tre evaluate`` with fixed options (t=1, then t=2 under a time budget) and ignores
-``$L0TRE_DATA``, so that it needs nothing but the package.
+``$L0TRE_DATA``, so that it needs nothing but the package. It replaces the output of an earlier
+demo in ``--out``, never another run (that needs ``--overwrite``).
 """
 
 from __future__ import annotations
@@ -10,9 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..outdir import read_results, run_files
 from ..paths import ENV_VAR
 from . import evaluate
-from .common import fmt_seconds, without_env
+from .common import fmt_seconds, refuse_to_replace, without_env
 from .parsing import Subparsers, argtype, common_options, parse_duration
 
 __all__ = ["add_parser", "run"]
@@ -24,7 +26,9 @@ def add_parser(subparsers: Subparsers) -> None:
         "demo", parents=[common_options()], help="evaluate the bundled MNIST model and write a report",
         description="Evaluates 20 of the 100 bundled MNIST test images on the embedded "
                     "paper-mnist model at t=1, then t=2 under a time budget.")
-    demo.add_argument("--out", default="l0tre-demo", metavar="DIR", help="output folder (default ./l0tre-demo)")
+    demo.add_argument("--out", default="l0tre-demo", metavar="DIR",
+                      help="output folder (default ./l0tre-demo; an earlier demo there is replaced)")
+    demo.add_argument("--overwrite", action="store_true", help="replace a run in DIR that is not a demo's")
     demo.add_argument("--time-budget", type=argtype(parse_duration), default=80.0, metavar="DURATION",
                       help="evaluation time budget (default 80s)")
     demo.add_argument("--limit", type=int, default=20, metavar="N", help="number of images (default 20)")
@@ -38,13 +42,25 @@ def evaluate_args(args: argparse.Namespace) -> argparse.Namespace:
         command="demo", model="paper-mnist", data="mnist:test", data_root=None, limit=args.limit, indices=None,
         start=0, only_correct=False, arch=None, trust_pickle=False, device=args.device, epsilon=0.5, t_max=2,
         features="pixel", batch_size=256, max_memory=None, max_evaluations=None, time_budget=args.time_budget,
-        out=args.out, resume=False, report_every=5.0, seed=0, quiet=args.quiet, json=False, no_report=False,
-        debug=args.debug,
+        out=args.out, resume=False, overwrite=True, report_every=5.0, seed=0, quiet=args.quiet, json=False,
+        no_report=False, debug=args.debug,
     )
+
+
+def _earlier_demo(out: Path) -> bool:
+    """Whether ``out`` holds the results of an earlier ``l0tre demo`` (replaced without asking)."""
+    try:
+        config = read_results(out).get("config")
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("command") == "demo"
 
 
 def run(args: argparse.Namespace) -> int:
     """``l0tre demo``: evaluate, then print where the report is."""
+    out = Path(args.out)
+    if run_files(out) and not _earlier_demo(out):
+        refuse_to_replace(out, resume=None, overwrite=args.overwrite)
     if not args.quiet:
         print(f"l0tre demo: paper-mnist on {args.limit} bundled MNIST test images, t=1 then t=2, "
               f"time budget {fmt_seconds(args.time_budget)} → {args.out}/", file=sys.stderr)

@@ -1,7 +1,10 @@
 """``l0tre evaluate``: bounds on the maximum safe L0 radius of a model on a data set.
 
 Writes results.json, per_input.csv, adversarial.npz and result.pt into ``--out`` after every
-snapshot (:func:`l0tre.outdir.write_outputs`), then the report (:mod:`l0tre.report`).
+snapshot (:func:`l0tre.outdir.write_outputs`), then the report (:mod:`l0tre.report`). A folder
+that holds a run is never replaced by accident: without ``--resume`` (continue it) or
+``--overwrite`` (start over) the command refuses it. A folder that cannot be written is one line
+naming ``--out``, before the run starts when possible.
 """
 
 from __future__ import annotations
@@ -19,10 +22,27 @@ from ..api import prepare
 from ..classifier import Classifier
 from ..data import Dataset
 from ..engine import Engine, drive
-from ..outdir import CHECKPOINT, RESULTS_JSON, json_safe, read_results, write_outputs
+from ..outdir import (
+    CHECKPOINT,
+    RESULTS_JSON,
+    check_writable_folder,
+    json_safe,
+    read_results,
+    remove_run_files,
+    write_outputs,
+)
 from ..progress import TqdmProgress
 from ..result import Result
-from .common import fmt_seconds, load_classifier, notice, seed_everything, select_inputs, signals_ignored
+from .common import (
+    fmt_seconds,
+    load_classifier,
+    notice,
+    output_errors,
+    refuse_to_replace,
+    seed_everything,
+    select_inputs,
+    signals_ignored,
+)
 from .parsing import (
     EXIT_OK,
     Subparsers,
@@ -39,16 +59,25 @@ __all__ = ["add_parser", "run"]
 # -- parser ---------------------------------------------------------------------------------------
 def add_parser(subparsers: Subparsers) -> None:
     """Register ``evaluate`` and its options."""
-    ev = subparsers.add_parser("evaluate", parents=[common_options()], help="bounds on the maximum safe L0 radius",
-                               description="Evaluate a model on a data set; writes results.json, "
-                                           "per_input.csv, adversarial.npz and a report to --out.")
+    ev = subparsers.add_parser(
+        "evaluate", parents=[common_options()], help="bounds on the maximum safe L0 radius",
+        description="Evaluate a model on a data set; writes results.json, per_input.csv, adversarial.npz and a "
+                    "report to --out. A --out folder that holds a run is refused unless --resume (continue it "
+                    "from DIR/checkpoint.pt) or --overwrite (start over). In Python the same is "
+                    "l0tre.evaluate(..., checkpoint=PATH): a checkpoint of the same model, inputs and options "
+                    "is resumed, one of another run is refused with a ValueError.")
     add_source_options(ev, data_required=True)
     add_engine_options(ev)
     g = ev.add_argument_group("run")
     g.add_argument("--time-budget", type=argtype(parse_duration), metavar="DURATION",
                    help="stop after this long (90, 90s, 10m, 1h) with the current bounds")
     g.add_argument("--out", default="l0tre-results", metavar="DIR", help="output folder (default ./l0tre-results)")
-    g.add_argument("--resume", action="store_true", help="continue from DIR/checkpoint.pt")
+    again = g.add_mutually_exclusive_group()
+    again.add_argument("--resume", action="store_true",
+                       help="continue the run in DIR from DIR/checkpoint.pt (same model, data and options; "
+                            "anything else is an error)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="start over: delete the earlier run's files in DIR (checkpoint, results)")
     g.add_argument("--report-every", type=float, default=5.0, metavar="SEC",
                    help="seconds between snapshots (and output writes) inside a level")
     g.add_argument("--seed", type=int, default=0, metavar="S", help="random seed (default 0)")
@@ -78,49 +107,54 @@ def run(args: argparse.Namespace) -> int:
     attribute but ``command`` and ``debug`` is recorded in the ``config`` of results.json.
     """
     seed_everything(args.seed)
+    out = Path(args.out)
+    refuse_to_replace(out, resume=args.resume, overwrite=getattr(args, "overwrite", False))
     model = load_classifier(args)
     data = select_inputs(model, args)
-    out = _output_folder(args)
-    progress = None if args.quiet else TqdmProgress(
-        file=sys.stderr, mininterval=0.2 if sys.stderr.isatty() else 10.0)
-    engine = _prepare(args, model, data, out / CHECKPOINT, progress)
-    config = _config(args, model, data, engine, args.time_budget)
-    indices = [int(i) for i in data.indices]
-
-    def on_snapshot(snap: Result) -> None:
-        """Write the output files for this snapshot."""
-        write_outputs(out, snap, indices, data.x, config)
-
-    try:
-        final = drive(engine, on_snapshot, guard=signals_ignored)
-    finally:
-        if progress is not None:
-            progress.close()
-    if final.stopped == "interrupted":
-        notice(args, "interrupted: the current bounds are written")
-    report = None if args.no_report else _write_report(args, out)
-    stream = sys.stderr if args.json else sys.stdout
-    if not (args.json and args.quiet):
-        for line in _summary_lines(final, out, report):
-            print(line, file=stream)
-    if args.json:
-        print(json.dumps(read_results(out), indent=1))
+    with output_errors("--out"):
+        _output_folder(args, out)
+        final = _evaluate(args, model, data, out)
+        if final.stopped == "interrupted":
+            notice(args, "interrupted: the current bounds are written")
+        report = None if args.no_report else _write_report(args, out)
+        stream = sys.stderr if args.json else sys.stdout
+        if not (args.json and args.quiet):
+            for line in _summary_lines(final, out, report):
+                print(line, file=stream)
+        if args.json:
+            print(json.dumps(read_results(out), indent=1))
     return EXIT_OK
 
 
-def _output_folder(args: argparse.Namespace) -> Path:
-    """Create ``--out``; drop an old checkpoint unless ``--resume`` (with a notice if none)."""
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"out: expected a folder, got the existing file {str(out)!r}")
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / CHECKPOINT
-    if args.resume:
-        if not ckpt.exists():
-            notice(args, f"resume: no checkpoint at {str(ckpt)!r}; starting from the beginning")
-    elif ckpt.exists():
-        ckpt.unlink()
-    return out
+def _evaluate(args: argparse.Namespace, model: Classifier, data: Dataset, out: Path) -> Result:
+    """Run the evaluation, writing the output files after every snapshot; the final snapshot."""
+    progress = None if args.quiet else TqdmProgress(
+        file=sys.stderr, mininterval=0.2 if sys.stderr.isatty() else 10.0)
+    try:
+        engine = _prepare(args, model, data, out / CHECKPOINT, progress)
+        config = _config(args, model, data, engine, args.time_budget)
+        indices = [int(i) for i in data.indices]
+
+        def on_snapshot(snap: Result) -> None:
+            """Write the output files for this snapshot."""
+            write_outputs(out, snap, indices, data.x, config)
+
+        return drive(engine, on_snapshot, guard=signals_ignored)
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def _output_folder(args: argparse.Namespace, out: Path) -> None:
+    """Create ``--out`` and check that it can be written; with ``--overwrite`` delete the earlier
+    run's files (a notice says which)."""
+    check_writable_folder(out, argument="--out")
+    if getattr(args, "overwrite", False):
+        removed = remove_run_files(out, argument="--out")
+        if removed:
+            notice(args, f"overwrite: removed the earlier run's {', '.join(removed)} from {str(out)!r}")
+    elif args.resume and not (out / CHECKPOINT).exists():
+        notice(args, f"resume: no checkpoint at {str(out / CHECKPOINT)!r}; starting from the beginning")
 
 
 def _prepare(args: argparse.Namespace, model: Classifier, data: Dataset, ckpt: Path,
@@ -131,14 +165,19 @@ def _prepare(args: argparse.Namespace, model: Classifier, data: Dataset, ckpt: P
         limits["max_memory"] = args.max_memory
     if args.max_evaluations:
         limits["max_evaluations"] = args.max_evaluations
-    engine = prepare(
-        model, data.x, epsilon=args.epsilon, t_max=args.t_max, features=args.features,
-        batch_size=args.batch_size, checkpoint=ckpt, report_every=args.report_every, labels=data.y,
-        progress=progress, **limits,
-        certify="only" if getattr(args, "certify_only", False) else bool(getattr(args, "certify", False)),
-        certify_time_limit=getattr(args, "certify_time_limit", 60.0), mode=getattr(args, "mode", "auto"),
-        certify_method=getattr(args, "certify_method", "auto"),
-    )
+    try:
+        engine = prepare(
+            model, data.x, epsilon=args.epsilon, t_max=args.t_max, features=args.features,
+            batch_size=args.batch_size, checkpoint=ckpt, report_every=args.report_every, labels=data.y,
+            progress=progress, **limits,
+            certify="only" if getattr(args, "certify_only", False) else bool(getattr(args, "certify", False)),
+            certify_time_limit=getattr(args, "certify_time_limit", 60.0), mode=getattr(args, "mode", "auto"),
+            certify_method=getattr(args, "certify_method", "auto"),
+        )
+    except ValueError as exc:
+        if args.resume and str(exc).startswith("checkpoint:"):
+            raise ValueError(f"{exc}; or pass --overwrite instead of --resume to start over in --out") from exc
+        raise
     if args.resume and ckpt.exists():
         notice(args, f"resume: continuing from level t={engine.result.t + 1} "
                      f"({fmt_seconds(engine.seconds_spent)} already spent)")

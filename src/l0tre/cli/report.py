@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..report import build_report
+from .common import output_errors
 from .parsing import EXIT_OK, Subparsers, common_options
 
 __all__ = ["add_parser", "run"]
@@ -17,7 +18,10 @@ def add_parser(subparsers: Subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Rebuild the report of ``DIR``; print the files written, one a line."""
-    for path in build_report(args.dir):
+    """Rebuild the report of ``DIR``; print the files written, one a line (a folder that cannot be
+    written is one error line naming ``DIR``)."""
+    with output_errors("DIR"):
+        written = build_report(args.dir)
+    for path in written:
         print(path)
     return EXIT_OK

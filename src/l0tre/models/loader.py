@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import os
 import pickle
+import pickletools
 import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -20,17 +22,21 @@ from .keras_h5 import load_keras
 from .onnx_loader import load_onnx
 from .registry import BUILTIN, ModelInfo
 
-__all__ = ["load_model", "load_state_dict_file", "match_architecture"]
+__all__ = ["load_model", "load_state_dict_file", "match_architecture", "pickle_globals"]
 
 _KERAS_SUFFIXES = {".h5", ".hdf5", ".keras", ".json"}
 _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 _STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model")
+#: globals of plain tensor data (a weights-only load allows them; the refusal names the others)
+_DATA_GLOBALS = ("torch._utils.", "collections.OrderedDict", "__builtin__.set", "builtins.set",
+                 "__builtin__.frozenset", "builtins.frozenset", "torch.Size", "torch.device", "torch.dtype")
 
 ModelSpec = str | os.PathLike[str] | nn.Module
 PreprocessingArg = Preprocessing | dict[str, Sequence[float]] | None
 
 
 def _is_tensor_mapping(obj: object) -> bool:
+    """Whether ``obj`` is a non-empty mapping of names to tensors (a state dict)."""
     return (
         isinstance(obj, Mapping)
         and len(obj) > 0
@@ -53,6 +59,7 @@ def _as_state_dict(obj: object) -> dict[str, torch.Tensor] | None:
 
 
 def _signature(sd: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
+    """Parameter names and shapes of a state dict (batch-norm counters left out)."""
     return {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
 
 
@@ -104,6 +111,7 @@ def match_architecture(
 
 
 def _is_torchscript(path: Path) -> bool:
+    """Whether ``path`` is a TorchScript archive (a zip with code or constants)."""
     if not zipfile.is_zipfile(path):
         return False
     try:
@@ -114,6 +122,71 @@ def _is_torchscript(path: Path) -> bool:
     return any(n.endswith("/constants.pkl") or "/code/" in n for n in names)
 
 
+def pickle_globals(path: str | os.PathLike[str]) -> list[str] | None:
+    """The Python objects (``module.name``) that unpickling the torch file ``path`` would import
+    and may call, in order of appearance; ``None`` when the file holds no readable pickle.
+
+    Reads the pickle opcodes only (nothing is imported or run): ``data.pkl`` of a zip-format
+    torch file, else the pickles at the start of the file (the legacy format, a plain pickle).
+    """
+    path = Path(path)
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as zf:
+                member = next((n for n in zf.namelist() if n.endswith("data.pkl")), None)
+                raw = zf.read(member) if member is not None else b""
+        else:
+            raw = path.read_bytes()
+    except (OSError, zipfile.BadZipFile):
+        return None
+    return _scan_pickles(raw)
+
+
+def _scan_pickles(raw: bytes) -> list[str] | None:
+    """The globals the pickles at the start of ``raw`` name; ``None`` when the first is unreadable."""
+    stream = io.BytesIO(raw)
+    names: list[str] = []
+    complete = 0
+    while stream.tell() < len(raw):
+        strings: list[str] = []  # the strings pushed so far (STACK_GLOBAL takes the last two)
+        memo: dict[int, str] = {}
+        try:
+            for op, arg, _ in pickletools.genops(stream):
+                if op.name in ("GLOBAL", "INST"):
+                    names.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    names.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str) and ("UNICODE" in op.name or "STRING" in op.name):
+                    strings.append(str(arg))
+                elif op.name == "MEMOIZE" and strings:
+                    memo[len(memo)] = strings[-1]
+                elif op.name in ("BINGET", "LONG_BINGET", "GET") and isinstance(arg, int) and arg in memo:
+                    strings.append(memo[arg])
+        except Exception:  # noqa: BLE001 - not (or no longer) a pickle: the storages of a legacy file
+            break
+        complete += 1
+    return list(dict.fromkeys(names)) if complete else None
+
+
+def _is_data_global(name: str) -> bool:
+    """Whether the pickled global ``name`` is part of plain tensor data (not code of the file's own)."""
+    return name.startswith(_DATA_GLOBALS) or (name.startswith("torch.") and name.endswith("Storage"))
+
+
+def _refused_pickle(path: Path, exc: pickle.UnpicklingError) -> ValueError:
+    """The error for a torch file that a weights-only load refused."""
+    names = pickle_globals(path)
+    if names is None or (not names and "Unsupported global" not in str(exc)):
+        return ValueError(f"model: expected a readable torch file, got {str(path)!r} (corrupt, or not a torch file)")
+    calls = [n for n in names if not _is_data_global(n)]
+    named = f" (it names {', '.join(calls[:3])})" if calls else ""
+    return ValueError(
+        f"model: {str(path)!r} holds pickled code{named}: loading it would run code from the file, so it is "
+        "refused; pass --trust-pickle (trust_pickle=True) only if you trust its source, or save a "
+        "state_dict / TorchScript / ONNX instead"
+    )
+
+
 def load_state_dict_file(path: str | os.PathLike[str], *, trust_pickle: bool = False) -> object:
     """``torch.load`` a ``.pt``/``.pth``/``.th`` file, safely unless ``trust_pickle``.
 
@@ -121,23 +194,18 @@ def load_state_dict_file(path: str | os.PathLike[str], *, trust_pickle: bool = F
     only when ``trust_pickle`` is true).
 
     Raises:
-        ValueError: the file is corrupt, or is a full pickle and ``trust_pickle`` is false.
+        ValueError: the file is corrupt, or holds pickled code (a full model, or anything a
+            weights-only load refuses) and ``trust_pickle`` is false.
     """
     path = Path(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on pickle protocols: the refusal below says it all
+            warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):
-            raise ValueError(
-                f"model: expected a readable torch file, got {str(path)!r} "
-                "(corrupt, or not a torch file)"
-            ) from exc
-        if not trust_pickle:
-            raise ValueError(
-                f"model: {str(path)!r} is a full pickled model, and loading it runs code from the "
-                "file; pass --trust-pickle (trust_pickle=True) only if you trust its source, or "
-                "save a state_dict / TorchScript / ONNX instead"
-            ) from exc
+        refused = _refused_pickle(path, exc)
+        if not trust_pickle or "holds pickled code" not in str(refused):
+            raise refused from exc
     except (RuntimeError, EOFError, OSError, ValueError, KeyError, AttributeError) as exc:
         raise ValueError(
             f"model: expected a readable torch file, got {str(path)!r} ({type(exc).__name__}: "
@@ -176,6 +244,7 @@ def _torch_file(
 
 
 def _builtin(info: ModelInfo, root: str | os.PathLike[str] | None) -> nn.Module:
+    """The module of a built-in model (embedded weights, or a file under the data root)."""
     what = f"model {info.name!r}"
     if info.name == "paper-mnist":
         path = embedded_file("paper_mnist.pt")
@@ -190,6 +259,36 @@ def _builtin(info: ModelInfo, root: str | os.PathLike[str] | None) -> nn.Module:
     if info.name == "paper-mnist-softmax":
         return load_keras(path).module
     return _torch_file(path, info.name, trust_pickle=False)[0]
+
+
+def _model_file(
+    text: str, path: Path, arch: str | None, trust_pickle: bool, input_shape: tuple[int, int, int] | None
+) -> tuple[nn.Module, tuple[int, int, int] | None, str]:
+    """``(module, input shape if known, output kind)`` of the model file ``path`` (``text`` as given).
+
+    Raises:
+        DataFileNotFoundError: no such file.
+        ValueError: a folder, an unknown name, or a file that cannot be loaded.
+    """
+    if path.is_file():
+        with path.open("rb") as fh:
+            magic = fh.read(8)
+        if path.suffix.lower() == ".onnx":
+            om = load_onnx(path)
+            return om.module, om.input_shape, om.output
+        if path.suffix.lower() in _KERAS_SUFFIXES or magic == _HDF5_MAGIC:
+            km = load_keras(path, input_shape=input_shape)
+            return km.module, km.input_shape, km.output
+        module, shape = _torch_file(path, arch, trust_pickle)
+        return module, shape, "logits"
+    if path.is_dir():
+        raise ValueError(f"model: expected a model file or built-in name, got the directory {text!r}")
+    if path.suffix or os.sep in text or "/" in text:
+        raise DataFileNotFoundError(f"model: expected an existing model file, got {text!r} (no such file)")
+    raise ValueError(
+        f"model: expected a built-in name ({', '.join(BUILTIN)}) or a model file "
+        f"(.pt/.pth/.onnx/.h5/.json/TorchScript), got {text!r}"
+    )
 
 
 def load_model(
@@ -219,7 +318,8 @@ def load_model(
         bounds, preprocessing, output, input_shape: override what the model records.
 
     Raises:
-        ValueError: unknown name, missing or corrupt file, unmatched state dict, refused pickle.
+        ValueError: unknown name, missing or corrupt file, unmatched state dict, a file holding pickled
+            code without ``trust_pickle``.
         TypeError: ``spec`` of the wrong type.
     """
     info: ModelInfo | None = None
@@ -230,49 +330,16 @@ def load_model(
     elif isinstance(spec, (str, os.PathLike)):
         text = os.fspath(spec)
         label = text
-        path = Path(text).expanduser()
         if text in BUILTIN:
             info = BUILTIN[text]
-            module, found_shape, found_output = (
-                _builtin(info, data_root),
-                info.input_shape,
-                info.output,
-            )
-        elif path.is_file():
-            label = path.name
-            with path.open("rb") as fh:
-                magic = fh.read(8)
-            if path.suffix.lower() == ".onnx":
-                om = load_onnx(path)
-                module, found_shape, found_output = om.module, om.input_shape, om.output
-            elif path.suffix.lower() in _KERAS_SUFFIXES or magic == _HDF5_MAGIC:
-                km = load_keras(path, input_shape=input_shape)
-                module, found_shape, found_output = km.module, km.input_shape, km.output
-            else:
-                module, found_shape = _torch_file(path, arch, trust_pickle)
-        elif path.is_dir():
-            raise ValueError(
-                f"model: expected a model file or built-in name, got the directory {text!r}"
-            )
-        elif path.suffix or os.sep in text or "/" in text:
-            raise DataFileNotFoundError(
-                f"model: expected an existing model file, got {text!r} (no such file)"
-            )
+            module, found_shape, found_output = _builtin(info, data_root), info.input_shape, info.output
         else:
-            raise ValueError(
-                f"model: expected a built-in name ({', '.join(BUILTIN)}) or a model file "
-                f"(.pt/.pth/.onnx/.h5/.json/TorchScript), got {text!r}"
-            )
+            path = Path(text).expanduser()
+            module, found_shape, found_output = _model_file(text, path, arch, trust_pickle, input_shape)
+            label = path.name
     else:
-        raise TypeError(
-            f"model: expected a name, path or torch.nn.Module, got {type(spec).__name__}"
-        )
-    if (
-        preprocessing is None
-        and info is not None
-        and info.mean is not None
-        and info.std is not None
-    ):
+        raise TypeError(f"model: expected a name, path or torch.nn.Module, got {type(spec).__name__}")
+    if preprocessing is None and info is not None and info.mean is not None and info.std is not None:
         preprocessing = {"mean": info.mean, "std": info.std}
     return Classifier(
         module,
