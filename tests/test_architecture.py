@@ -21,6 +21,8 @@ FORBIDDEN = {
     "objectives": ("engine", "execution", "certify", "apps", "cli", "report", "api", "outdir"),
     "result": ("engine", "execution", "certify", "apps", "cli", "report", "api", "outdir"),
     "report": ("cli", "engine", "apps", "api"),
+    "readers": ("engine", "execution", "certify", "apps", "cli", "report", "api", "outdir", "figures"),
+    "figures": ("cli", "engine", "execution", "certify", "api", "report", "outdir"),  # draws app results too
     "outdir": ("cli", "engine", "api", "report"),  # above the applications: it writes their results
 }
 

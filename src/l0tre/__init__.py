@@ -2,8 +2,9 @@
 
 from .api import evaluate, evaluate_iter
 from .apps.attack import AttackResult, attack
+from .atomic import OutputError
 from .classifier import Classifier, OutputKind, Preprocessing, as_classifier
-from .data import Dataset, load_data
+from .data import Dataset, EmbeddedDataWarning, load_data
 from .engine.features import FeatureKind
 from .models import list_models, load_model
 from .objectives import Misclassification, Objective, ObjectiveValues
@@ -15,10 +16,12 @@ __all__ = [
     "AttackResult",
     "Classifier",
     "Dataset",
+    "EmbeddedDataWarning",
     "FeatureKind",
     "Misclassification",
     "Objective",
     "ObjectiveValues",
+    "OutputError",
     "OutputKind",
     "Preprocessing",
     "Result",
