@@ -16,19 +16,27 @@ os.environ["L0TRE_TUNING_CACHE"] = "off"
 torch.set_num_threads(1)
 
 
+def in_ci() -> bool:
+    """Whether the tests run under CI (``CI`` set to anything but empty, ``0``, ``false``, ``no``)."""
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
 def shared_data_dir() -> Path:
     """The shared data folder: ``$L0TRE_DATA``, else ``shared/data`` beside the repository.
 
-    Fails the test (never skips) when the folder is missing.
+    When the folder is missing, the test is skipped with the reason (a fresh clone: the rest
+    of the suite runs on the embedded data and generated tiny models); under CI (``CI=true``)
+    it fails instead, so that CI keeps testing everything.
     """
     env = os.environ.get("L0TRE_DATA")
     root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
     if not (root / "MANIFEST.md").is_file():
-        pytest.fail(
-            f"shared data not found at {root} (needs MANIFEST.md); set L0TRE_DATA to the "
-            "shared/data folder",
-            pytrace=False,
-        )
+        where = f"$L0TRE_DATA={env}" if env else str(root)
+        reason = (f"shared data not found at {where} (needs MANIFEST.md); set L0TRE_DATA to the "
+                  "shared/data folder")
+        if in_ci():
+            pytest.fail(f"{reason} (CI: tests that need the shared data must run)", pytrace=False)
+        pytest.skip(reason)
     return root
 
 

@@ -12,23 +12,34 @@ __all__ = ["TqdmProgress"]
 
 
 class TqdmProgress(ProgressHook):
-    """Shows level t, inputs converged, global [lower, upper], estimate ± radius, evals/s, ETA."""
+    """Shows level t, inputs converged, global [lower, upper], estimate ± radius, evals/s, ETA.
+
+    The total of a level is its sensitivity pass; the upper-bound search and tightening, whose
+    cost is known only as it is spent, grow the total as they run. A resumed level starts at
+    the work already done.
+    """
 
     def __init__(self, **tqdm_kwargs: Any) -> None:
         self._kw = tqdm_kwargs
         self._bar: Any = None
         self._start = time.perf_counter()
 
-    def level_start(self, t: int, evaluations: int, inputs: int) -> None:
+    def level_start(self, t: int, evaluations: int, inputs: int, done: int = 0) -> None:
         from tqdm.auto import tqdm
 
         if self._bar is not None:
             self._bar.close()
-        self._bar = tqdm(total=evaluations, desc=f"t={t} ({inputs} open)", unit="eval",
+        self._bar = tqdm(total=evaluations, initial=done, desc=f"t={t} ({inputs} open)", unit="eval",
                          unit_scale=True, dynamic_ncols=True, **self._kw)
 
     def advance(self, evaluations: int) -> None:
         if self._bar is not None:
+            self._bar.update(evaluations)
+
+    def extra(self, evaluations: int) -> None:
+        """Work beyond the planned pass: the total grows with it, so the bar ends at 100 %."""
+        if self._bar is not None:
+            self._bar.total += evaluations
             self._bar.update(evaluations)
 
     def snapshot(self, result: Result) -> None:

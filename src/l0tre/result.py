@@ -34,8 +34,14 @@ class Result:
         level_complete: this snapshot is taken at the end of level ``t`` (else mid-level).
         n_features: ``n``; epsilon, features: the grid and feature convention.
         evaluations: model evaluations so far; seconds: wall time so far.
-        history: one dict per snapshot (t, seconds, evaluations, global bounds).
-        level_seconds: wall seconds spent in each completed level.
+        history: one dict per snapshot (t, seconds, evaluations, global bounds, level_complete);
+            a snapshot that repeats the last entry's numbers (the final one after a level, the
+            first one of a resumed run) adds none. ``level_complete`` is 1 only on the entry of
+            the moment level ``t`` completed.
+        level_seconds: wall seconds spent in each completed level (summed over interrupted and
+            resumed runs).
+        level_evaluations: model evaluations spent in each completed level (sensitivity pass,
+            upper-bound search, tightening; summed over interrupted and resumed runs).
         stopped: why the run ended (``"running"``, ``"t_max"``, ``"converged"``,
             ``"time_budget"``, ``"interrupted"``).
         sensitivity: with ``keep_sensitivity=True``: the level-1 sensitivity map, per feature the
@@ -62,6 +68,7 @@ class Result:
     seconds: float = 0.0
     history: list[dict[str, float]] = field(default_factory=list)
     level_seconds: list[float] = field(default_factory=list)
+    level_evaluations: list[int] = field(default_factory=list)
     stopped: str = "running"
     sensitivity: torch.Tensor | None = None
 
@@ -168,6 +175,7 @@ class Result:
             "stopped": self.stopped,
             "history": list(self.history),
             "level_seconds": list(self.level_seconds),
+            "level_evaluations": list(self.level_evaluations),
         }
         if include_adversarial:
             out["adversarial"] = self.adversarial.tolist()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -92,7 +93,7 @@ def test_evaluations_match_estimate_at_t1() -> None:
     rows: list[int] = []
 
     class Planned(l0tre.engine.ProgressHook):
-        def level_start(self, t: int, evaluations: int, inputs: int) -> None:
+        def level_start(self, t: int, evaluations: int, inputs: int, done: int = 0) -> None:
             planned.append((t, evaluations, inputs))
             rows.clear()  # count the model's rows from here on
 
@@ -130,7 +131,9 @@ X = torch.rand(2, 1, 2, 2, dtype=torch.float64)
     [
         ({"x": X[0]}, ValueError, r"x: expected shape \(N, C, H, W\), got \(1, 2, 2\)"),
         ({"x": (X * 255).long()}, TypeError, r"x: expected a floating-point tensor.*int64"),
-        ({"x": X.numpy()}, TypeError, r"x: expected a torch.Tensor.*ndarray"),
+        ({"x": X.tolist()}, TypeError, r"x: expected a torch.Tensor or NumPy array.*list"),
+        ({"x": X.numpy().astype(str)}, TypeError, r"x: expected a numeric NumPy array, got dtype <U"),
+        ({"x": (X.numpy() * 255).astype("uint8")}, TypeError, r"x: expected a floating-point tensor.*uint8.*x / 255"),
         ({"x": X[:0]}, ValueError, r"x: expected at least one input, got an empty batch"),
         ({"x": X * 2}, ValueError, r"x: expected values inside the model bounds \[0.0, 1.0\], got range"),
         ({"x": X.clone().fill_(float("nan"))}, ValueError, r"x: expected finite values, got 8 NaN/Inf"),
@@ -144,6 +147,9 @@ X = torch.rand(2, 1, 2, 2, dtype=torch.float64)
         ({"batch_size": 0}, ValueError, r"batch_size: expected a positive integer, got 0"),
         ({"time_budget": -1}, ValueError, r"time_budget: expected a positive finite number, got -1"),
         ({"labels": torch.tensor([1])}, ValueError, r"labels: expected shape \(2,\) to match x"),
+        ({"labels": np.array([0.5, 1.0])}, TypeError, r"labels: expected a 1-D integer tensor of shape \(2,\)"),
+        ({"show_progress": True, "progress": l0tre.engine.ProgressHook()}, ValueError,
+         r"show_progress: .*not both"),
         ({"bounds": (1, 0)}, ValueError, r"bounds: expected finite lo < hi, got \(1.0, 0.0\)"),
         ({"device": "tpu"}, ValueError, r"device: expected 'auto', 'cpu', 'cuda'"),
         ({"max_evaluations": 10}, ValueError,
@@ -156,6 +162,21 @@ def test_guards(kwargs: dict[str, object], exc: type[Exception], message: str) -
     x = args.pop("x")
     with pytest.raises(exc, match=message):
         l0tre.evaluate(MODEL, x, **args)  # type: ignore[arg-type]
+
+
+def test_numpy_inputs_and_labels_are_accepted() -> None:
+    """NumPy ``x`` and ``labels`` are converted (copies, any strides): the same results as tensors."""
+    want = l0tre.evaluate(MODEL, X, epsilon=0.5, t_max=2, labels=torch.tensor([0, 2]))
+    xs = np.ascontiguousarray(X.numpy()[:, :, ::-1])[:, :, ::-1]  # negative strides, same values
+    assert xs.strides[2] < 0
+    got = l0tre.evaluate(MODEL, xs, epsilon=0.5, t_max=2, labels=np.array([0, 2], dtype=np.int32))
+    for name in ("lower", "upper", "found", "adversarial", "adversarial_label", "predicted", "labels"):
+        assert torch.equal(getattr(got, name), getattr(want, name)), name
+    assert isinstance(got.adversarial, torch.Tensor) and got.adversarial.dtype == torch.float64
+    snaps = list(l0tre.evaluate_iter(MODEL, X.numpy(), epsilon=0.5, t_max=1))
+    assert snaps[-1].stopped in ("t_max", "converged")
+    a = l0tre.attack(MODEL, X.numpy(), epsilon=0.5, labels=np.array([0, 2]))
+    assert a.x_adv.shape == X.shape
 
 
 def test_model_output_shape_guard() -> None:

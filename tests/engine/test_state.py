@@ -243,3 +243,32 @@ def test_checkpoint_of_another_run_is_refused(tmp_path: Path) -> None:
     again = l0tre.evaluate(_model(), x, epsilon=0.5, t_max=1, checkpoint=ckpt)
     assert torch.equal(again.lower, res.lower) and torch.equal(again.upper, res.upper)
     assert again.evaluations == res.evaluations
+
+
+def _old_format(path: Path) -> None:
+    """Rewrite a checkpoint as written before per-level counts existed."""
+    data = torch.load(path, weights_only=True)
+    del data["result"]["level_evaluations"]
+    if data["level"] is not None:
+        del data["level"]["evaluations"], data["level"]["extra_evaluations"]
+    torch.save(data, path)
+
+
+def test_checkpoints_without_per_level_counts_resume_with_them(tmp_path: Path) -> None:
+    """Older checkpoints load (fields added later have defaults); their per-level evaluations
+    are rebuilt from the history, so a resumed run reports what an uninterrupted one does."""
+    x = _inputs()
+    full = l0tre.evaluate(_model(), x, epsilon=0.5, t_max=3, batch_size=2)
+    assert full.t == 3 and len(full.level_evaluations) == 3
+    mid = tmp_path / "mid.pt"  # in the middle of a level
+    stopped = l0tre.engine.drive(l0tre.api.prepare(_model(), x, epsilon=0.5, t_max=3, batch_size=2,
+                                                   checkpoint=mid, executor=_StopAfter(8)))
+    assert stopped.stopped == "interrupted"
+    between = tmp_path / "between.pt"  # after a completed level
+    l0tre.evaluate(_model(), x, epsilon=0.5, t_max=1, batch_size=2, checkpoint=between)
+    for path in (mid, between):
+        _old_format(path)
+        res = l0tre.evaluate(_model(), x, epsilon=0.5, t_max=3, batch_size=2, checkpoint=path)
+        assert torch.equal(res.lower, full.lower) and torch.equal(res.upper, full.upper)
+        assert res.level_evaluations == full.level_evaluations, path.name
+        assert len(res.level_seconds) == 3

@@ -8,13 +8,26 @@ __all__ = ["ProgressHook"]
 
 
 class ProgressHook:
-    """Receives progress events; every method is optional (the defaults do nothing)."""
+    """Receives progress events; every method is optional (the defaults do nothing).
 
-    def level_start(self, t: int, evaluations: int, inputs: int) -> None:
-        """Level ``t`` starts: ``evaluations`` model evaluations planned over ``inputs`` inputs."""
+    Per level: :meth:`level_start`, then :meth:`advance` after every model call of the level's
+    sensitivity pass and :meth:`extra` for the evaluations beyond it (upper-bound search,
+    tightening, re-checks), whose number is not known in advance. ``done + advance + extra``
+    over a level is the evaluations the level costs (``Result.level_evaluations``).
+    """
+
+    def level_start(self, t: int, evaluations: int, inputs: int, done: int = 0) -> None:
+        """Level ``t`` starts (or resumes): ``evaluations`` model evaluations planned over
+        ``inputs`` inputs (the sensitivity pass, plus the extra evaluations already spent when
+        resumed), ``done`` of them already done by an interrupted run (0 for a new level)."""
 
     def advance(self, evaluations: int) -> None:
-        """``evaluations`` more model evaluations were done."""
+        """``evaluations`` more model evaluations of the planned pass were done."""
+
+    def extra(self, evaluations: int) -> None:
+        """``evaluations`` model evaluations beyond the planned pass were done (by default
+        counted as :meth:`advance`)."""
+        self.advance(evaluations)
 
     def snapshot(self, result: Result) -> None:
         """A snapshot was taken (a copy: the receiver may keep it)."""

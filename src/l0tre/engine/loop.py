@@ -162,78 +162,95 @@ class Engine:
         except KeyboardInterrupt:
             stopped = "interrupted"
         finally:
-            self._checkpoint()
             if stopped != "running":
                 final = self.snapshot(self.state.level is None and self.result.t > 0, self._now(), stopped)
+            self._checkpoint()
         if stopped != "running":
             yield final
 
     def _level(self, lvl: LevelProgress) -> Generator[Result, None, None]:
-        """Run (the rest of) level ``lvl.t``; snapshots while it runs and at its end."""
+        """Run (the rest of) level ``lvl.t``; snapshots while it runs and at its end. A resumed
+        level continues its counts (``lvl.evaluations``, run-clock ``lvl.started``)."""
         t, p = lvl.t, self.problem
         todo = torch.tensor(sum(lvl.shards, []), dtype=torch.long)
-        self.progress.level_start(t, self.level_evaluations(t, todo), int(todo.numel()))
+        self.progress.level_start(t, self.level_evaluations(t, todo) + lvl.extra_evaluations, int(todo.numel()),
+                                  done=lvl.evaluations)
         chain = self.plan.chain_for(t, p.x0)
         last = time.perf_counter()
         while lvl.shard < len(lvl.shards):
-            inputs, acc = self._shard_inputs(lvl)
-            total = n_subsets(p.n, t)
-            pending = lvl.pending(total) if inputs.numel() else []
+            inputs, acc = _shard_inputs(self.state, self.problem)
+            pending = lvl.pending(n_subsets(p.n, t)) if inputs.numel() else []
             if pending:
-                task = self._task(lvl, inputs, chain)
-                units = [WorkUnit(lvl.shard, r0, r1) for r0, r1 in pending]
-                results = self.executor.map(task, units)
+                results = self.executor.map(_shard_task(self, t, inputs, chain),
+                                            [WorkUnit(lvl.shard, r0, r1) for r0, r1 in pending])
                 with _closing(results):
                     for unit, res in results:
                         acc = merge_units(acc, _cast(res, acc.conf.dtype), p.top_k)
-                        self.result.evaluations += int(res.evaluations.sum())
+                        self._spend(lvl, int(res.evaluations.sum()))
                         lvl.mark_done(unit.r0, unit.r1)
                         lvl.acc = _unit_state(acc)
                         self._check_budget()
                         if time.perf_counter() - last >= self.opts.report_every:
                             last = time.perf_counter()
-                            self._checkpoint()
-                            yield self.snapshot(False, self._now())
+                            yield self._saved_snapshot(False)
             if inputs.numel():
-                self._finish(t, inputs, acc)
+                self._finish(lvl, inputs, acc)
             lvl.next_shard()
             self._check_budget()
             if time.perf_counter() - last >= self.opts.report_every and lvl.shard < len(lvl.shards):
                 last = time.perf_counter()
-                self._checkpoint()
-                yield self.snapshot(False, self._now())
+                yield self._saved_snapshot(False)
         self.result.t = t
         self.result.level_seconds.append(self._now() - lvl.started)
+        self.result.level_evaluations.append(lvl.evaluations)
         self.state.level = None
+        yield self._saved_snapshot(True)
+
+    def _saved_snapshot(self, level_complete: bool) -> Result:
+        """A snapshot, then a checkpoint (which holds the snapshot's history entry)."""
+        snap = self.snapshot(level_complete, self._now())
         self._checkpoint()
-        yield self.snapshot(True, self._now())
+        return snap
 
-    def _shard_inputs(self, lvl: LevelProgress) -> tuple[torch.Tensor, UnitResult]:
-        """The inputs of the current shard still open, and their merged unit results so far."""
-        if lvl.acc is not None:
-            acc = UnitResult(**lvl.acc)
-            return acc.inputs, acc
-        shard = torch.tensor(lvl.shards[lvl.shard], dtype=torch.long)
-        shard = shard[self.result.lower[shard] < self.result.upper[shard]]
-        return shard, empty_unit(shard, self.problem.top_k, self.problem.acc_dtype)
+    def _spend(self, lvl: LevelProgress, evaluations: int, *, extra: bool = False) -> None:
+        """Count model evaluations to the run and the level (``extra``: beyond the planned pass,
+        shown on the progress bar as they are spent; the pass's rows arrive per model call)."""
+        self.result.evaluations += evaluations
+        lvl.spent(evaluations, extra=extra)
+        if extra:
+            self.progress.extra(evaluations)
 
-    def _task(self, lvl: LevelProgress, inputs: torch.Tensor, chain: IncrementalPrefix | None) -> ShardTask:
-        p, dev = self.problem, inputs.to(self.problem.x0.device)
-        return ShardTask(model=p.model, objective=p.objective, x0=p.x0[dev], ref=p.ref[dev], valid=p.valid[dev],
-                         inputs=inputs, ctx=p.context(lvl.t), batch_size=self.plan.rows(chain), k=p.top_k,
-                         incremental=chain, pairs=self.plan.pair_tables(lvl.t, chain, p.x0[dev], p.palette),
-                         on_batch=self.progress.advance)
-
-    def _finish(self, t: int, inputs: torch.Tensor, acc: UnitResult) -> None:
+    def _finish(self, lvl: LevelProgress, inputs: torch.Tensor, acc: UnitResult) -> None:
         """Bound updates of a shard whose pass is complete (see :mod:`.update`)."""
+        t = lvl.t
         if t == 1:
             record_sensitivity(self.problem, self.result, inputs, acc)
         chain = self.plan.chain_for(1, self.problem.x0)
         spent = finish_shard(self.problem, self.result, self.state.blocked, t, inputs, acc,
                              batch_size=self.plan.batch_size, tighten_rows=self.plan.rows(chain), chain=chain)
-        self.result.evaluations += spent
-        self.progress.advance(spent)
+        self._spend(lvl, spent, extra=True)
         certify_inputs(self.certifier, self.problem, self.result, t, inputs)
+
+
+def _shard_task(engine: Engine, t: int, inputs: torch.Tensor, chain: IncrementalPrefix | None) -> ShardTask:
+    """What every work unit of the shard of ``inputs`` at level ``t`` needs."""
+    p, plan, dev = engine.problem, engine.plan, inputs.to(engine.problem.x0.device)
+    return ShardTask(model=p.model, objective=p.objective, x0=p.x0[dev], ref=p.ref[dev], valid=p.valid[dev],
+                     inputs=inputs, ctx=p.context(t), batch_size=plan.rows(chain), k=p.top_k, incremental=chain,
+                     pairs=plan.pair_tables(t, chain, p.x0[dev], p.palette), on_batch=engine.progress.advance)
+
+
+def _shard_inputs(state: RunState, problem: Problem) -> tuple[torch.Tensor, UnitResult]:
+    """The inputs of the current shard of ``state.level`` still open, and their merged unit
+    results so far."""
+    lvl, r = state.level, state.result
+    assert lvl is not None
+    if lvl.acc is not None:
+        acc = UnitResult(**lvl.acc)
+        return acc.inputs, acc
+    shard = torch.tensor(lvl.shards[lvl.shard], dtype=torch.long)
+    shard = shard[r.lower[shard] < r.upper[shard]]
+    return shard, empty_unit(shard, problem.top_k, problem.acc_dtype)
 
 
 def _certify_only(engine: Engine, t_stop: int) -> Generator[Result, None, None]:
@@ -247,7 +264,7 @@ def _certify_only(engine: Engine, t_stop: int) -> Generator[Result, None, None]:
         open_ = ((r.certified_lower == t - 1) & ~done).nonzero().squeeze(1)
         if open_.numel() == 0:
             break
-        engine.progress.level_start(t, 0, int(open_.numel()))
+        engine.progress.level_start(t, 0, int(open_.numel()), done=0)
         level_start = engine._now()
         for i in open_.tolist():
             if engine.certifier.level(p.x0[i], int(p.ref[i]), t):
@@ -258,8 +275,8 @@ def _certify_only(engine: Engine, t_stop: int) -> Generator[Result, None, None]:
             engine._check_budget()
         r.t = t
         r.level_seconds.append(engine._now() - level_start)
-        engine._checkpoint()
-        yield engine.snapshot(True, engine._now())
+        r.level_evaluations.append(0)
+        yield engine._saved_snapshot(True)
 
 
 def drive(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from ..classifier import Classifier
@@ -65,13 +66,17 @@ class EvaluateOptions:
 
 
 def check_inputs(x: object, model: Classifier) -> torch.Tensor:
-    """Validate ``x``: a float ``(N, C, H, W)`` tensor, finite, inside the model's bounds."""
+    """Validate ``x``: a float ``(N, C, H, W)`` tensor or NumPy array (converted to a tensor of
+    the same dtype, a copy), finite, inside the model's bounds."""
+    if isinstance(x, np.ndarray):
+        x = _from_numpy("x", x)
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x: expected a torch.Tensor of shape (N, C, H, W), got {type(x).__name__}")
+        raise TypeError(f"x: expected a torch.Tensor or NumPy array of shape (N, C, H, W), got {type(x).__name__}")
     if x.dim() != 4:
         raise ValueError(f"x: expected shape (N, C, H, W), got {tuple(x.shape)}")
     if not x.is_floating_point():
-        raise TypeError(f"x: expected a floating-point tensor in the model bounds, got dtype {x.dtype}")
+        hint = " (scale integer images to the model bounds first, e.g. x / 255)" if x.dtype == torch.uint8 else ""
+        raise TypeError(f"x: expected a floating-point tensor in the model bounds, got dtype {x.dtype}{hint}")
     if x.shape[0] == 0:
         raise ValueError("x: expected at least one input, got an empty batch (N = 0)")
     if x.numel() == 0:
@@ -94,8 +99,12 @@ def check_inputs(x: object, model: Classifier) -> torch.Tensor:
 
 
 def check_labels(labels: object, n: int) -> torch.Tensor | None:
+    """Validate ``labels``: ``None`` or ``(n,)`` integers (a tensor, NumPy array or sequence);
+    returned as an int64 CPU tensor."""
     if labels is None:
         return None
+    if isinstance(labels, np.ndarray):
+        labels = _from_numpy("labels", labels)
     if not isinstance(labels, torch.Tensor):
         try:
             labels = torch.as_tensor(labels)
@@ -108,3 +117,12 @@ def check_labels(labels: object, n: int) -> torch.Tensor | None:
     if labels.shape[0] != n:
         raise ValueError(f"labels: expected shape ({n},) to match x, got {tuple(labels.shape)}")
     return labels.to(torch.int64).cpu()
+
+
+def _from_numpy(name: str, a: np.ndarray) -> torch.Tensor:
+    """A tensor copy of the NumPy array ``a`` (any strides); ``TypeError`` naming ``name`` for a
+    dtype torch has no tensor type for (e.g. strings, objects)."""
+    try:
+        return torch.from_numpy(np.array(a, copy=True, order="C"))
+    except TypeError as exc:
+        raise TypeError(f"{name}: expected a numeric NumPy array, got dtype {a.dtype}") from exc

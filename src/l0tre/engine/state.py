@@ -38,6 +38,12 @@ class LevelProgress:
         extra: free-form additions (kept for format compatibility).
         done: ``[r0, r1)`` of units above ``next_rank`` already merged (units may finish in
             any order on an executor).
+        evaluations: model evaluations spent in this level so far (merged units, and the
+            upper-bound search and tightening of finished shards), over interrupted runs.
+        extra_evaluations: the part of ``evaluations`` beyond the planned sensitivity pass
+            (upper-bound search, tightening, re-checks).
+
+    Fields added after the first checkpoint format have defaults: older checkpoints load.
     """
 
     t: int
@@ -49,6 +55,14 @@ class LevelProgress:
     started: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     done: list[list[int]] = field(default_factory=list)
+    evaluations: int = 0
+    extra_evaluations: int = 0
+
+    def spent(self, evaluations: int, *, extra: bool = False) -> None:
+        """Count ``evaluations`` model evaluations to this level (``extra``: beyond the pass)."""
+        self.evaluations += evaluations
+        if extra:
+            self.extra_evaluations += evaluations
 
     def mark_done(self, r0: int, r1: int) -> None:
         """Record the unit ``[r0, r1)`` as merged; ``next_rank`` moves over finished units."""
@@ -113,11 +127,18 @@ class RunState:
         return self
 
     def snapshot(self, level_complete: bool, seconds: float, stopped: str) -> Result:
-        """Record a history entry (t, seconds, evaluations, global bounds) and return a copy."""
+        """Record a history entry (t, seconds, evaluations, global bounds) and return a copy.
+
+        An entry that repeats the last one but for its seconds is not recorded: the final
+        snapshot after a level, or the first snapshot of a resumed run (the checkpoint holds the
+        entry of its last snapshot), add nothing to the history.
+        """
         r = self.result
         r.seconds, r.level_complete, r.stopped = seconds, level_complete, stopped
-        r.history.append({"t": float(r.t), "seconds": seconds, "evaluations": float(r.evaluations),
-                          "lower": r.global_lower, "upper": r.global_upper, "level_complete": float(level_complete)})
+        entry = {"t": float(r.t), "seconds": seconds, "evaluations": float(r.evaluations),
+                 "lower": r.global_lower, "upper": r.global_upper, "level_complete": float(level_complete)}
+        if not r.history or any(r.history[-1].get(k) != v for k, v in entry.items() if k != "seconds"):
+            r.history.append(entry)
         return r.copy()
 
     def open_inputs(self) -> torch.Tensor:
@@ -163,6 +184,22 @@ def load_checkpoint(path: Path | None, fingerprint: str, labels: torch.Tensor | 
     if labels is not None:
         result.labels = labels
     lvl = data["level"]
-    return RunState(result=result, blocked=data["blocked"],
-                    level=LevelProgress(**lvl) if lvl is not None else None,
-                    seconds_before=float(data["seconds"]))
+    level = LevelProgress(**lvl) if lvl is not None else None
+    if "level_evaluations" not in data["result"]:  # written before per-level counts existed
+        _count_levels(result, level)
+    return RunState(result=result, blocked=data["blocked"], level=level, seconds_before=float(data["seconds"]))
+
+
+def _count_levels(result: Result, level: LevelProgress | None) -> None:
+    """Per-level evaluations of a checkpoint written before they were counted: from the
+    evaluations of the history's level-complete entries (left empty where one is missing);
+    the level in progress holds every evaluation since the last completed level."""
+    ends = {int(h["t"]): int(h["evaluations"]) for h in result.history if h.get("level_complete")}
+    if level is None and result.t > 0:
+        ends.setdefault(result.t, result.evaluations)
+    if any(t not in ends for t in range(1, result.t + 1)):
+        return
+    cumulative = [0] + [ends[t] for t in range(1, result.t + 1)]
+    result.level_evaluations = [b - a for a, b in zip(cumulative, cumulative[1:], strict=False)]
+    if level is not None:
+        level.evaluations = result.evaluations - cumulative[-1]

@@ -88,55 +88,80 @@ def attack(
 ) -> AttackResult:
     """Find adversarial examples with as few changed pixels as possible.
 
+    Unlike :func:`l0tre.evaluate`, which bounds the robust radius from both sides, this only
+    searches small adversarial examples (an upper bound per input), as fast as it can.
+
     Args:
         model: an :class:`l0tre.Classifier`, a ``torch.nn.Module`` (logits, inputs in
             ``[0, 1]``) or a callable ``(N, C, H, W) → (N, classes)``.
-        x: ``(N, C, H, W)`` float inputs inside the model's bounds.
-        max_pixels: L0 budget; examples changing more positions are reported unsuccessful
-            (``found_l0`` keeps their size). ``None``: unlimited.
-        epsilon: value grid step as a fraction of the input range (must divide 1): changed
-            features take ε-grid colours (all channel combinations); re-colouring uses the
-            grid of step ε/2 where it has at most 64 colours.
-        time_budget: seconds; the search stops at the next move boundary and returns the
-            best verified examples found so far.
-        seed: recorded for reproducibility; the search itself is deterministic (ties are
-            broken by feature and colour index), so results do not depend on it.
-        batch_size: rows per model call (capped by ``max_memory`` bytes); results do not
-            depend on it.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``... (``None``: the model's device).
-        features: ``"pixel"`` (a position, all channels; default) or ``"element"`` — what the
+        x: ``(N, C, H, W)`` float inputs inside the model's bounds: a ``torch.Tensor`` or a
+            NumPy array (converted; the results are tensors).
+        max_pixels: L0 budget (default ``None``: unlimited); examples changing more positions
+            are reported unsuccessful (``found_l0`` keeps their size).
+        epsilon: value grid step as a fraction of the input range, dividing 1 (default
+            ``0.5``): changed features take ε-grid colours (all channel combinations);
+            re-colouring uses the grid of step ε/2 where it has at most 64 colours.
+        time_budget: seconds (default ``None``: no limit); the search stops at the next move
+            boundary and returns the best verified examples found so far.
+        seed: recorded for reproducibility (default ``0``); the search itself is deterministic
+            (ties are broken by feature and colour index), so results do not depend on it.
+        batch_size: rows per model call (default ``None``: sized for the device and model;
+            capped by ``max_memory``); results do not depend on it.
+        max_memory: bytes one model call may use (default ``1 << 30``: 1 GiB).
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``… (default ``None``: the model's device).
+        features: ``"pixel"`` (default: a position, all channels) or ``"element"`` — what the
             search changes; ``l0`` always counts positions.
-        labels: ``(N,)`` true labels; inputs the model misclassifies are flagged
-            (``misclassified``) and not attacked.
-        show_progress: a tqdm bar on stderr.
-        screen: a :class:`~.settings.Screen` or its name: ``"exact"`` (every feature × every
-            grid colour, the paper's t = 1 pass; with it the result is never larger than
-            ``l0tre.evaluate(..., t_max=1)``'s upper bound + 1), ``"gradient"`` (only the
-            ``candidates`` pairs ranked best by the gradient of the margin; needs a
-            ``torch.nn.Module``) or ``"auto"`` (gradient when possible).
+        labels: ``(N,)`` true labels, a tensor or NumPy array of integers (default ``None``);
+            inputs the model misclassifies are flagged (``misclassified``) and not attacked.
+        show_progress: a tqdm bar on stderr (default ``False``).
+        screen: a :class:`~.settings.Screen` or its name (default ``"auto"``: gradient when
+            possible): ``"exact"`` (every feature × every grid colour, the paper's t = 1 pass;
+            with it the result is never larger than ``l0tre.evaluate(..., t_max=1)``'s upper
+            bound + 1) or ``"gradient"`` (only the ``candidates`` pairs ranked best by the
+            gradient of the margin; needs a ``torch.nn.Module``).
         effort: an :class:`~.settings.Effort` or its name, a preset of the search breadth (its
-            :class:`~.settings.SearchPreset` is ``EFFORTS[effort]``): ``"fast"`` (3–6× cheaper
-            than ``"default"`` on the benchmark workloads, 10–35 % larger L0: no refinement
-            rounds), ``"default"`` or ``"thorough"`` (wider screening, more refinement).
-            ``candidates`` and ``rounds`` override it.
-        candidates: (feature, colour) pairs screened exactly in gradient mode.
-        rounds: refinement rounds after the first tightening (0: none).
-        shard_size: inputs searched together (memory grows with it; results do not depend on it).
-        mode: execution mode of the model, as in :func:`l0tre.evaluate`: ``"auto"`` (channels_last
-            when it measures faster), ``"eager"``, ``"channels_last"``, ….
-        precision: ``"auto"`` (a bfloat16 copy of the model screens candidates where the device
-            has bfloat16 matrix units: CPUs with AMX, CUDA GPUs of compute capability ≥ 8.0),
-            ``"float32"`` or ``"bfloat16"``. In bfloat16
-            every decision within a calibrated tolerance of the boundary is re-checked in full
-            precision, the returned examples are verified in full precision, and an input whose
-            example does not verify is searched again in full precision. The search path (hence
-            the examples found) can differ between precisions.
+            :class:`~.settings.SearchPreset` is ``EFFORTS[effort]``; default ``"default"``):
+            ``"fast"`` (3–6× cheaper than ``"default"`` on the benchmark workloads, 10–35 %
+            larger L0: no refinement rounds) or ``"thorough"`` (wider screening, more
+            refinement). ``candidates`` and ``rounds`` override it.
+        candidates: (feature, colour) pairs screened exactly in gradient mode (default
+            ``None``: the ``effort`` preset's).
+        rounds: refinement rounds after the first tightening, 0 for none (default ``None``:
+            the ``effort`` preset's).
+        shard_size: inputs searched together (default ``256``; memory grows with it, results
+            do not depend on it).
+        mode: execution mode of the model, as in :func:`l0tre.evaluate` (default ``"auto"``:
+            channels_last when it measures faster), ``"eager"``, ``"channels_last"``, ….
+        precision: ``"auto"`` (default: a bfloat16 copy of the model screens candidates where
+            the device has bfloat16 matrix units: CPUs with AMX, CUDA GPUs of compute
+            capability ≥ 8.0), ``"float32"`` or ``"bfloat16"``. In bfloat16 every decision
+            within a calibrated tolerance of the boundary is re-checked in full precision, the
+            returned examples are verified in full precision, and an input whose example does
+            not verify is searched again in full precision. The search path (hence the
+            examples found) can differ between precisions.
 
     Returns:
-        an :class:`~l0tre.apps.attack.AttackResult`.
+        an :class:`~l0tre.apps.attack.AttackResult`: ``x_adv`` ``(N, C, H, W)``, ``success``
+        and ``l0`` ``(N,)`` (changed positions of each verified example), ``stopped``
+        (``"done"`` or ``"time_budget"``).
 
     Raises:
-        TypeError, ValueError: invalid arguments (messages name the argument).
+        TypeError: an argument of the wrong type (the message names it), e.g. an integer
+            ``x`` or a ``seed`` that is not an integer.
+        ValueError: an invalid value (named), e.g. ``x`` outside the model's bounds or of
+            another shape than the model's, an ``epsilon`` that does not divide 1, an unknown
+            ``screen``, ``effort``, ``mode`` or ``precision``, ``screen="gradient"`` for a
+            model that is not a ``torch.nn.Module``, or a CUDA ``device`` on a machine without.
+
+    Example:
+        >>> import torch, l0tre
+        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
+        >>> x = torch.rand(2, 1, 4, 4)
+        >>> a = l0tre.attack(model, x, max_pixels=8, time_budget=60)
+        >>> a.x_adv.shape, a.l0.shape
+        (torch.Size([2, 1, 4, 4]), torch.Size([2]))
+        >>> bool((a.l0[a.success] >= 1).all())
+        True
     """
     start = time.perf_counter()
     opts = AttackSettings.check(
