@@ -24,13 +24,19 @@ class TqdmProgress(ProgressHook):
         self._bar: Any = None
         self._start = time.perf_counter()
 
-    def level_start(self, t: int, evaluations: int, inputs: int, done: int = 0) -> None:
+    def level_start(self, t: int, evaluations: int, inputs: int) -> None:
         from tqdm.auto import tqdm
 
         if self._bar is not None:
             self._bar.close()
-        self._bar = tqdm(total=evaluations, initial=done, desc=f"t={t} ({inputs} open)", unit="eval",
+        self._bar = tqdm(total=evaluations, desc=f"t={t} ({inputs} open)", unit="eval",
                          unit_scale=True, dynamic_ncols=True, **self._kw)
+
+    def resumed(self, done: int) -> None:
+        """A resumed level: the bar starts at the work already done (not counted in the rate)."""
+        if self._bar is not None:
+            self._bar.n = self._bar.last_print_n = done
+            self._bar.refresh()
 
     def advance(self, evaluations: int) -> None:
         if self._bar is not None:

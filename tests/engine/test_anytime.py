@@ -115,7 +115,7 @@ def test_evaluate_returns_last_snapshot_on_interrupt() -> None:
     x = _inputs(shape, 4, seed=2)
 
     class Hook(l0tre.engine.ProgressHook):
-        def level_start(self, t: int, evaluations: int, inputs: int, done: int = 0) -> None:
+        def level_start(self, t: int, evaluations: int, inputs: int) -> None:
             wrapped.armed = True
 
     wrapped = _InterruptAfter(inner, 5)

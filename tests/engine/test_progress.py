@@ -31,8 +31,13 @@ class Bar(TqdmProgress):
         self.starts: dict[int, tuple[float, float]] = {}
         self.ends: dict[int, tuple[float, float]] = {}
 
-    def level_start(self, t: int, evaluations: int, inputs: int, done: int = 0) -> None:
-        super().level_start(t, evaluations, inputs, done)
+    def level_start(self, t: int, evaluations: int, inputs: int) -> None:
+        super().level_start(t, evaluations, inputs)
+        self.starts[t] = (self._bar.n, self._bar.total)
+
+    def resumed(self, done: int) -> None:
+        super().resumed(done)
+        t = max(self.starts)
         self.starts[t] = (self._bar.n, self._bar.total)
 
     def snapshot(self, result: l0tre.Result) -> None:

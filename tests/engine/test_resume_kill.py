@@ -43,10 +43,14 @@ class Recorder(l0tre.engine.ProgressHook):
         self.extra_rows: dict[int, int] = {}
         self.t = 0
 
-    def level_start(self, t: int, evaluations: int, inputs: int, done: int = 0) -> None:
+    def level_start(self, t: int, evaluations: int, inputs: int) -> None:
         self.t = t
-        self.starts[t] = (evaluations, inputs, done)
+        self.starts[t] = (evaluations, inputs, 0)
         self.passed[t] = self.extra_rows[t] = 0
+
+    def resumed(self, done: int) -> None:
+        evaluations, inputs, _ = self.starts[self.t]
+        self.starts[self.t] = (evaluations, inputs, done)
 
     def advance(self, evaluations: int) -> None:
         self.passed[self.t] += evaluations

@@ -93,7 +93,7 @@ def test_evaluations_match_estimate_at_t1() -> None:
     rows: list[int] = []
 
     class Planned(l0tre.engine.ProgressHook):
-        def level_start(self, t: int, evaluations: int, inputs: int, done: int = 0) -> None:
+        def level_start(self, t: int, evaluations: int, inputs: int) -> None:
             planned.append((t, evaluations, inputs))
             rows.clear()  # count the model's rows from here on
 

@@ -10,16 +10,21 @@ __all__ = ["ProgressHook"]
 class ProgressHook:
     """Receives progress events; every method is optional (the defaults do nothing).
 
-    Per level: :meth:`level_start`, then :meth:`advance` after every model call of the level's
-    sensitivity pass and :meth:`extra` for the evaluations beyond it (upper-bound search,
-    tightening, re-checks), whose number is not known in advance. ``done + advance + extra``
-    over a level is the evaluations the level costs (``Result.level_evaluations``).
+    Per level: :meth:`level_start` (then :meth:`resumed` for a resumed level), :meth:`advance`
+    after every model call of the level's sensitivity pass and :meth:`extra` for the evaluations
+    beyond it (upper-bound search, tightening, re-checks), whose number is not known in advance.
+    ``done + advance + extra`` over a level is the evaluations the level costs
+    (``Result.level_evaluations``).
     """
 
-    def level_start(self, t: int, evaluations: int, inputs: int, done: int = 0) -> None:
+    def level_start(self, t: int, evaluations: int, inputs: int) -> None:
         """Level ``t`` starts (or resumes): ``evaluations`` model evaluations planned over
         ``inputs`` inputs (the sensitivity pass, plus the extra evaluations already spent when
-        resumed), ``done`` of them already done by an interrupted run (0 for a new level)."""
+        resumed)."""
+
+    def resumed(self, done: int) -> None:
+        """The level just started was resumed: ``done`` of its planned evaluations were done by
+        an interrupted run (called right after :meth:`level_start`, only when ``done > 0``)."""
 
     def advance(self, evaluations: int) -> None:
         """``evaluations`` more model evaluations of the planned pass were done."""

@@ -173,8 +173,9 @@ class Engine:
         level continues its counts (``lvl.evaluations``, run-clock ``lvl.started``)."""
         t, p = lvl.t, self.problem
         todo = torch.tensor(sum(lvl.shards, []), dtype=torch.long)
-        self.progress.level_start(t, self.level_evaluations(t, todo) + lvl.extra_evaluations, int(todo.numel()),
-                                  done=lvl.evaluations)
+        self.progress.level_start(t, self.level_evaluations(t, todo) + lvl.extra_evaluations, int(todo.numel()))
+        if lvl.evaluations:
+            self.progress.resumed(lvl.evaluations)
         chain = self.plan.chain_for(t, p.x0)
         last = time.perf_counter()
         while lvl.shard < len(lvl.shards):
@@ -264,7 +265,7 @@ def _certify_only(engine: Engine, t_stop: int) -> Generator[Result, None, None]:
         open_ = ((r.certified_lower == t - 1) & ~done).nonzero().squeeze(1)
         if open_.numel() == 0:
             break
-        engine.progress.level_start(t, 0, int(open_.numel()), done=0)
+        engine.progress.level_start(t, 0, int(open_.numel()))
         level_start = engine._now()
         for i in open_.tolist():
             if engine.certifier.level(p.x0[i], int(p.ref[i]), t):
