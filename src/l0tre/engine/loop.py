@@ -318,6 +318,12 @@ def drive(
         if on_snapshot is not None:
             with guard():
                 on_snapshot(last)
+    except Exception:
+        # e.g. an output write failed: stop the run now (its final checkpoint is written here,
+        # not at garbage collection); a second failure there must not hide the first
+        with contextlib.suppress(Exception):
+            gen.close()
+        raise
     if last is None:  # the engine yields at least once; kept for safety
         last = engine.snapshot(False, 0.0, "interrupted")
     return last

@@ -158,7 +158,7 @@ def save_checkpoint(path: Path | None, fingerprint: str, state: RunState, second
         "blocked": state.blocked,
         "level": None if state.level is None else asdict(state.level),
         "seconds": seconds,
-    }, path)
+    }, path, argument="checkpoint")
 
 
 def load_checkpoint(path: Path | None, fingerprint: str, labels: torch.Tensor | None) -> RunState | None:
