@@ -240,13 +240,12 @@ def _args_from(source: Callable[..., Any]) -> Callable[[_F], _F]:
     """Fill in the ``Args:`` line of the decorated function's docstring with the ``Args``
     section of ``source``'s (one text for the options of both functions)."""
     args = re.search(r"\n    Args:\n.*?\n\n", source.__doc__ or "", re.S)
-    assert args is not None
 
     def fill(f: _F) -> _F:
         doc = f.__doc__ or ""
         line = re.search(r"\n    Args: .*?\n", doc)
-        assert line is not None
-        f.__doc__ = doc[: line.start()] + args.group(0).rstrip("\n") + "\n" + doc[line.end():]
+        if args is not None and line is not None:  # (docstrings are absent under python -OO)
+            f.__doc__ = doc[: line.start()] + args.group(0).rstrip("\n") + "\n" + doc[line.end():]
         return f
 
     return fill
