@@ -54,33 +54,30 @@ class Choice(str, enum.Enum):
         raise ValueError(f"{cls.argument()}: expected one of {expected}, got {value!r}")
 
 
+def _int_at_least(name: str, value: object, minimum: int, wanted: str, wanted_type: str | None = None) -> int:
+    """``value`` as an int ≥ ``minimum`` (bools refused); messages say ``expected <wanted>``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name}: expected {wanted_type or wanted}, got {type(value).__name__} {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name}: expected {wanted}, got {value}")
+    return value
+
+
 def positive_int(name: str, value: object) -> int:
     """``value`` as an int ≥ 1 (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected a positive integer, got {type(value).__name__} {value!r}")
-    if value < 1:
-        raise ValueError(f"{name}: expected a positive integer, got {value}")
-    return value
+    return _int_at_least(name, value, 1, "a positive integer")
 
 
 def non_negative_int(name: str, value: object) -> int:
     """``value`` as an int ≥ 0 (bools refused)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an integer >= 0, got {type(value).__name__} {value!r}")
-    if value < 0:
-        raise ValueError(f"{name}: expected an integer >= 0, got {value}")
-    return value
+    return _int_at_least(name, value, 0, "an integer >= 0")
 
 
 def optional_int(name: str, value: object, minimum: int = 1) -> int | None:
     """``None``, or ``value`` as an int ≥ ``minimum``."""
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name}: expected an integer >= {minimum} or None, got {type(value).__name__} {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name}: expected an integer >= {minimum}, got {value}")
-    return value
+    return _int_at_least(name, value, minimum, f"an integer >= {minimum}", f"an integer >= {minimum} or None")
 
 
 def positive_float(name: str, value: object) -> float:
