@@ -179,7 +179,7 @@ class Engine:
         chain = self.plan.chain_for(t, p.x0)
         last = time.perf_counter()
         while lvl.shard < len(lvl.shards):
-            inputs, acc = _shard_inputs(self.state, self.problem)
+            inputs, acc = _shard_inputs(lvl, self.result, self.problem)
             pending = lvl.pending(n_subsets(p.n, t)) if inputs.numel() else []
             if pending:
                 results = self.executor.map(_shard_task(self, t, inputs, chain),
@@ -241,11 +241,8 @@ def _shard_task(engine: Engine, t: int, inputs: torch.Tensor, chain: Incremental
                      pairs=plan.pair_tables(t, chain, p.x0[dev], p.palette), on_batch=engine.progress.advance)
 
 
-def _shard_inputs(state: RunState, problem: Problem) -> tuple[torch.Tensor, UnitResult]:
-    """The inputs of the current shard of ``state.level`` still open, and their merged unit
-    results so far."""
-    lvl, r = state.level, state.result
-    assert lvl is not None
+def _shard_inputs(lvl: LevelProgress, r: Result, problem: Problem) -> tuple[torch.Tensor, UnitResult]:
+    """The inputs of the current shard of ``lvl`` still open, and their merged unit results so far."""
     if lvl.acc is not None:
         acc = UnitResult(**lvl.acc)
         return acc.inputs, acc
