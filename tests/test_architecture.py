@@ -15,7 +15,8 @@ FORBIDDEN = {
     "engine": ("cli", "report", "outdir", "apps", "api", "progress"),
     "execution": ("engine", "cli", "report", "outdir", "apps", "api", "certify"),
     "certify": ("engine", "cli", "report", "apps", "api", "execution"),
-    "apps": ("cli", "report", "api"),
+    "apps": ("cli", "report"),  # applications drive the engine through api.prepare (architecture.md)
+    "api": ("apps", "cli", "report", "outdir", "figures"),
     "models": ("engine", "execution", "certify", "apps", "cli", "report", "api"),
     "classifier": ("engine", "execution", "certify", "apps", "cli", "report", "api", "outdir"),
     "objectives": ("engine", "execution", "certify", "apps", "cli", "report", "api", "outdir"),
