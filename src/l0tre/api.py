@@ -19,7 +19,7 @@ import torch
 from .classifier import ModelLike, as_classifier
 from .engine.certified import CertifyMode, CertifyOptions
 from .engine.executor import Executor
-from .engine.features import FeatureKind, FeatureSpace
+from .engine.features import FeatureKind, FeatureSpace, select_space
 from .engine.hooks import ProgressHook
 from .engine.loop import Engine, drive
 from .engine.options import DEFAULT_MAX_EVALUATIONS, EvaluateOptions, check_inputs, check_labels
@@ -87,7 +87,7 @@ def prepare(
         return tune(clf, shape, cap, opts.batch_size, mode)[1]
 
     provisional = min(opts.batch_size, cap) if opts.batch_size is not None else min(cap, 256)
-    space = FeatureSpace(opts.features, shape).select(pixels)
+    space = select_space(FeatureSpace(opts.features, shape), pixels, clf, x, provisional)
     if space.positions is not None and cert.mode is not CertifyMode.OFF:
         raise ValueError("certify: certification needs the whole feature space; got a pixel selection (pixels=...)")
     problem = Problem.build(clf, objective or Misclassification(), space, x, opts.steps, opts.top_k, provisional)
@@ -195,9 +195,13 @@ def evaluate(
         certify_method: bounds used by certification: ``"auto"`` (default: ``"crown"`` when
             the model's only dense layers follow its last non-linearity, else ``"hybrid"``),
             ``"hybrid"``, ``"crown"``, ``"forward"`` or ``"ibp"``.
-        pixels: the features that may change (default ``None``: all): feature indices (a
-            sequence or 1-D integer tensor) or a boolean mask ``(H, W)`` (pixel features) or
-            ``(C, H, W)`` (element features); ``lower`` and ``upper`` count within them.
+        pixels: the features that may change (default ``None``: all): ``"all"``,
+            ``"sample:K"`` (``K`` features drawn with seed 0; ``"sample:K:SEED"``), ``"top:K"``
+            (the ``K`` features a gradient screen of the margin ranks first, one selection for
+            all inputs), feature indices (a sequence or 1-D integer tensor) or a boolean mask
+            ``(H, W)`` (pixel features) or ``(C, H, W)`` (element features). With a selection,
+            ``upper`` (an adversarial example) holds for the image, but ``lower`` only within
+            the selected features: it proves nothing about the image.
         keep_sensitivity: keep the level-1 sensitivity map in ``Result.sensitivity``
             (default ``False``; needs ``top_k >= n``).
         executor: runs the work units (default ``None``: in this process, in order); see

@@ -6,17 +6,24 @@ channels counts 1, and a feature's *value* is its colour, a vector of ``C`` chan
 
 All functions are pure tensor functions. Shapes use ``N`` inputs, ``n`` features and ``Cf``
 channels per feature (``C`` for pixels, ``1`` for elements).
+
+Pixel selection (:class:`PixelRule`, :func:`select_space`): ``"all"``, ``"sample:K"`` (``K``
+features drawn uniformly, seeded) or ``"top:K"`` (the ``K`` features with the largest
+first-order margin change, a cheap gradient screen). A restricted space proves nothing about
+the features left out: only upper bounds (adversarial examples) are claims about the image.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
 
+from ..classifier import Classifier
 from ..validate import Choice
 
-__all__ = ["FeatureKind", "FeatureSpace"]
+__all__ = ["FeatureKind", "FeatureSpace", "PixelRule", "SelectionKind", "margin_gradient", "select_space"]
 
 
 class FeatureKind(Choice):
@@ -74,8 +81,11 @@ class FeatureSpace:
         ``(H, W)`` (pixel features) or ``(C, H, W)`` (element features)."""
         if pixels is None or (isinstance(pixels, str) and pixels == "all"):
             return self
-        if isinstance(pixels, str):
-            raise ValueError(f"pixels: expected 'all', feature indices or a boolean mask, got {pixels!r}")
+        if isinstance(pixels, (str, PixelRule)):
+            rule = PixelRule.parse(pixels)
+            if rule.kind is SelectionKind.TOP:
+                raise ValueError("pixels: 'top:K' needs the model and inputs; use select_space")
+            return rule.apply(self, None)
         sel = torch.as_tensor(pixels)
         if sel.dtype == torch.bool:
             want = self.shape[1:] if self.kind is FeatureKind.PIXEL else self.shape
@@ -143,3 +153,146 @@ class FeatureSpace:
             flat = base.view(b, self.full_n)
             flat.scatter_(1, idx, vals[..., 0].to(base.dtype))
         return base
+
+
+class SelectionKind(Choice):
+    """How a pixel selection is made: every feature, a seeded sample, or a gradient screen."""
+
+    ALL = "all"
+    SAMPLE = "sample"
+    TOP = "top"
+
+    @classmethod
+    def argument(cls) -> str:
+        return "pixels"
+
+
+_RULE = re.compile(r"^(all|sample|top)(?::(.*))?$")
+
+
+@dataclass(frozen=True)
+class PixelRule:
+    """A parsed ``pixels`` string: ``"all"``, ``"sample:K"`` or ``"top:K"``.
+
+    Attributes:
+        kind: the selection kind.
+        k: features to keep (``0`` for ``all``).
+        seed: the random seed of ``sample`` (``0`` unless given as ``"sample:K:SEED"``).
+    """
+
+    kind: SelectionKind
+    k: int = 0
+    seed: int = 0
+
+    @property
+    def complete(self) -> bool:
+        """Every feature is searched (so a clean level proves a lower bound)."""
+        return self.kind is SelectionKind.ALL
+
+    def __str__(self) -> str:
+        if self.kind is SelectionKind.ALL:
+            return "all"
+        tail = f":{self.seed}" if self.kind is SelectionKind.SAMPLE and self.seed else ""
+        return f"{self.kind.value}:{self.k}{tail}"
+
+    @staticmethod
+    def parse(value: object) -> PixelRule:
+        """``"all"``, ``"sample:K"``, ``"sample:K:SEED"`` or ``"top:K"`` (``K >= 1``)."""
+        if isinstance(value, PixelRule):
+            return value
+        if not isinstance(value, str):
+            raise TypeError(f"pixels: expected 'all', 'sample:K' or 'top:K', got {type(value).__name__}")
+        m = _RULE.match(value.strip().lower())
+        if m is None:
+            raise ValueError(f"pixels: expected 'all', 'sample:K' or 'top:K', got {value!r}")
+        kind = SelectionKind.parse(m.group(1))
+        if kind is SelectionKind.ALL:
+            if m.group(2) is not None:
+                raise ValueError(f"pixels: expected 'all' without a count, got {value!r}")
+            return PixelRule(kind)
+        parts = (m.group(2) or "").split(":")
+        if len(parts) > (2 if kind is SelectionKind.SAMPLE else 1) or not all(p.isdigit() for p in parts):
+            raise ValueError(f"pixels: expected '{kind.value}:K' with an integer K >= 1, got {value!r}")
+        k = int(parts[0])
+        if k < 1:
+            raise ValueError(f"pixels: expected '{kind.value}:K' with K >= 1, got {value!r}")
+        return PixelRule(kind, k, int(parts[1]) if len(parts) == 2 else 0)
+
+    def apply(self, space: FeatureSpace, importance: torch.Tensor | None) -> FeatureSpace:
+        """The restricted space: ``K`` features (all of them when ``K >= n``).
+
+        Args:
+            importance: ``(n_full,)`` screen values for ``top`` (larger first; ties by index).
+        """
+        if self.kind is SelectionKind.ALL or self.k >= space.full_n:
+            return space
+        if self.kind is SelectionKind.SAMPLE:
+            gen = torch.Generator().manual_seed(self.seed)
+            return space.restrict(torch.randperm(space.full_n, generator=gen)[: self.k])
+        if importance is None or importance.shape != (space.full_n,):
+            raise ValueError(f"pixels: 'top:K' needs importances of shape ({space.full_n},)")
+        order = torch.argsort(-importance.double().cpu(), stable=True)
+        return space.restrict(order[: self.k])
+
+
+def margin_gradient(model: Classifier, x: torch.Tensor, ref: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Gradient of the margin ``s_j − max_{k≠j} s_k`` w.r.t. the pixel-space input.
+
+    Args:
+        x: ``(N, C, H, W)`` inputs on the model's device; ref: ``(N,)`` reference labels.
+
+    Returns:
+        ``(N, C, H, W)`` gradients (float32 / the model dtype, on the model's device).
+
+    Raises:
+        ValueError: the model is not a ``torch.nn.Module`` (no gradients to take).
+    """
+    module = model.modules()
+    if module is None:
+        raise ValueError("pixels: 'top:K' needs gradients of a torch.nn.Module model, got a plain callable")
+    grads = []
+    for b0 in range(0, x.shape[0], batch_size):
+        xb = x[b0 : b0 + batch_size].detach().clone().requires_grad_(True)
+        rb = ref[b0 : b0 + batch_size].view(-1, 1).to(xb.device)
+        with torch.enable_grad():
+            s = model.as_scores(module(model._normalise(xb)))
+            margin = s.gather(1, rb).squeeze(1) - s.scatter(1, rb, float("-inf")).max(dim=1).values
+            (g,) = torch.autograd.grad(margin.sum(), xb)
+        grads.append(g.detach())
+    return torch.cat(grads)
+
+
+def screen_importance(space: FeatureSpace, x: torch.Tensor, grad: torch.Tensor,
+                      bounds: tuple[float, float]) -> torch.Tensor:
+    """First-order estimate of the largest margin drop of changing each feature alone, summed
+    over inputs after scaling each input's values to a maximum of 1.
+
+    Args:
+        x, grad: ``(N, C, H, W)`` inputs and margin gradients.
+
+    Returns:
+        ``(n_full,)`` importances (CPU, float64).
+    """
+    lo, hi = bounds
+    reach = torch.maximum(x - lo, hi - x)  # the largest change of each channel
+    per = (grad.abs() * reach).double()
+    full = FeatureSpace(space.kind, space.shape)
+    val = full.values(per).sum(dim=2)  # (N, n_full)
+    val = val / val.amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)
+    return val.sum(dim=0).cpu()
+
+
+def select_space(space: FeatureSpace, pixels: object, model: Classifier, x: torch.Tensor,
+                 batch_size: int = 64) -> FeatureSpace:
+    """The space for the public ``pixels`` argument, with ``"top:K"`` resolved by a gradient
+    screen of ``model`` at the inputs ``x`` ``(N, C, H, W)`` (one selection shared by all
+    inputs: the ``K`` features of largest summed, per-input scaled, first-order margin drop)."""
+    if isinstance(pixels, (str, PixelRule)):
+        rule = PixelRule.parse(pixels)
+        if rule.kind is SelectionKind.TOP and rule.k < space.full_n:
+            xd = x.to(device=model.device, dtype=model.dtype)
+            ref = torch.cat([model(xd[i : i + batch_size]).argmax(1) for i in range(0, xd.shape[0], batch_size)])
+            grad = margin_gradient(model, xd, ref, batch_size)
+            return rule.apply(space, screen_importance(space, xd, grad, model.bounds))
+        return rule.apply(space, None)
+    return space.select(pixels)
