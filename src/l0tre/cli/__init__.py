@@ -47,9 +47,10 @@ __all__ = [
 def _commands() -> dict[str, ModuleType]:
     """The command modules by name, in the order ``l0tre --help`` lists them."""
     from . import attack, demo, evaluate, info, models, report
+    from . import study as study_cmd
 
     return {"evaluate": evaluate, "info": info, "models": models, "attack": attack, "report": report,
-            "demo": demo}
+            "demo": demo, "study": study_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,190 @@
+"""Figures of case study 1 (paper Figs. 1–2), drawn from a :class:`~.core.StudyResult`.
+
+matplotlib is imported lazily, inside the functions, and drawn through the Agg canvas (no pyplot,
+no global backend); every PNG is written atomically. :func:`new_figure` and :func:`save_png` are
+shared with the comparison's figures.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ...atomic import atomic_write_bytes
+
+if TYPE_CHECKING:
+    import torch
+
+    from .core import StudyResult
+
+__all__ = ["STUDY_FIGURES", "LOWER", "UPPER", "ESTIMATE", "CERTIFIED", "draw_study", "new_figure", "save_png"]
+
+STUDY_FIGURES = ("fig1a_input.png", "fig1b_global.png", "fig1c_time.png", "fig2_inputs.png")
+LOWER, UPPER, ESTIMATE, CERTIFIED, CONVERGED = "#1f6fb4", "#c8312b", "#2e9a3a", "#8e44ad", "#222222"
+
+
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib figure on an Agg canvas."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig: Any, path: Path) -> Path:
+    """Save ``fig`` as a PNG, atomically."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", facecolor="white")
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _bounds_panel(ax: Any, ts: list[int], lo: np.ndarray, up: np.ndarray, cert: np.ndarray | None) -> None:
+    """Lower, upper, estimate (and certified lower) over the levels ``ts``."""
+    est = (lo + up) / 2
+    ax.fill_between(ts, lo, up, color=ESTIMATE, alpha=0.12, linewidth=0)
+    ax.plot(ts, up, "v-", color=UPPER, label="upper bound")
+    ax.plot(ts, est, "o--", color=ESTIMATE, label="estimate")
+    ax.plot(ts, lo, "^-", color=LOWER, label="lower bound (grid)")
+    if cert is not None:
+        ax.plot(ts, cert, "s:", color=CERTIFIED, label="certified lower bound")
+    for t, e, r in zip(ts, est, (up - lo) / 2, strict=True):
+        ax.annotate(f"{e:.2f}±{r:.2f}", (t, e), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    ax.set_xticks(ts)
+    ax.set_xlim(min(ts) - 0.4, max(ts) + 0.9)
+    ax.set_ylim(bottom=min(0.0, float(lo.min())) - 0.2, top=float(up.max()) * 1.12 + 0.5)
+    ax.set_xlabel("level t (subset size)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper right")
+
+
+def _empty(ax: Any, text: str) -> None:
+    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _certified(study: StudyResult, pick: Callable[[torch.Tensor], float]) -> np.ndarray | None:
+    """``pick`` of each level's certified lower bounds, or ``None`` without certification."""
+    certs = [r.certified_lower for r in study.levels]
+    if any(c is None for c in certs):
+        return None
+    return np.array([pick(c) for c in certs if c is not None], dtype=float)
+
+
+def fig_input(study: StudyResult, path: Path, name: str) -> Path:
+    """Fig. 1a: the bounds of one input after each level."""
+    fig = new_figure(5.6, 4.0)
+    ax = fig.subplots()
+    i = study.focus
+    if study.levels:
+        ts = [r.t for r in study.levels]
+        lo = np.array([int(r.lower[i]) for r in study.levels], dtype=float)
+        up = np.array([int(r.upper[i]) for r in study.levels], dtype=float)
+        cert = _certified(study, lambda c: float(c[i]))
+        _bounds_panel(ax, ts, lo, up, cert)
+    else:
+        _empty(ax, "no level completed")
+    ax.set_ylabel("L0 radius of this input")
+    ax.set_title(f"(a) input {name}: bounds on d_m per level", fontsize=10)
+    return save_png(fig, path)
+
+
+def fig_global(study: StudyResult, path: Path) -> Path:
+    """Fig. 1b: global lower / upper / estimate (and certified lower) per level."""
+    fig = new_figure(5.6, 4.0)
+    ax = fig.subplots()
+    if study.levels:
+        ts = [r.t for r in study.levels]
+        lo = np.array([r.global_lower for r in study.levels])
+        up = np.array([r.global_upper for r in study.levels])
+        cert = _certified(study, lambda c: float(c.double().mean()))
+        _bounds_panel(ax, ts, lo, up, cert)
+    else:
+        _empty(ax, "no level completed")
+    ax.set_ylabel("global L0 robustness (mean over inputs)")
+    ax.set_title(f"(b) global robustness per level ({int(study.result.lower.numel())} inputs)", fontsize=10)
+    return save_png(fig, path)
+
+
+def fig_time(study: StudyResult, path: Path) -> Path:
+    """Fig. 1c: box plot of the seconds per input at each level (attributed, see LevelRecord)."""
+    fig = new_figure(5.6, 4.0)
+    ax = fig.subplots()
+    done = [r for r in study.levels if bool(r.active.any())]
+    if done:
+        data = [r.input_seconds[r.active].numpy() for r in done]
+        ax.boxplot(data, showfliers=True, flierprops={"markersize": 3})
+        ax.set_xticks(range(1, len(done) + 1))
+        ax.set_xticklabels([f"t={r.t}\n{len(d)} inputs\nlevel {r.seconds:.3g} s"
+                            for r, d in zip(done, data, strict=True)], fontsize=8)
+        pos = np.concatenate(data)
+        pos = pos[pos > 0]
+        if pos.size and pos.max() / pos.min() > 30:
+            ax.set_yscale("log")
+    else:
+        _empty(ax, "no level completed")
+    ax.set_ylabel("seconds per input (level time shared by grid points)")
+    ax.set_title("(c) time per input at each level", fontsize=10)
+    ax.grid(axis="y", alpha=0.3)
+    return save_png(fig, path)
+
+
+def converged_prefix(lo: np.ndarray, up: np.ndarray) -> int:
+    """How many inputs, from the left, have all converged (the dashed line of Fig. 2)."""
+    open_ = np.nonzero(lo != up)[0]
+    return int(open_[0]) if open_.size else int(lo.size)
+
+
+def fig_inputs(study: StudyResult, path: Path) -> Path:
+    """Fig. 2: per-input bounds after each level (one panel per level, top to bottom), inputs
+    ordered by their upper bound after level 1; the dashed line: every input left of it converged."""
+    levels = study.levels
+    fig = new_figure(9.0, 2.4 * max(1, len(levels)) + 0.4)
+    axes = fig.subplots(max(1, len(levels)), 1, squeeze=False, sharex=True)[:, 0]
+    if not levels:
+        _empty(axes[0], "no level completed")
+        return save_png(fig, path)
+    n_feat = study.result.n_features
+    order = np.lexsort((levels[0].lower.numpy(), levels[0].upper.numpy()))
+    x = np.arange(order.size)
+    size = 12 if order.size <= 200 else 3
+    top = max(float(r.upper[r.upper < n_feat].max()) if bool((r.upper < n_feat).any()) else 1.0 for r in levels)
+    top = top * 1.1 + 1.0
+    for ax, r in zip(axes, levels, strict=True):
+        lo, up = r.lower.numpy()[order].astype(float), r.upper.numpy()[order].astype(float)
+        shown = np.minimum(up, top)
+        ax.vlines(x, lo, shown, color="#cccccc", linewidth=1, zorder=1)
+        ax.scatter(x, shown, s=size, marker="v", color=UPPER, label="upper bound", zorder=3)
+        ax.scatter(x, (lo + shown) / 2, s=size * 0.5, marker="o", color=ESTIMATE, label="estimate", zorder=2)
+        ax.scatter(x, lo, s=size, marker="^", color=LOWER, label="lower bound (grid)", zorder=3)
+        if r.certified_lower is not None:
+            ax.scatter(x, r.certified_lower.numpy()[order], s=size, marker="s", facecolors="none",
+                       edgecolors=CERTIFIED, label="certified lower bound", zorder=4)
+        k = converged_prefix(lo, up)
+        ax.axvline(k - 0.5, color="#1f3fbf", linestyle="--", linewidth=1.2,
+                   label=f"{k} inputs left of it converged")
+        ax.set_ylim(-0.3, top)
+        ax.set_ylabel(f"t = {r.t}\nL0 radius")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper left", ncol=2)
+        ax.set_title(f"after level t = {r.t}: {r.converged}/{order.size} converged, "
+                     f"estimate {r.estimate:.2f} ± {r.radius:.2f}", fontsize=9)
+    clipped = " (upper bounds above the axis are drawn at its top)" if any(
+        bool((r.upper > top).any()) for r in levels) else ""
+    axes[-1].xaxis.get_major_locator().set_params(integer=True)
+    axes[-1].set_xlabel(f"inputs ordered by their upper bound after t = 1{clipped}")
+    return save_png(fig, path)
+
+
+def draw_study(study: StudyResult, directory: Path, names: list[str]) -> list[Path]:
+    """Draw :data:`STUDY_FIGURES` into ``directory``; ``names`` label the inputs (Fig. 1a)."""
+    return [fig_input(study, directory / STUDY_FIGURES[0], names[study.focus]),
+            fig_global(study, directory / STUDY_FIGURES[1]), fig_time(study, directory / STUDY_FIGURES[2]),
+            fig_inputs(study, directory / STUDY_FIGURES[3])]
