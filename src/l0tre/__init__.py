@@ -2,6 +2,7 @@
 
 from .api import evaluate, evaluate_iter
 from .apps.attack import AttackResult, attack
+from .apps.saliency import SaliencyResult, saliency
 from .atomic import OutputError
 from .classifier import Classifier, OutputKind, Preprocessing, as_classifier
 from .data import Dataset, EmbeddedDataWarning, load_data
@@ -25,6 +26,7 @@ __all__ = [
     "OutputKind",
     "Preprocessing",
     "Result",
+    "SaliencyResult",
     "as_classifier",
     "attack",
     "evaluate",
@@ -32,4 +34,5 @@ __all__ = [
     "list_models",
     "load_data",
     "load_model",
+    "saliency",
 ]

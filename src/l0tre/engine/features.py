@@ -23,7 +23,8 @@ import torch
 from ..classifier import Classifier
 from ..validate import Choice
 
-__all__ = ["FeatureKind", "FeatureSpace", "PixelRule", "SelectionKind", "margin_gradient", "select_space"]
+__all__ = ["FeatureKind", "FeatureSpace", "PixelRule", "SelectionKind", "margin_gradient", "screen_importance",
+           "select_space"]
 
 
 class FeatureKind(Choice):
@@ -264,8 +265,9 @@ def margin_gradient(model: Classifier, x: torch.Tensor, ref: torch.Tensor, batch
 
 def screen_importance(space: FeatureSpace, x: torch.Tensor, grad: torch.Tensor,
                       bounds: tuple[float, float]) -> torch.Tensor:
-    """First-order estimate of the largest margin drop of changing each feature alone, summed
-    over inputs after scaling each input's values to a maximum of 1.
+    """First-order estimate of the largest margin drop of changing each feature alone (each
+    channel moved to the bound its gradient points away from), summed over inputs after scaling
+    each input's values to a maximum of 1. Exact for a model whose margin is linear.
 
     Args:
         x, grad: ``(N, C, H, W)`` inputs and margin gradients.
@@ -274,8 +276,7 @@ def screen_importance(space: FeatureSpace, x: torch.Tensor, grad: torch.Tensor,
         ``(n_full,)`` importances (CPU, float64).
     """
     lo, hi = bounds
-    reach = torch.maximum(x - lo, hi - x)  # the largest change of each channel
-    per = (grad.abs() * reach).double()
+    per = torch.where(grad > 0, grad * (x - lo), -grad * (hi - x)).double()
     full = FeatureSpace(space.kind, space.shape)
     val = full.values(per).sum(dim=2)  # (N, n_full)
     val = val / val.amax(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float64).tiny)

@@ -72,7 +72,10 @@ def saliency(
             and every row within the calibrated tolerance of the decision boundary is recomputed
             in float32, so ``flips`` and ``lower`` stay claims about the float32 model (the map's
             other values are bfloat16 values).
-        mode, incremental: execution mode and incremental windows, as :func:`l0tre.evaluate`.
+        mode: forward execution mode, as :func:`l0tre.evaluate` (default ``"auto"``; results do
+            not depend on it).
+        incremental: recompute only the windows of feature maps a changed pixel reaches, as
+            :func:`l0tre.evaluate` (default ``None``: where it measures faster).
         upper_k: most sensitive pixels the upper-bound search accumulates (default ``1024``).
         show_progress: a tqdm progress bar on stderr (default ``False``).
 
