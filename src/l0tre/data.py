@@ -142,6 +142,7 @@ def _open(
     spec: str | os.PathLike[str],
     root: str | os.PathLike[str] | None,
     input_shape: tuple[int, int, int] | None,
+    preprocess: object = None,
 ) -> Source:
     """The source a spec names (see the module docstring)."""
     text = os.fspath(spec)
@@ -151,7 +152,9 @@ def _open(
         return open_mnist(split, folder, root) if kind == "mnist" else open_cifar10(split, folder, root)
     path = Path(text).expanduser()
     if path.is_dir() or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES):
-        return open_images(path, input_shape)
+        return open_images(path, input_shape, preprocess)
+    if preprocess not in (None, "none"):
+        raise ValueError(f"preprocess: expected image files (PNG/JPEG) for {preprocess!r}, got {text!r}")
     if path.is_file() and path.suffix.lower() in (".npy", ".npz"):
         return open_array_file(path, input_shape)
     if path.is_file():
@@ -177,6 +180,7 @@ def load_data(
     indices: IndicesArg = None,
     start: int = 0,
     input_shape: tuple[int, int, int] | None = None,
+    preprocess: str | None = None,
 ) -> Dataset:
     """Load images (and labels) as a :class:`Dataset` in pixel space ``[0, 1]``.
 
@@ -188,6 +192,8 @@ def load_data(
         start: skip the source's first ``start`` images (applied first).
         input_shape: ``(C, H, W)`` images must have; image folders are converted
             (grayscale/RGB, resized) to it.
+        preprocess: ``None`` or ``"imagenet"`` for image files: resize 256, centre crop 224, RGB
+            (:mod:`l0tre.readers.images`; the mean/std go into the classifier, not the pixels).
 
     Warns:
         EmbeddedDataWarning: ``mnist:test`` without a data root: the 100 embedded images.
@@ -196,7 +202,7 @@ def load_data(
         ValueError: unknown spec, missing/corrupt file, values outside ``[0, 1]``, NaN/Inf,
             out-of-range selection.
     """
-    source = _open(spec, data_root, input_shape)
+    source = _open(spec, data_root, input_shape, preprocess)
     if source.embedded:
         _warn_embedded(spec)
     pos = _select(source.n, start, indices, limit, source.name)
