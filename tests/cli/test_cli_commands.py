@@ -16,7 +16,7 @@ from l0tre.cli.parsing import parse_count, parse_duration, parse_indices, parse_
 
 from .conftest import Assets, run_cli
 
-BUILTINS = ("paper-mnist", "paper-mnist-softmax", "cifar10-resnet20", "mnist-cnn-tutorial")
+BUILTINS = ("paper-mnist", "paper-mnist-softmax", "cifar10-resnet20", "mnist-cnn-tutorial", "mnist-smallcnn-trades")
 
 
 def test_info_prints_evaluations_per_level(assets: Assets) -> None:

@@ -115,6 +115,7 @@ def test_registry_rows(shared_data: Path) -> None:
         "paper-mnist-softmax",
         "cifar10-resnet20",
         "mnist-cnn-tutorial",
+        "mnist-smallcnn-trades",
     ]
     assert BUILTIN["paper-mnist"].source == EMBEDDED
     for r in rows:

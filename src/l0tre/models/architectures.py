@@ -7,6 +7,7 @@ maps a name (used by ``load_model(..., arch=NAME)``) to a builder and its input 
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -22,6 +23,7 @@ __all__ = [
     "ResNetCifar",
     "ShortcutA",
     "mnist_cnn_tutorial",
+    "mnist_smallcnn",
     "paper_mnist_cnn",
     "resnet20",
 ]
@@ -77,6 +79,28 @@ def mnist_cnn_tutorial() -> nn.Sequential:
         nn.ReLU(),
         nn.Linear(100, 10),
     )
+
+
+def mnist_smallcnn() -> nn.Sequential:
+    """The TRADES / σ-zero MNIST SmallCNN (state-dict keys ``feature_extractor.conv1..4`` and
+    ``classifier.fc1..3``).
+
+    ``(N, 1, 28, 28)`` in ``[0, 1]`` (no normalisation) → conv32-conv32-pool-conv64-conv64-pool
+    -fc200-fc200-fc10 → ``(N, 10)`` logits (its Dropout is the identity at inference, left out).
+    """
+    features = nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(1, 32, 3)), ("relu1", nn.ReLU()),
+        ("conv2", nn.Conv2d(32, 32, 3)), ("relu2", nn.ReLU()), ("maxpool1", nn.MaxPool2d(2, 2)),
+        ("conv3", nn.Conv2d(32, 64, 3)), ("relu3", nn.ReLU()),
+        ("conv4", nn.Conv2d(64, 64, 3)), ("relu4", nn.ReLU()), ("maxpool2", nn.MaxPool2d(2, 2)),
+    ]))
+    classifier = nn.Sequential(OrderedDict([
+        ("fc1", nn.Linear(64 * 4 * 4, 200)), ("relu1", nn.ReLU()),
+        ("fc2", nn.Linear(200, 200)), ("relu2", nn.ReLU()), ("fc3", nn.Linear(200, 10)),
+    ]))
+    return nn.Sequential(OrderedDict([
+        ("feature_extractor", features), ("flatten", nn.Flatten()), ("classifier", classifier),
+    ]))
 
 
 class ShortcutA(nn.Module):
@@ -171,6 +195,9 @@ ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType(
         ),
         "mnist-cnn-tutorial": ArchSpec(
             "mnist-cnn-tutorial", mnist_cnn_tutorial, (1, 28, 28), "adversarial-tutorial MNIST CNN"
+        ),
+        "mnist-smallcnn": ArchSpec(
+            "mnist-smallcnn", mnist_smallcnn, (1, 28, 28), "TRADES / σ-zero MNIST SmallCNN (logits)"
         ),
         "cifar10-resnet20": ArchSpec(
             "cifar10-resnet20", resnet20, (3, 32, 32), "CIFAR ResNet-20, option-A shortcuts"

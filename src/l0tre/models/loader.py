@@ -258,7 +258,7 @@ def _builtin(info: ModelInfo, root: str | os.PathLike[str] | None) -> nn.Module:
     path = require_file(info.source, root, what=what)
     if info.name == "paper-mnist-softmax":
         return load_keras(path).module
-    return _torch_file(path, info.name, trust_pickle=False)[0]
+    return _torch_file(path, info.arch or info.name, trust_pickle=False)[0]
 
 
 def _model_file(

@@ -31,6 +31,7 @@ class ModelInfo:
         mean: per-channel normalisation mean applied inside the classifier, or ``None``.
         std: per-channel normalisation std, or ``None``.
         reference: published / verified accuracy, for listings.
+        arch: the built-in architecture of a state-dict file (``None``: the model's name).
     """
 
     name: str
@@ -41,6 +42,7 @@ class ModelInfo:
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     reference: str = ""
+    arch: str | None = None
 
     def locate(self, root: str | os.PathLike[str] | None = None) -> Path | None:
         """The file this model loads from, or ``None`` when it is not available here."""
@@ -85,6 +87,14 @@ BUILTIN: Mapping[str, ModelInfo] = MappingProxyType(
             (1, 28, 28),
             "models/mnist/advtutorial_model_cnn.pt",
             reference="98.90% on the MNIST test set",
+        ),
+        "mnist-smallcnn-trades": ModelInfo(
+            "mnist-smallcnn-trades",
+            "MNIST SmallCNN adversarially trained with TRADES (from the sigma-zero paper's repository)",
+            (1, 28, 28),
+            "models/mnist/sigmazero_mnist_smallcnn_robust_trades.pth",
+            reference="99.48% on the MNIST test set",
+            arch="mnist-smallcnn",
         ),
     }
 )
