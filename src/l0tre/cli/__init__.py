@@ -1,4 +1,5 @@
-"""The ``l0tre`` command line: ``evaluate``, ``info``, ``models``, ``attack``, ``report``, ``demo``.
+"""The ``l0tre`` command line: ``evaluate``, ``info``, ``models``, ``attack``, ``report``, ``demo``,
+``study``, ``saliency``.
 
 One module per command (``l0tre.cli.<command>``), each with ``add_parser(subparsers)`` and
 ``run(args) -> int``; argument types live in :mod:`l0tre.cli.parsing`, what the commands share
@@ -47,10 +48,12 @@ __all__ = [
 def _commands() -> dict[str, ModuleType]:
     """The command modules by name, in the order ``l0tre --help`` lists them."""
     from . import attack, demo, evaluate, info, models, report
+    from . import saliency as saliency_cmd
     from . import study as study_cmd
 
     return {"evaluate": evaluate, "info": info, "models": models, "attack": attack, "report": report,
-            "demo": demo, "study": study_cmd}
+            "demo": demo, "study": study_cmd,
+            "saliency": saliency_cmd}
 
 
 def build_parser() -> argparse.ArgumentParser:
