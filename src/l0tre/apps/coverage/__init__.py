@@ -8,6 +8,6 @@ point and the unreachability proofs), :mod:`.result` (:class:`CoverageResult`),
 
 from .core import coverage, unreachable_neurons
 from .neurons import Layer, NeuronKind, Neurons
-from .result import CoverageResult, LayerInfo
+from .result import CoverageResult
 
-__all__ = ["CoverageResult", "Layer", "LayerInfo", "NeuronKind", "Neurons", "coverage", "unreachable_neurons"]
+__all__ = ["CoverageResult", "Layer", "NeuronKind", "Neurons", "coverage", "unreachable_neurons"]

@@ -19,7 +19,7 @@ from ...engine.options import check_inputs
 from ...validate import non_negative_int, positive_int, positive_seconds
 from .candidates import Candidates, Grid
 from .neurons import NeuronKind, Neurons
-from .result import CoverageResult, LayerInfo
+from .result import CoverageResult
 from .search import Search, SearchSettings, _Stop
 
 __all__ = ["coverage", "unreachable_neurons"]
@@ -153,9 +153,7 @@ def _result(clf: Classifier, x: Tensor, found: Neurons, search: Search, before: 
     l0 = torch.tensor([len(p) for _, p, _ in search.tests], dtype=torch.int64)
     label = clf.predict(xt) if k else torch.zeros(0, dtype=torch.int64)
     seed_label = clf.predict(x)[seed] if k else torch.zeros(0, dtype=torch.int64)
-    layers = tuple(LayerInfo(layer.name, layer.after, layer.shape, layer.offset, layer.count)
-                   for layer in found.layers)
-    return CoverageResult(neurons=found.kind.value, threshold=search.settings.threshold, layers=layers,
+    return CoverageResult(neurons=found.kind.value, threshold=search.settings.threshold, layers=found.layers,
                           before=before, after=search.covered.clone(), unreachable=unreachable,
                           test_of=search.test_of.clone(), x=xt.detach().cpu(), seed=seed, l0=l0, label=label,
                           seed_label=seed_label, levels=tuple(search.levels), stopped=stopped, seconds=seconds,

@@ -25,7 +25,7 @@ from ...certify import ops as O
 from ...certify.graph import Graph
 from ...validate import Choice
 
-__all__ = ["Layer", "NeuronKind", "Neurons"]
+__all__ = ["Layer", "NeuronKind", "Neurons", "describe"]
 
 
 class NeuronKind(Choice):
@@ -111,13 +111,7 @@ class Neurons:
 
     def describe(self, neuron: int) -> str:
         """``layer[index]`` of one neuron, for figures and reports."""
-        li = int(self.layer_of(torch.tensor([neuron]))[0])
-        layer = self.layers[li]
-        local = neuron - layer.offset
-        if self.kind is NeuronKind.ELEMENT and len(layer.shape) == 3:
-            c, h, w = layer.shape
-            return f"{layer.name}[{local // (h * w)},{local // w % h},{local % w}]"
-        return f"{layer.name}[{local}]"
+        return describe(self.layers, self.kind, neuron)
 
     def values(self, x: Tensor, columns: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Neuron values and closeness scores of inputs ``x`` ``(B, C, H, W)`` (pixel space).
@@ -149,3 +143,13 @@ class Neurons:
             cols = columns.to(value.device)
             value, score = value[:, cols], score[:, cols]
         return value, score
+
+
+def describe(layers: Sequence[Layer], kind: NeuronKind | str, neuron: int) -> str:
+    """``layer[c]`` (channel, dense unit) or ``layer[c,h,w]`` (element) of neuron ``neuron``."""
+    layer = next(layer for layer in layers if layer.offset <= neuron < layer.offset + layer.count)
+    local = neuron - layer.offset
+    if NeuronKind.parse(kind) is NeuronKind.ELEMENT and len(layer.shape) == 3:
+        _, h, w = layer.shape
+        return f"{layer.name}[{local // (h * w)},{local // w % h},{local % w}]"
+    return f"{layer.name}[{local}]"

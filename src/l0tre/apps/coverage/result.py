@@ -8,20 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .neurons import Layer, describe
 from .search import LevelRecord
 
-__all__ = ["CoverageResult", "LayerInfo"]
-
-
-@dataclass(frozen=True)
-class LayerInfo:
-    """One hidden activation: its name, the node feeding it, shape and neuron range."""
-
-    name: str
-    after: str
-    shape: tuple[int, ...]
-    offset: int
-    count: int
+__all__ = ["CoverageResult"]
 
 
 @dataclass(frozen=True)
@@ -51,7 +41,7 @@ class CoverageResult:
 
     neurons: str
     threshold: float
-    layers: tuple[LayerInfo, ...]
+    layers: tuple[Layer, ...]
     before: Tensor
     after: Tensor
     unreachable: Tensor
@@ -90,6 +80,14 @@ class CoverageResult:
     def adversarial(self) -> int:
         """Generated tests whose label differs from their seed's (adversarial examples too)."""
         return int((self.label != self.seed_label).sum())
+
+    def describe(self, neuron: int) -> str:
+        """The name of neuron ``neuron``: ``layer[c]`` or ``layer[c,h,w]``."""
+        return describe(self.layers, self.neurons, neuron)
+
+    def covered_by(self, test: int) -> Tensor:
+        """Indices of the neurons generated test ``test`` was kept for ``(M,)``."""
+        return (self.test_of == test).nonzero().squeeze(1)
 
     def per_layer(self) -> list[dict[str, Any]]:
         """Per hidden layer: neurons, covered before / after, unreachable."""
