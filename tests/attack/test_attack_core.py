@@ -283,9 +283,10 @@ def test_each_named_preset_equals_its_documented_fields() -> None:
         assert Effort.parse(name).preset is EFFORTS[name]
     # the values themselves (the benchmarks in docs/benchmarks_attack.md were measured with them)
     assert EFFORTS["fast"] == SearchPreset(candidates=16, per_step=8, pool=0, rounds=0, starts=1,
-                                           colours_per_feature=1, orderings=False)
+                                           colours_per_feature=1, orderings=False, exact_rows=0)
     assert EFFORTS["default"] == SearchPreset()
-    assert EFFORTS["thorough"] == SearchPreset(candidates=512, per_step=32, pool=16, rounds=4, starts=2)
+    assert EFFORTS["thorough"] == SearchPreset(candidates=512, per_step=32, pool=16, rounds=4, starts=2,
+                                               exact_rows=16384)
 
 
 @pytest.mark.parametrize(
@@ -300,6 +301,7 @@ def test_each_named_preset_equals_its_documented_fields() -> None:
         ("starts", 0, ValueError),
         ("colours_per_feature", 0, ValueError),
         ("orderings", 1, TypeError),
+        ("exact_rows", -1, ValueError),
     ],
 )
 def test_preset_validation_names_the_field(field: str, value: object, error: type[Exception]) -> None:

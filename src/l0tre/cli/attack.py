@@ -36,7 +36,8 @@ def add_parser(subparsers: Subparsers) -> None:
                    help="replace the results of an earlier run in --out (else such a folder is refused)")
     p.add_argument("--epsilon", type=float, default=0.5, help="value grid step, must divide 1 (default 0.5)")
     p.add_argument("--max-pixels", type=int, default=None, help="L0 budget: larger examples count as failures")
-    p.add_argument("--time-budget", type=float, default=None, help="seconds; best examples so far are returned")
+    p.add_argument("--time-budget", type=float, default=None,
+                   help="seconds per attacked input (time-matched mode); the best examples found in it are returned")
     p.add_argument("--device", default=None, help="auto, cpu, cuda, cuda:N (default: CPU)")
     p.add_argument("--batch-size", type=int, default=None, help="rows per model call")
     p.add_argument("--seed", type=int, default=0)

@@ -41,6 +41,7 @@ from .shards import ProgressBar, ShardRunner
 __all__ = ["EFFORTS", "SCREENS", "attack", "cpu_rows"]
 
 _FINE_MAX_COLOURS = 64
+_ANYTIME_ROUNDS = 32  # refinement rounds at most with a time budget (they stop at the deadline)
 _CPU_CACHE_BYTES = 6 << 20
 
 
@@ -101,8 +102,13 @@ def attack(
         epsilon: value grid step as a fraction of the input range, dividing 1 (default
             ``0.5``): changed features take ε-grid colours (all channel combinations);
             re-colouring uses the grid of step ε/2 where it has at most 64 colours.
-        time_budget: seconds (default ``None``: no limit); the search stops at the next move
-            boundary and returns the best verified examples found so far.
+        time_budget: seconds **per attacked input** (default ``None``: no limit): a shard of
+            ``k`` inputs adds ``k × time_budget`` seconds to the allowance (unused time passes on
+            to the next shard); the search stops at the next move boundary once the allowance is
+            used up and returns the best verified examples found so far (a shard that starts
+            with none left is not searched). With a budget the refinement rounds continue past
+            the preset's (up to 32) while they still change something, so that a larger budget
+            buys a smaller L0.
         seed: recorded for reproducibility (default ``0``); the search itself is deterministic
             (ties are broken by feature and colour index), so results do not depend on it.
         batch_size: rows per model call (default ``None``: sized for the device and model;
@@ -114,11 +120,13 @@ def attack(
         labels: ``(N,)`` true labels, a tensor or NumPy array of integers (default ``None``);
             inputs the model misclassifies are flagged (``misclassified``) and not attacked.
         show_progress: a tqdm bar on stderr (default ``False``).
-        screen: a :class:`~.settings.Screen` or its name (default ``"auto"``: gradient when
-            possible): ``"exact"`` (every feature × every grid colour, the paper's t = 1 pass;
-            with it the result is never larger than ``l0tre.evaluate(..., t_max=1)``'s upper
-            bound + 1) or ``"gradient"`` (only the ``candidates`` pairs ranked best by the
-            gradient of the margin; needs a ``torch.nn.Module``).
+        screen: a :class:`~.settings.Screen` or its name (default ``"auto"``: exact when it
+            costs at most the preset's ``exact_rows`` model rows per input or the model has no
+            gradients, else gradient): ``"exact"`` (every feature × every grid colour, the
+            paper's t = 1 pass; with it the result is never larger than the example of
+            ``l0tre.evaluate(..., t_max=1)``, i.e. its upper bound + 1) or ``"gradient"`` (only
+            the ``candidates`` pairs ranked best by the gradient of the margin; needs a
+            ``torch.nn.Module``).
         effort: an :class:`~.settings.Effort` or its name, a preset of the search breadth (its
             :class:`~.settings.SearchPreset` is ``EFFORTS[effort]``; default ``"default"``):
             ``"fast"`` (3–6× cheaper than ``"default"`` on the benchmark workloads, 10–35 %
@@ -187,7 +195,7 @@ def attack(
     config: dict[str, object] = {
         "screen": plan.config.screen.value, "effort": opts.effort.value, **opts.preset.as_dict(), "seed": opts.seed,
         "batch_size": rows, "fine_steps": plan.fine_steps, "device": str(clf.device), "mode": clf.mode,
-        "precision": prec.value,
+        "precision": prec.value, "anytime_rounds": plan.config.anytime_rounds,
     }
     low_rows = search_obj.low_rows if isinstance(search_obj, Rechecked) else 0
     return _result(found, opts, config, objective.rows + low_rows, low_rows, time.perf_counter() - start,
@@ -225,16 +233,26 @@ class _Plan:
         differentiable = clf.modules() is not None
         if opts.screen is Screen.GRADIENT and not differentiable:
             raise ValueError("screen: 'gradient' needs a torch.nn.Module model; use 'exact' for plain callables")
-        screen = Screen.EXACT if opts.screen is Screen.EXACT or not differentiable else Screen.GRADIENT
         space = FeatureSpace(opts.features, shape)
         dev, dtype, steps = clf.device, clf.dtype, opts.steps
         palette = colours(grid_values(steps, clf.bounds, dtype=dtype), space.channels).to(dev)
+        screen = _resolve_screen(opts.screen, differentiable, space.n * (palette.shape[0] - 1), opts.preset.exact_rows)
         fine_steps = 2 * steps if (2 * steps + 1) ** space.channels <= _FINE_MAX_COLOURS else steps
         fine = colours(grid_values(fine_steps, clf.bounds, dtype=dtype), space.channels).to(dev)
         mp = opts.max_pixels
         max_steps = space.n if mp is None else min(space.n, max(2 * mp, mp + 16))
-        config = SearchConfig(screen=screen, preset=opts.preset, max_steps=max_steps)
+        anytime = 0 if opts.time_budget is None else _ANYTIME_ROUNDS
+        config = SearchConfig(screen=screen, preset=opts.preset, max_steps=max_steps, anytime_rounds=anytime)
         return cls(space, palette, fine, fine_steps, config, differentiable)
+
+
+def _resolve_screen(screen: Screen, differentiable: bool, exact_cost: int, exact_rows: int) -> Screen:
+    """``exact`` or ``gradient``: ``auto`` screens exactly where the model has no gradients or the
+    exact screen costs at most ``exact_rows`` rows per input (``exact_cost``: features × other
+    grid colours)."""
+    if screen is Screen.AUTO:
+        return Screen.EXACT if not differentiable or exact_cost <= exact_rows else Screen.GRADIENT
+    return Screen.EXACT if screen is Screen.EXACT or not differentiable else Screen.GRADIENT
 
 
 @dataclass(frozen=True, eq=False)
@@ -284,7 +302,7 @@ def _search(
             redo = redo[:0]  # a full-precision search has nothing to redo
         if redo.numel():
             runner.forget(redo)
-            runner.run(redo, objective, progress=False)
+            runner.run(redo, objective, progress=False, again=True)
             dr = redo.to(x0.device)
             xr, lr = _verified(clf, ctx.space, runner.best[dr], x0[dr], x_orig[redo], rows)
             objective.rows += int(redo.numel())

@@ -164,11 +164,13 @@ def refine(s: Searcher, rows: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     Every round tries :func:`reduce` (L0 − 1); where it fails and another round follows,
     :func:`swap` and :func:`recolour` lower the margin (which is what lets a later reduce or
     tighten succeed), then the engine's tightening runs again. Inputs stop when a round changes
-    nothing.
+    nothing. With a time budget (``anytime_rounds``) the rounds go on until then or the deadline.
     """
     if rows.numel() == 0:
         return x
     rounds = s.cfg.preset.rounds
+    if rounds:
+        rounds = max(rounds, s.cfg.anytime_rounds)
     score, _ = s.margins_of(rows, x)
     active = torch.ones(rows.shape[0], dtype=torch.bool, device=s.dev)
     for r in range(rounds):

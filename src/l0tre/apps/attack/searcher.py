@@ -44,16 +44,30 @@ class CountingObjective(Misclassification):
 
 
 class Deadline:
-    """A wall-clock deadline (``None``: none)."""
+    """A wall-clock budget of ``per_input`` seconds per searched input (``None``: none).
 
-    def __init__(self, seconds: float | None) -> None:
-        self.at = None if seconds is None else time.perf_counter() + seconds
+    The clock starts at construction; every :meth:`grant` of ``k`` inputs adds ``k ×
+    per_input`` seconds to the allowance, so that the inputs granted so far never take more than
+    their share in total (time a shard leaves unused passes on to the next).
+    """
+
+    def __init__(self, per_input: float | None) -> None:
+        self.per_input = per_input
+        self.origin = time.perf_counter()
+        self.at: float | None = None if per_input is None else self.origin
         self.hit = False
 
+    def grant(self, inputs: int) -> None:
+        """Extend the allowance by ``inputs`` × ``per_input`` seconds."""
+        if self.per_input is not None and self.at is not None:
+            self.at += inputs * self.per_input
+
     def passed(self) -> bool:
+        """Whether the allowance is used up now (``hit`` records that it ever was)."""
         if self.at is not None and time.perf_counter() >= self.at:
             self.hit = True
-        return self.hit
+            return True
+        return False
 
 
 def pick(owner: torch.Tensor, score: torch.Tensor, ok: torch.Tensor, na: int) -> torch.Tensor:

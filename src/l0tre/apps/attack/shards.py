@@ -89,12 +89,17 @@ class ShardRunner:
         self.found = torch.zeros(x0.shape[0], dtype=torch.bool)
         self.gradients = 0
 
-    def run(self, inputs: torch.Tensor, objective: CountingObjective | Rechecked, progress: bool = True) -> None:
-        """Search ``inputs`` ``(M,)`` (CPU indices) with ``objective``, until the deadline."""
+    def run(self, inputs: torch.Tensor, objective: CountingObjective | Rechecked, progress: bool = True,
+            again: bool = False) -> None:
+        """Search ``inputs`` ``(M,)`` (CPU indices) with ``objective`` within the time budget:
+        each shard first adds its inputs' share to it (not when ``again``: a second search of
+        inputs already counted); a shard whose allowance is used up is skipped."""
         for s0 in range(0, int(inputs.numel()), self.shard_size):
-            if self.ctx.deadline.passed():
-                break
             idx = inputs[s0 : s0 + self.shard_size]
+            if not again:
+                self.ctx.deadline.grant(int(idx.numel()))
+            if self.ctx.deadline.passed():
+                continue
             di = idx.to(self.x0.device)
             if isinstance(objective, Rechecked):
                 objective.calibrate(self.ctx.model, self.x0[di], self.ref[di])
