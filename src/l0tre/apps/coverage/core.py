@@ -24,7 +24,8 @@ from .search import Search, SearchSettings, _Stop
 
 __all__ = ["coverage", "unreachable_neurons"]
 
-#: a proof needs the bound to stay this far below the threshold (float64 bounds, float32 model)
+#: added to the pre-activation bounds before a neuron is proven unreachable (float64 bounds,
+#: float32 model)
 PROOF_MARGIN = 1e-6
 
 
@@ -50,10 +51,10 @@ def unreachable_neurons(clf: Classifier, neurons: Neurons, threshold: float) -> 
     bounds = hidden_bounds(proof, lo, hi, [layer.pre for layer in neurons.layers], intermediate="ibp")
     out = []
     for layer in neurons.layers:
-        ub = bounds[layer.pre][1][0].clamp(min=0)
+        ub = (bounds[layer.pre][1][0] + PROOF_MARGIN).clamp(min=0)  # the value's bound, with margin
         if neurons.kind is NeuronKind.CHANNEL and ub.dim() == 3:
             ub = ub.mean(dim=(1, 2))
-        out.append(ub.flatten().cpu() + PROOF_MARGIN <= threshold)
+        out.append(ub.flatten().cpu() <= threshold)
     return torch.cat(out)
 
 
