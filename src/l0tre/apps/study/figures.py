@@ -54,14 +54,15 @@ def _bounds_panel(ax: Any, ts: list[int], lo: np.ndarray, up: np.ndarray, cert: 
     ax.plot(ts, lo, "^-", color=LOWER, label="lower bound (grid)")
     if cert is not None:
         ax.plot(ts, cert, "s:", color=CERTIFIED, label="certified lower bound")
-    for t, e, r in zip(ts, est, (up - lo) / 2, strict=True):
-        ax.annotate(f"{e:.2f}±{r:.2f}", (t, e), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    for k, (t, e, r) in enumerate(zip(ts, est, (up - lo) / 2, strict=True)):
+        if r > 0 or k == len(ts) - 1 or (k > 0 and (up - lo)[k - 1] > 0):  # not every converged level again
+            ax.annotate(f"{e:.2f}±{r:.2f}", (t, e), textcoords="offset points", xytext=(6, 4), fontsize=8)
     ax.set_xticks(ts)
     ax.set_xlim(min(ts) - 0.4, max(ts) + 0.9)
     ax.set_ylim(bottom=min(0.0, float(lo.min())) - 0.2, top=float(up.max()) * 1.12 + 0.5)
     ax.set_xlabel("level t (subset size)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper right")
+    ax.legend(fontsize=8, loc="lower right")
 
 
 def _empty(ax: Any, text: str) -> None:
@@ -115,9 +116,9 @@ def fig_global(study: StudyResult, path: Path) -> Path:
 
 def fig_time(study: StudyResult, path: Path) -> Path:
     """Fig. 1c: box plot of the seconds per input at each level (attributed, see LevelRecord)."""
-    fig = new_figure(5.6, 4.0)
-    ax = fig.subplots()
     done = [r for r in study.levels if bool(r.active.any())]
+    fig = new_figure(max(5.6, 1.2 * len(done) + 1.5), 4.0)
+    ax = fig.subplots()
     if done:
         data = [r.input_seconds[r.active].numpy() for r in done]
         ax.boxplot(data, showfliers=True, flierprops={"markersize": 3})
@@ -144,42 +145,53 @@ def converged_prefix(lo: np.ndarray, up: np.ndarray) -> int:
 
 def fig_inputs(study: StudyResult, path: Path) -> Path:
     """Fig. 2: per-input bounds after each level (one panel per level, top to bottom), inputs
-    ordered by their upper bound after level 1; the dashed line: every input left of it converged."""
+    ordered by their upper bound after level 1 (ties: by the last level's upper, then lower bound);
+    the dashed line: every input left of it converged."""
     levels = study.levels
-    fig = new_figure(9.0, 2.4 * max(1, len(levels)) + 0.4)
+    fig = new_figure(10.0, 2.3 * max(1, len(levels)) + 0.5)
     axes = fig.subplots(max(1, len(levels)), 1, squeeze=False, sharex=True)[:, 0]
     if not levels:
         _empty(axes[0], "no level completed")
         return save_png(fig, path)
     n_feat = study.result.n_features
-    order = np.lexsort((levels[0].lower.numpy(), levels[0].upper.numpy()))
+    first, last = levels[0], levels[-1]
+    order = np.lexsort((last.lower.numpy(), last.upper.numpy(), first.upper.numpy()))
     x = np.arange(order.size)
-    size = 12 if order.size <= 200 else 3
-    top = max(float(r.upper[r.upper < n_feat].max()) if bool((r.upper < n_feat).any()) else 1.0 for r in levels)
-    top = top * 1.1 + 1.0
+    size = 14 if order.size <= 200 else 3
+    found = [r.upper[r.upper < n_feat] for r in levels]
+    top = max([float(f.max()) for f in found if f.numel()] + [float(last.lower.max()), 1.0]) * 1.12 + 1.0
     for ax, r in zip(axes, levels, strict=True):
         lo, up = r.lower.numpy()[order].astype(float), r.upper.numpy()[order].astype(float)
-        shown = np.minimum(up, top)
-        ax.vlines(x, lo, shown, color="#cccccc", linewidth=1, zorder=1)
-        ax.scatter(x, shown, s=size, marker="v", color=UPPER, label="upper bound", zorder=3)
-        ax.scatter(x, (lo + shown) / 2, s=size * 0.5, marker="o", color=ESTIMATE, label="estimate", zorder=2)
+        none = up >= n_feat  # no adversarial example known: upper = n, off the axis
+        ax.vlines(x, lo, np.minimum(up, top), color="#cccccc", linewidth=1, zorder=1)
+        ax.scatter(x[~none], up[~none], s=size, marker="v", color=UPPER, label="upper bound", zorder=3)
+        if none.any():
+            ax.scatter(x[none], np.full(int(none.sum()), top * 0.97), s=size, marker="v", facecolors="none",
+                       edgecolors=UPPER, label=f"no example yet (upper = n = {n_feat}, off the axis)", zorder=3)
+        open_ = (lo != up) & ~none
+        ax.scatter(x[open_], ((lo + up) / 2)[open_], s=size * 0.5, marker="o", color=ESTIMATE,
+                   label="estimate", zorder=2)
         ax.scatter(x, lo, s=size, marker="^", color=LOWER, label="lower bound (grid)", zorder=3)
         if r.certified_lower is not None:
-            ax.scatter(x, r.certified_lower.numpy()[order], s=size, marker="s", facecolors="none",
+            ax.scatter(x, r.certified_lower.numpy()[order], s=size * 1.6, marker="s", facecolors="none",
                        edgecolors=CERTIFIED, label="certified lower bound", zorder=4)
         k = converged_prefix(lo, up)
-        ax.axvline(k - 0.5, color="#1f3fbf", linestyle="--", linewidth=1.2,
-                   label=f"{k} inputs left of it converged")
+        ax.axvline(k - 0.5, color="#1f3fbf", linestyle="--", linewidth=1.2, label="all inputs left of it converged")
         ax.set_ylim(-0.3, top)
         ax.set_ylabel(f"t = {r.t}\nL0 radius")
+        ax.yaxis.get_major_locator().set_params(integer=True)
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", ncol=2)
-        ax.set_title(f"after level t = {r.t}: {r.converged}/{order.size} converged, "
+        ax.set_title(f"after level t = {r.t}: {r.converged}/{order.size} converged ({k} left of the dashed line), "
                      f"estimate {r.estimate:.2f} ± {r.radius:.2f}", fontsize=9)
-    clipped = " (upper bounds above the axis are drawn at its top)" if any(
-        bool((r.upper > top).any()) for r in levels) else ""
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    axes[0].legend(handles, labels, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     axes[-1].xaxis.get_major_locator().set_params(integer=True)
-    axes[-1].set_xlabel(f"inputs ordered by their upper bound after t = 1{clipped}")
+    axes[-1].set_xlabel("inputs ordered by their upper bound after t = 1")
     return save_png(fig, path)
 
 

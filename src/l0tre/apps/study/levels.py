@@ -136,9 +136,9 @@ class LevelLog:
         """The record of level ``t``, or ``None``."""
         return next((r for r in self.records if r.t == t), None)
 
-    def observe(self, snap: Result) -> bool:
-        """Keep ``snap`` when it is taken at the end of a level not yet recorded; returns whether
-        it was (and then saves the log).
+    def observe(self, snap: Result) -> None:
+        """Keep ``snap`` when it is taken at the end of a level not yet recorded (and then save
+        the log).
 
         Raises:
             ValueError: the snapshot completes level ``t`` but level ``t − 1`` was never recorded
@@ -146,7 +146,7 @@ class LevelLog:
         """
         t = snap.t
         if not snap.level_complete or t < 1 or self.record(t) is not None or len(snap.level_seconds) < t:
-            return False
+            return
         if t == 1:
             active = torch.ones_like(snap.lower, dtype=torch.bool)
         else:
@@ -165,7 +165,6 @@ class LevelLog:
         ))
         self.records.sort(key=lambda r: r.t)
         self.save()
-        return True
 
     def save(self) -> None:
         """Write the log atomically (nothing without a path)."""
