@@ -59,12 +59,15 @@ def add_parser(subparsers: Subparsers) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Execute ``l0tre coverage``; returns the exit status (0 ok, 2 bad arguments, inputs or --out)."""
-    from ..apps.coverage.core import coverage
+    from ..apps.coverage.core import check_threshold, coverage
+    from ..apps.coverage.neurons import NeuronKind
     from ..apps.coverage.outputs import write_coverage_outputs
 
     out = Path(args.out)
     try:
         refuse_to_replace(out, resume=None, overwrite=args.overwrite)
+        NeuronKind.parse(args.neurons)  # option errors before the model and data are loaded
+        check_threshold(args.threshold)
         clf = load_classifier(args)
         data = select_inputs(clf, args)
         check_writable_folder(out, argument="--out")

@@ -22,14 +22,15 @@ from .neurons import NeuronKind, Neurons
 from .result import CoverageResult
 from .search import Search, SearchSettings, _Stop
 
-__all__ = ["coverage", "unreachable_neurons"]
+__all__ = ["check_threshold", "coverage", "unreachable_neurons"]
 
 #: added to the pre-activation bounds before a neuron is proven unreachable (float64 bounds,
 #: float32 model)
 PROOF_MARGIN = 1e-6
 
 
-def _check_threshold(threshold: object) -> float:
+def check_threshold(threshold: object) -> float:
+    """``threshold`` as a finite float ``≥ 0``."""
     if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
         raise TypeError(f"threshold: expected a number >= 0, got {type(threshold).__name__} {threshold!r}")
     if not math.isfinite(float(threshold)) or threshold < 0:
@@ -115,7 +116,7 @@ def coverage(
     start = time.monotonic()
     clf = as_classifier(model, bounds=bounds, device=device)
     kind = NeuronKind.parse(neurons)
-    thr = _check_threshold(threshold)
+    thr = check_threshold(threshold)
     steps = check_epsilon(epsilon)
     t_max = non_negative_int("t_max", t_max)
     budget = positive_seconds("time_budget", time_budget)

@@ -63,12 +63,12 @@ class CoverageResult:
     @property
     def coverage_before(self) -> float:
         """Fraction of all neurons covered by the seeds."""
-        return float(self.before.float().mean()) if self.total else 0.0
+        return int(self.before.sum()) / self.total if self.total else 0.0
 
     @property
     def coverage_after(self) -> float:
         """Fraction of all neurons covered by the seeds and the generated tests."""
-        return float(self.after.float().mean()) if self.total else 0.0
+        return int(self.after.sum()) / self.total if self.total else 0.0
 
     @property
     def coverage_reachable(self) -> float:
