@@ -2,7 +2,9 @@
 
 from .api import evaluate, evaluate_iter
 from .apps.attack import AttackResult, attack
+from .apps.compare import CompareResult, compare
 from .apps.saliency import SaliencyResult, saliency
+from .apps.study import StudyResult, study_global
 from .atomic import OutputError
 from .classifier import Classifier, OutputKind, Preprocessing, as_classifier
 from .data import Dataset, EmbeddedDataWarning, load_data
@@ -16,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AttackResult",
     "Classifier",
+    "CompareResult",
     "Dataset",
     "EmbeddedDataWarning",
     "FeatureKind",
@@ -26,13 +29,16 @@ __all__ = [
     "OutputKind",
     "Preprocessing",
     "Result",
+    "StudyResult",
     "SaliencyResult",
     "as_classifier",
     "attack",
+    "compare",
     "evaluate",
     "evaluate_iter",
     "list_models",
     "load_data",
     "load_model",
+    "study_global",
     "saliency",
 ]
