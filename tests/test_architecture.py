@@ -12,8 +12,9 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "l0tre"
 
 #: package part → the parts it must never import (higher layers)
 FORBIDDEN = {
-    "engine": ("cli", "report", "outdir", "apps", "api", "progress"),
-    "execution": ("engine", "cli", "report", "outdir", "apps", "api", "certify"),
+    "engine": ("cli", "report", "outdir", "apps", "api", "progress", "cluster"),
+    "execution": ("engine", "cli", "report", "outdir", "apps", "api", "certify", "cluster"),
+    "cluster": ("cli", "report", "outdir", "apps", "api", "progress", "figures"),  # an executor (Ray) above the engine
     "certify": ("engine", "cli", "report", "apps", "api", "execution"),
     "apps": ("cli", "report"),  # applications drive the engine through api.prepare (architecture.md)
     "api": ("apps", "cli", "report", "outdir", "figures"),

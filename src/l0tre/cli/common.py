@@ -24,6 +24,7 @@ from ..api import prepare
 from ..atomic import OutputError
 from ..classifier import Classifier
 from ..data import Dataset, EmbeddedDataWarning, load_data
+from ..engine.executor import Executor
 from ..models import load_model
 from ..outdir import CHECKPOINT, run_files
 from .parsing import UsageError
@@ -39,6 +40,7 @@ __all__ = [
     "one_line",
     "output_errors",
     "raise_interrupt",
+    "ray_executor",
     "refuse_to_replace",
     "seed_everything",
     "select_inputs",
@@ -149,6 +151,41 @@ def output_errors(argument: str) -> Iterator[None]:
         if exc.argument is not None:
             raise
         raise exc.for_argument(argument) from exc
+
+
+# -- where the work runs --------------------------------------------------------------------------------
+@contextlib.contextmanager
+def ray_executor(args: argparse.Namespace) -> Iterator[Executor | None]:
+    """The executor of ``--ray`` (:func:`~l0tre.cli.parsing.add_ray_options`), started, and
+    closed on exit; ``None`` without ``--ray`` (then Ray is not imported). Commands that run
+    through the engine pass it as ``prepare(..., executor=...)``.
+
+    Raises:
+        UsageError: ``--ray-workers``/``--ray-gpus-per-worker`` without ``--ray``, Ray not
+            installed, or a cluster that cannot be joined.
+    """
+    address = getattr(args, "ray", None)
+    if address is None:
+        gpus: float = getattr(args, "ray_gpus_per_worker", 0.0)
+        if getattr(args, "ray_workers", None) is not None or gpus:
+            raise UsageError("--ray-workers/--ray-gpus-per-worker: expected together with --ray ADDRESS")
+        yield None
+        return
+    try:
+        from ..cluster import RayExecutor
+    except ImportError as exc:
+        raise UsageError(f"--ray: needs Ray (pip install 'l0tre[ray]'), got {type(exc).__name__}: {exc}") from None
+    executor = RayExecutor(address, num_workers=getattr(args, "ray_workers", None),
+                           gpus_per_worker=getattr(args, "ray_gpus_per_worker", 0.0))
+    try:
+        try:
+            executor.start()
+        except ConnectionError as exc:
+            raise UsageError(f"--ray: could not join the Ray cluster at {address!r}: {one_line(exc)}") from None
+        notice(args, f"ray: {executor.num_workers} worker(s)")
+        yield executor
+    finally:
+        executor.close()
 
 
 # -- model and data -------------------------------------------------------------------------------------

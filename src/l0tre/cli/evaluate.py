@@ -22,6 +22,7 @@ from ..api import prepare
 from ..classifier import Classifier
 from ..data import Dataset
 from ..engine import Engine, drive
+from ..engine.executor import Executor
 from ..outdir import (
     CHECKPOINT,
     RESULTS_JSON,
@@ -38,6 +39,7 @@ from .common import (
     load_classifier,
     notice,
     output_errors,
+    ray_executor,
     refuse_to_replace,
     seed_everything,
     select_inputs,
@@ -47,6 +49,7 @@ from .parsing import (
     EXIT_OK,
     Subparsers,
     add_engine_options,
+    add_ray_options,
     add_source_options,
     argtype,
     common_options,
@@ -97,6 +100,7 @@ def add_parser(subparsers: Subparsers) -> None:
                         "(default: crown when the only dense layers follow the last non-linearity, else hybrid)")
     c.add_argument("--mode", choices=("auto", "eager", "channels_last", "compile", "compile+channels_last"),
                    default="auto", help="forward execution mode; 'eager' turns every optimisation off")
+    add_ray_options(ev)
 
 
 # -- run ------------------------------------------------------------------------------------------
@@ -131,15 +135,16 @@ def _evaluate(args: argparse.Namespace, model: Classifier, data: Dataset, out: P
     progress = None if args.quiet else TqdmProgress(
         file=sys.stderr, mininterval=0.2 if sys.stderr.isatty() else 10.0)
     try:
-        engine = _prepare(args, model, data, out / CHECKPOINT, progress)
-        config = _config(args, model, data, engine, args.time_budget)
-        indices = [int(i) for i in data.indices]
+        with ray_executor(args) as executor:
+            engine = _prepare(args, model, data, out / CHECKPOINT, progress, executor)
+            config = _config(args, model, data, engine, args.time_budget)
+            indices = [int(i) for i in data.indices]
 
-        def on_snapshot(snap: Result) -> None:
-            """Write the output files for this snapshot."""
-            write_outputs(out, snap, indices, data.x, config)
+            def on_snapshot(snap: Result) -> None:
+                """Write the output files for this snapshot."""
+                write_outputs(out, snap, indices, data.x, config)
 
-        return drive(engine, on_snapshot, guard=signals_ignored)
+            return drive(engine, on_snapshot, guard=signals_ignored)
     finally:
         if progress is not None:
             progress.close()
@@ -158,7 +163,7 @@ def _output_folder(args: argparse.Namespace, out: Path) -> None:
 
 
 def _prepare(args: argparse.Namespace, model: Classifier, data: Dataset, ckpt: Path,
-             progress: TqdmProgress | None) -> Engine:
+             progress: TqdmProgress | None, executor: Executor | None = None) -> Engine:
     """The engine for this run (resumed from ``ckpt`` when it exists), with the time budget set."""
     limits: dict[str, Any] = {}  # unset: the API's defaults
     if args.max_memory:
@@ -169,7 +174,7 @@ def _prepare(args: argparse.Namespace, model: Classifier, data: Dataset, ckpt: P
         engine = prepare(
             model, data.x, epsilon=args.epsilon, t_max=args.t_max, features=args.features,
             batch_size=args.batch_size, checkpoint=ckpt, report_every=args.report_every, labels=data.y,
-            progress=progress, **limits,
+            progress=progress, executor=executor, **limits,
             certify="only" if getattr(args, "certify_only", False) else bool(getattr(args, "certify", False)),
             certify_time_limit=getattr(args, "certify_time_limit", 60.0), mode=getattr(args, "mode", "auto"),
             certify_method=getattr(args, "certify_method", "auto"),

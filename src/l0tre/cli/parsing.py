@@ -21,6 +21,7 @@ __all__ = [
     "Subparsers",
     "UsageError",
     "add_engine_options",
+    "add_ray_options",
     "add_source_options",
     "argtype",
     "common_options",
@@ -202,3 +203,35 @@ def add_engine_options(p: argparse.ArgumentParser) -> None:
                    help="memory cap for a batch, e.g. 512M, 2G (default 1G)")
     g.add_argument("--max-evaluations", type=argtype(parse_count), metavar="N",
                    help="refuse a level that needs more model evaluations (default 1e10)")
+
+
+def add_ray_options(p: argparse.ArgumentParser) -> None:
+    """``--ray ADDRESS``, ``--ray-workers K`` and ``--ray-gpus-per-worker G``: run the engine's
+    work units on a Ray cluster (commands that run through the engine; see
+    :func:`l0tre.cli.common.ray_executor`)."""
+    g = p.add_argument_group("cluster (needs pip install 'l0tre[ray]')")
+    g.add_argument("--ray", metavar="ADDRESS",
+                   help="run the work units on Ray: 'auto' joins the running cluster (else starts a local one), "
+                        "or a cluster address such as ray://head:10001 or head:6379")
+    g.add_argument("--ray-workers", type=argtype(_positive), metavar="K",
+                   help="Ray workers (default: one per CPU of the cluster, or per GPU with --ray-gpus-per-worker)")
+    g.add_argument("--ray-gpus-per-worker", type=argtype(_non_negative_float), default=0.0, metavar="G",
+                   help="GPUs per Ray worker (default 0: the workers run on CPUs; 0.5: two workers per GPU)")
+
+
+def _positive(text: str) -> int:
+    """A positive integer (``--ray-workers``)."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise ValueError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def _non_negative_float(text: str) -> float:
+    """A finite number >= 0 (``--ray-gpus-per-worker``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"expected a number >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise ValueError(f"expected a finite number >= 0, got {text!r}")
+    return value
