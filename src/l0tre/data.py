@@ -9,6 +9,8 @@ Specs accepted by :func:`load_data`:
 * ``mnist:test`` / ``mnist:train`` — IDX files under ``<data root>/mnist/`` (or
   ``mnist:test@DIR``). With no data root, ``mnist:test`` falls back to the first 100
   test images embedded in the package, with an :class:`EmbeddedDataWarning`.
+* ``mnist14:test`` / ``mnist14:train`` — the same images resized to 14×14 as MATLAB's ``imresize``
+  does by default (the paper's sDNN data; :mod:`l0tre.readers.resize`).
 * ``cifar10:test`` — ``<data root>/cifar10/cifar10_test_first100.npz`` (the first 100
   test images); ``cifar10:test@DIR`` / ``cifar10:train@DIR`` read the official
   ``cifar-10-batches-py`` pickles in ``DIR``.
@@ -30,13 +32,14 @@ import torch
 
 from .paths import ENV_VAR, DataFileNotFoundError
 from .readers import IMAGE_SUFFIXES, Source, open_array_file, open_cifar10, open_images, open_mnist, read_idx
+from .readers.resize import open_mnist14
 
 __all__ = ["SPECS_HELP", "Dataset", "EmbeddedDataWarning", "load_data", "read_idx"]
 
-_SPEC = re.compile(r"^(mnist|cifar10):(train|test)(?:@(.+))?$")
+_SPEC = re.compile(r"^(mnist|mnist14|cifar10):(train|test)(?:@(.+))?$")
 IndicesArg = Sequence[int] | np.ndarray | torch.Tensor | None
 SPECS_HELP = (
-    "mnist:test, mnist:train, cifar10:test, cifar10:test@DIR, cifar10:train@DIR, "
+    "mnist:test, mnist:train, mnist14:test, mnist14:train, cifar10:test, cifar10:test@DIR, cifar10:train@DIR, "
     "an image folder, a .npy or .npz file"
 )
 
@@ -149,6 +152,8 @@ def _open(
     m = _SPEC.match(text)
     if m is not None:
         kind, split, folder = m.groups()
+        if kind == "mnist14":
+            return open_mnist14(split, folder, root)
         return open_mnist(split, folder, root) if kind == "mnist" else open_cifar10(split, folder, root)
     path = Path(text).expanduser()
     if path.is_dir() or (path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES):

@@ -113,6 +113,7 @@ def test_registry_rows(shared_data: Path) -> None:
     assert [r.name for r in rows] == [
         "paper-mnist",
         "paper-mnist-softmax",
+        "paper-sdnn",
         "cifar10-resnet20",
         "mnist-cnn-tutorial",
         "mnist-smallcnn-trades",

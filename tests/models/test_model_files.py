@@ -240,8 +240,8 @@ def test_truncated_legacy_checkpoint(tmp_path: Path, shared_data: Path) -> None:
 def test_name_and_path_errors(tmp_path: Path) -> None:
     with pytest.raises(
         ValueError,
-        match=r"expected a built-in name \(paper-mnist, paper-mnist-softmax, "
-        r"cifar10-resnet20, mnist-cnn-tutorial\).*got 'resnet50'",
+        match=r"expected a built-in name \(paper-mnist, paper-mnist-softmax, paper-sdnn, "
+        r"cifar10-resnet20, mnist-cnn-tutorial[^)]*\).*got 'resnet50'",
     ):
         load_model("resnet50")
     with pytest.raises(

@@ -10,6 +10,7 @@ import warnings
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import torch
@@ -17,10 +18,11 @@ from torch import nn
 
 from ..classifier import Classifier, Preprocessing
 from ..paths import DataFileNotFoundError, embedded_file, require_file
-from .architectures import ARCHITECTURES
+from .architectures import ARCHITECTURES, ArchSpec
 from .keras_h5 import load_keras
 from .onnx_loader import load_onnx
-from .registry import BUILTIN, ModelInfo
+from .registry import BUILTIN, EMBEDDED, ModelInfo, embedded_name
+from .zoo import ZOO
 
 __all__ = ["load_model", "load_state_dict_file", "match_architecture", "pickle_globals"]
 
@@ -32,6 +34,8 @@ _DATA_GLOBALS = ("torch._utils.", "collections.OrderedDict", "__builtin__.set", 
                  "__builtin__.frozenset", "builtins.frozenset", "torch.Size", "torch.device", "torch.dtype")
 
 ModelSpec = str | os.PathLike[str] | nn.Module
+#: every architecture a state dict may belong to: the built-in ones and the paper's zoo
+KNOWN_ARCHITECTURES: Mapping[str, ArchSpec] = MappingProxyType({**ARCHITECTURES, **ZOO})
 PreprocessingArg = Preprocessing | dict[str, Sequence[float]] | None
 
 
@@ -80,10 +84,10 @@ def match_architecture(
         ValueError: unknown ``arch``, or keys/shapes that do not match (exactly one)
             architecture.
     """
-    known = ", ".join(ARCHITECTURES)
+    known = ", ".join(KNOWN_ARCHITECTURES)
     if arch is None:
         sig = _signature(sd)
-        hits = [n for n, a in ARCHITECTURES.items() if _signature(a.build().state_dict()) == sig]
+        hits = [n for n, a in KNOWN_ARCHITECTURES.items() if _signature(a.build().state_dict()) == sig]
         if len(hits) != 1:
             raise ValueError(
                 f"arch: the state_dict's {len(sig)} parameter names/shapes match "
@@ -92,9 +96,9 @@ def match_architecture(
                 "trust_pickle=True)"
             )
         arch = hits[0]
-    if arch not in ARCHITECTURES:
+    if arch not in KNOWN_ARCHITECTURES:
         raise ValueError(f"arch: expected one of {known}, got {arch!r}")
-    module = ARCHITECTURES[arch].build()
+    module = KNOWN_ARCHITECTURES[arch].build()
     want, got = _signature(module.state_dict()), _signature(sd)
     if want != got:
         missing = sorted(set(want) - set(got))[:3]
@@ -239,20 +243,24 @@ def _torch_file(
             f"model: expected a state_dict, checkpoint dict or module in {str(path)!r}, "
             f"got {type(obj).__name__}"
         )
+    if arch is None and isinstance(obj, Mapping) and isinstance(obj.get("arch"), str):
+        arch = obj["arch"]  # a file of `l0tre train` (or the embedded sDNN) names its architecture
     name, module = match_architecture(sd, arch)
-    return module, ARCHITECTURES[name].input_shape
+    return module, KNOWN_ARCHITECTURES[name].input_shape
 
 
 def _builtin(info: ModelInfo, root: str | os.PathLike[str] | None) -> nn.Module:
     """The module of a built-in model (embedded weights, or a file under the data root)."""
     what = f"model {info.name!r}"
-    if info.name == "paper-mnist":
-        path = embedded_file("paper_mnist.pt")
+    if info.source == EMBEDDED:
+        path = embedded_file(embedded_name(info.name))
         if not path.is_file():
             raise DataFileNotFoundError(
                 f"{what}: expected the embedded weights at {str(path)!r}, got no such file "
                 "(regenerate them with `python scripts/build_embedded.py`)"
             )
+        if info.name != "paper-mnist":  # a dict naming its architecture (see l0tre.models.training)
+            return _torch_file(path, None, trust_pickle=False)[0]
         sd = torch.load(path, map_location="cpu", weights_only=True)
         return match_architecture(sd, "paper-mnist")[1]
     path = require_file(info.source, root, what=what)
@@ -276,6 +284,11 @@ def _model_file(
         if path.suffix.lower() == ".onnx":
             om = load_onnx(path)
             return om.module, om.input_shape, om.output
+        if path.suffix.lower() == ".mat":
+            from .matlab import load_series_network  # needs scipy
+
+            mat_module, mat_shape = load_series_network(path)
+            return mat_module, mat_shape, "logits"
         if path.suffix.lower() in _KERAS_SUFFIXES or magic == _HDF5_MAGIC:
             km = load_keras(path, input_shape=input_shape)
             return km.module, km.input_shape, km.output
@@ -287,7 +300,7 @@ def _model_file(
         raise DataFileNotFoundError(f"model: expected an existing model file, got {text!r} (no such file)")
     raise ValueError(
         f"model: expected a built-in name ({', '.join(BUILTIN)}) or a model file "
-        f"(.pt/.pth/.onnx/.h5/.json/TorchScript), got {text!r}"
+        f"(.pt/.pth/.onnx/.h5/.json/.mat/TorchScript), got {text!r}"
     )
 
 

@@ -10,7 +10,7 @@ from types import MappingProxyType
 
 from ..paths import data_root, embedded_file
 
-__all__ = ["BUILTIN", "EMBEDDED", "ModelInfo", "list_models"]
+__all__ = ["BUILTIN", "EMBEDDED", "ModelInfo", "embedded_name", "list_models"]
 
 EMBEDDED = "embedded"
 
@@ -47,7 +47,7 @@ class ModelInfo:
     def locate(self, root: str | os.PathLike[str] | None = None) -> Path | None:
         """The file this model loads from, or ``None`` when it is not available here."""
         if self.source == EMBEDDED:
-            path = embedded_file("paper_mnist.pt")
+            path = embedded_file(embedded_name(self.name))
             return path if path.is_file() else None
         base = data_root(root)
         if base is None or not (base / self.source).is_file():
@@ -71,6 +71,13 @@ BUILTIN: Mapping[str, ModelInfo] = MappingProxyType(
             "models/L0-TRE/Case_Study_Five/saved_models/mnist_complicated.h5",
             output="probabilities",
             reference="99.38% on the MNIST test set",
+        ),
+        "paper-sdnn": ModelInfo(
+            "paper-sdnn",
+            "L0-TRE paper sDNN, 14x14 MNIST (Case Study One; MATLAB weights converted, embedded)",
+            (1, 14, 14),
+            EMBEDDED,
+            reference="paper 98.73% on its 14x14 MNIST test set; 98.59% on mnist14:test",
         ),
         "cifar10-resnet20": ModelInfo(
             "cifar10-resnet20",
@@ -98,6 +105,11 @@ BUILTIN: Mapping[str, ModelInfo] = MappingProxyType(
         ),
     }
 )
+
+
+def embedded_name(name: str) -> str:
+    """The package-data file of the embedded built-in model ``name`` (in ``l0tre/data/``)."""
+    return f"{name.replace('-', '_')}.pt"
 
 
 def list_models() -> list[ModelInfo]:
