@@ -7,13 +7,15 @@ never test dependencies)::
     python3 -m venv .venv-compare
     .venv-compare/bin/pip install torch==2.14.1 torchvision==0.29.1   # torchvision that imports
     .venv-compare/bin/pip install -e '.[compare,plots]'
+    .venv-compare/bin/pip install --no-deps adv-lib==0.2.8   # σ-zero; its dependency visdom does not build
     L0TRE_DATA=/work/shared/data .venv-compare/bin/python benchmarks/attack_compare.py \\
         --workload mnist --limit 100
 
 Protocol (identical for every method):
 
-* the same model (``paper-mnist`` on the first ``--limit`` MNIST test images, or
-  ``cifar10-resnet20`` on the bundled CIFAR-10 test images), in eval mode, float32, on
+* the same model (``paper-mnist`` on the first ``--limit`` MNIST test images,
+  ``cifar10-resnet20`` on the bundled CIFAR-10 test images, or the TRADES-trained
+  ``mnist-smallcnn-trades`` on the first ``--limit`` MNIST test images), in eval mode, float32, on
   ``--device``, with ``torch.set_num_threads(--threads)``; only inputs the model classifies
   correctly are attacked (untargeted: any label other than the true one);
 * every method returns images in pixel space ``[0, 1]``; an image outside ``[0, 1]`` (beyond
@@ -31,7 +33,14 @@ Protocol (identical for every method):
   each method (``loadavg``) as a hint of how busy the machine was.
 
 Peer settings are the libraries' defaults unless the paper that introduced the attack
-recommends otherwise for L0 (noted in ``PEERS`` below). Foolbox's L0 attacks and ART's
+recommends otherwise for L0 (noted in ``PEERS`` below). σ-zero (``adv-lib``): the package's
+``adv_lib.attacks`` ``__init__`` imports torchvision, which fails to import beside torch 2.13 CPU
+("operator torchvision::nms does not exist"), so the file ``adv_lib/attacks/sigma_zero.py`` is
+loaded by its path with importlib as a module of its own (``adv_lib_sigma_zero``); it only
+imports ``adv_lib.utils.losses``, which needs no torchvision. ``adv-lib`` itself is installed
+with ``pip install --no-deps adv-lib==0.2.8`` (its dependency visdom does not build here).
+Each workload also reports the per-image best over all methods (the smallest L0 any method
+found for that image) and each method's mean gap to it. Foolbox's L0 attacks and ART's
 Carlini-L0 count channel elements, not pixels; they are scored with the pixel rule above.
 """
 
@@ -65,10 +74,11 @@ from l0tre.apps.attack import attack  # noqa: E402
 WORKLOADS: dict[str, dict[str, Any]] = {
     "mnist": {"model": "paper-mnist", "data": "mnist:test", "default_limit": 1000},
     "cifar": {"model": "cifar10-resnet20", "data": "cifar10:test", "default_limit": 100},
+    "trades": {"model": "mnist-smallcnn-trades", "data": "mnist:test", "default_limit": 100},
 }
 # l0tre settings per workload (documented in docs/benchmarks_attack.md): the three effort
 # presets; MNIST uses the default grid (epsilon 0.5), CIFAR-10 the corner colours (epsilon 1).
-L0TRE_EPSILON: dict[str, float] = {"mnist": 0.5, "cifar": 1.0}
+L0TRE_EPSILON: dict[str, float] = {"mnist": 0.5, "cifar": 1.0, "trades": 0.5}
 L0TRE_VARIANTS: dict[str, str] = {"l0tre-fast": "fast", "l0tre": "default", "l0tre-thorough": "thorough"}
 PEERS: dict[str, str] = {
     "l0tre-fast": "l0tre.attack(effort='fast')",
@@ -76,6 +86,12 @@ PEERS: dict[str, str] = {
     "l0tre-thorough": "l0tre.attack(effort='thorough')",
     "fb-L0FMN": "foolbox 3 L0FMNAttack, library defaults (steps=100, max_stepsize=1, gamma=0.05, "
                 "binary_search_steps=10)",
+    "sz-SigmaZero": "adv-lib 0.2.8 sigma_zero (file loaded by path, see the module docstring), library "
+                    "defaults: num_steps=1000, eta_0=1.0, sigma=0.001, tau_0=0.3, tau_factor=0.01, "
+                    "grad_norm=inf",
+    "fb-L0BB": "foolbox 3 L0BrendelBethgeAttack started from L0FMNAttack (defaults) examples; BB defaults "
+               "(steps=1000, lr=1e-3, lr_decay=0.5, lr_num_decay=20, momentum=0.8, overshoot=1.1, "
+               "binary_search_steps=10); needs numba",
     "fb-Pointwise": "foolbox 3 PointwiseAttack, defaults (init: SaltAndPepperNoiseAttack, "
                     "l2_binary_search=True)",
     "ta-JSMA": "torchattacks JSMA, defaults (theta=1.0, gamma=0.1; untargeted mode = target (y+1) mod 10)",
@@ -139,10 +155,21 @@ def build_method(name: str, net: nn.Module, shape: tuple[int, int, int], device:
             return res.x_adv
 
         return Chunked(run_l0tre, batch, l0tre.__version__)
+    if name == "sz-SigmaZero":
+        sigma_zero, version = _load_sigma_zero()
+
+        def run_sz(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            return sigma_zero(net, x.to(device), y.to(device)).detach()
+
+        return Chunked(run_sz, batch, version)
     if name.startswith("fb-"):
         import foolbox as fb
 
         fmodel = fb.PyTorchModel(net, bounds=(0, 1), device=device)
+        if name == "fb-L0BB":
+            import numba  # noqa: F401 - foolbox's L0 Brendel-Bethge solver needs it
+
+            return Chunked(_bb_from_fmn(fb, fmodel, net, device), batch, fb.__version__)
         atk = fb.attacks.L0FMNAttack() if name == "fb-L0FMN" else fb.attacks.PointwiseAttack()
 
         def run_fb(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -187,6 +214,60 @@ def build_method(name: str, net: nn.Module, shape: tuple[int, int, int], device:
         chunk = batch if name == "art-JSMA" else 2
         return Chunked(run_art, chunk, art.__version__)
     raise ValueError(f"unknown method {name!r}; expected one of {ALL_METHODS}")
+
+
+def _load_sigma_zero() -> tuple[Callable[..., torch.Tensor], str]:
+    """``adv_lib/attacks/sigma_zero.py`` loaded by its path as the module ``adv_lib_sigma_zero``
+    (importing ``adv_lib.attacks`` would import torchvision, which is broken beside torch 2.13 CPU)."""
+    import importlib.util
+
+    import adv_lib
+
+    path = Path(adv_lib.__path__[0]) / "attacks" / "sigma_zero.py"
+    spec = importlib.util.spec_from_file_location("adv_lib_sigma_zero", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}", name="adv_lib")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.sigma_zero, f"adv-lib {adv_lib.__version__}"
+
+
+def _bb_from_fmn(fb: Any, fmodel: Any, net: nn.Module, device: str) -> Callable[..., torch.Tensor]:
+    """foolbox's L0 Brendel-Bethge started from L0FMN's examples; BB needs adversarial starting
+    points, so the images L0FMN does not fool are returned unchanged (failures)."""
+    fmn = fb.attacks.L0FMNAttack()
+    bb = fb.attacks.L0BrendelBethgeAttack()
+
+    def run(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        x, y = x.to(device), y.to(device)
+        start, _, _ = fmn(fmodel, x, y, epsilons=None)
+        with torch.no_grad():
+            ok = net(start).argmax(1) != y
+        out = x.clone()
+        if bool(ok.any()):
+            raw, _, _ = bb(fmodel, x[ok], y[ok], starting_points=start[ok], epsilons=None)
+            out[ok] = raw.detach()
+        return out
+
+    return run
+
+
+def per_image_best(methods: dict[str, Any]) -> dict[str, Any]:
+    """The smallest L0 any method found per image (``None`` where none succeeded) and each method's
+    mean gap to it over the images it fooled (``l0 − best``, 0 where it is the best)."""
+    ran = [r for r in methods.values() if r.get("attempted")]
+    n = max((r["attempted"] for r in ran), default=0)
+    best: list[int | None] = []
+    for i in range(n):
+        found = [r["l0"][i] for r in ran if i < r["attempted"] and r["success"][i]]
+        best.append(min(found) if found else None)
+    for r in ran:
+        gaps = [r["l0"][i] - best[i] for i in range(r["attempted"]) if r["success"][i] and best[i] is not None]
+        r["gap_to_best"] = float(np.mean(gaps)) if gaps else None
+        r["is_best_on"] = sum(1 for g in gaps if g == 0)
+    vals = [b for b in best if b is not None]
+    return {"l0": best, "mean_l0": float(np.mean(vals)) if vals else None,
+            "median_l0": float(np.median(vals)) if vals else None, "images": len(vals)}
 
 
 def score(net: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
@@ -338,7 +419,9 @@ def run_workload(workload: str, args: argparse.Namespace, previous: dict[str, An
             r["common_images"] = len(both)
             r["common_mean_l0"] = float(np.mean([r["l0"][i] for i in both])) if both else None
             r["common_l0tre_mean_l0"] = float(np.mean([ours["l0"][i] for i in both])) if both else None
+    best = per_image_best(methods)
     return {
+        "best": best,
         "model": spec["model"], "data": spec["data"], "limit": limit, "n_loaded": len(data),
         "n_correct": int(keep.sum()), "indices": data.indices[keep].tolist(), "methods": methods,
         "run": {"command": args.command_line, "budget_s": args.budget, "batch": args.batch,
@@ -399,6 +482,15 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_fmt(r.get('seconds_per_image'), 3)} | {_fmt(r.get('cpu_seconds_per_image'), 3)} | "
                 f"{h2h} | {r['status']} |"
             )
+        best = w.get("best")
+        if best and best.get("images"):
+            gaps = ", ".join(f"{k} {_fmt(r.get('gap_to_best'))} (best on {r.get('is_best_on', 0)})"
+                             for k, r in w["methods"].items() if r.get("gap_to_best") is not None)
+            lines.append("")
+            lines.append(f"Per-image best over all methods (the smallest L0 any method found, {best['images']} "
+                         f"images): mean **{_fmt(best['mean_l0'])}**, median {_fmt(best['median_l0'], 1)}. "
+                         f"Mean gap to it over the images each method fooled (images where it is the best): "
+                         f"{gaps}.")
         lines.append("")
         lines.append(_verdict(w))
         lines.append("")
@@ -498,8 +590,9 @@ def write_doc(path: Path, table: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workload", choices=["mnist", "cifar", "all"], default="all")
-    ap.add_argument("--limit", type=int, default=None, help="images per workload (default: 1000 MNIST, 100 CIFAR)")
+    ap.add_argument("--workload", choices=["mnist", "cifar", "trades", "all"], default="all")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="images per workload (default: 1000 MNIST, 100 CIFAR, 100 TRADES)")
     ap.add_argument("--methods", default=",".join(ALL_METHODS),
                     help="comma-separated subset of: " + ", ".join(ALL_METHODS))
     ap.add_argument("--budget", type=float, default=600.0, help="seconds per method and workload (checked per chunk)")
@@ -529,7 +622,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(False)
-    workloads = ["mnist", "cifar"] if args.workload == "all" else [args.workload]
+    workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
 
     results: dict[str, Any] = {"workloads": {}}
     if args.json.exists() and not args.fresh:
@@ -538,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.device == "cpu":
         device_name = f"CPU {platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     versions = {}
-    for mod in ("foolbox", "torchattacks", "art", "numba"):
+    for mod in ("foolbox", "torchattacks", "art", "numba", "adv_lib"):
         try:
             versions[mod] = __import__(mod).__version__
         except Exception as exc:  # noqa: BLE001
