@@ -48,7 +48,7 @@ def add_parser(subparsers: Subparsers) -> None:
                    help="stop the search after this long (e.g. 90s, 10m); found tests are written")
     g.add_argument("--layers", metavar="NAMES", help="comma-separated hidden activations to count (default all)")
     g.add_argument("--batch-size", type=int, default=256, metavar="N", help="candidate tests per forward pass")
-    g.add_argument("--max-evaluations", type=int, default=200_000, metavar="N",
+    g.add_argument("--max-evaluations", type=int, default=50_000, metavar="N",
                    help="candidate tests per level (a level that fits is searched exhaustively)")
     g.add_argument("--no-proof", action="store_true", help="do not bound neurons over the input domain")
     g.add_argument("--no-figures", action="store_true", help="write results.json and tests.npz only")

@@ -19,7 +19,7 @@ from torch import Tensor
 from ...engine.features import FeatureKind, FeatureSpace
 from ...engine.subspaces import binomial_table, count_points, n_subsets, unrank
 
-__all__ = ["Candidates", "Grid", "combine", "exhaustive"]
+__all__ = ["Candidates", "Grid", "combine", "exhaustive", "guided"]
 
 
 @dataclass(frozen=True)
@@ -117,3 +117,23 @@ def combine(singles: Candidates, groups: Tensor, t: int, per_group: int) -> Cand
     key = torch.cat([seed.unsqueeze(1), pos, col], dim=1)
     key = torch.unique(key, dim=0)
     return Candidates(key[:, 0].contiguous(), key[:, 1:1 + t].contiguous(), key[:, 1 + t:].contiguous())
+
+
+def guided(grid: Grid, seeds: Tensor, grads: Tensor, q: int) -> Candidates:
+    """Single changes ranked by a first-order estimate: for row ``r`` (seed ``seeds[r]``, gradient
+    ``grads[r]`` ``(C, H, W)`` of the quantity to raise), the ``q`` valid (pixel, colour) changes
+    of largest ``Σ_c grad[c, p] · (colour_c − x[c, p])``. Only a ranking: every candidate is
+    evaluated on the model before it counts. → ``R·q`` candidates or fewer (duplicates removed)."""
+    x = grid.x[seeds.to(grid.x.device)]
+    values = grid.space.values(x)  # (R, n, C)
+    g = grid.space.values(grads.to(x.dtype))  # (R, n, C)
+    pal = grid.palette  # (P, C)
+    gain = (g.unsqueeze(2) * (pal.view(1, 1, *pal.shape) - values.unsqueeze(2))).sum(3)  # (R, n, P)
+    gain = gain.masked_fill(~grid.valid[seeds.to(grid.valid.device)], float("-inf")).flatten(1)
+    top = gain.topk(min(q, gain.shape[1]), dim=1)
+    ok = torch.isfinite(top.values).cpu()
+    idx = top.indices.cpu()
+    p = pal.shape[0]
+    seed = seeds.cpu().unsqueeze(1).expand_as(idx)[ok]
+    key = torch.unique(torch.stack([seed, idx[ok] // p, idx[ok] % p], dim=1), dim=0)
+    return Candidates(key[:, 0].contiguous(), key[:, 1:2].contiguous(), key[:, 2:3].contiguous())

@@ -80,7 +80,7 @@ def coverage(
     time_budget: float | None = None,
     layers: Sequence[str] | None = None,
     batch_size: int = 256,
-    max_evaluations: int = 200_000,
+    max_evaluations: int = 50_000,
     prove: bool = True,
     bounds: tuple[float, float] | None = None,
     device: str | torch.device | None = None,

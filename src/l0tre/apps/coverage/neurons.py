@@ -25,7 +25,7 @@ from ...certify import ops as O
 from ...certify.graph import Graph
 from ...validate import Choice
 
-__all__ = ["Layer", "NeuronKind", "Neurons", "describe"]
+__all__ = ["Layer", "NeuronKind", "Neurons", "describe", "gradients"]
 
 
 class NeuronKind(Choice):
@@ -153,3 +153,26 @@ def describe(layers: Sequence[Layer], kind: NeuronKind | str, neuron: int) -> st
         _, h, w = layer.shape
         return f"{layer.name}[{local // (h * w)},{local // w % h},{local % w}]"
     return f"{layer.name}[{local}]"
+
+
+def gradients(neurons: Neurons, x: Tensor, cols: Tensor) -> Tensor:
+    """``∂ pre_u(x_r) / ∂ x_r`` for row ``r`` and its neuron ``u = cols[r]``: inputs ``x``
+    ``(R, C, H, W)``, neuron indices ``cols`` ``(R,)`` → ``(R, C, H, W)``. ``pre_u`` is the
+    neuron's pre-activation (element) or its mean over ``(H, W)`` (channel)."""
+    x = x.detach().clone().requires_grad_(True)
+    starts = torch.tensor([layer.offset for layer in neurons.layers])
+    which = torch.searchsorted(starts, cols.cpu(), right=True) - 1
+    with torch.enable_grad():
+        acts = neurons.graph.activations(x, {layer.pre for layer in neurons.layers})
+        total = x.new_zeros(())
+        for li, layer in enumerate(neurons.layers):
+            rows = (which == li).nonzero().squeeze(1)
+            if rows.numel() == 0:
+                continue
+            z = acts[layer.pre]
+            if neurons.kind is NeuronKind.CHANNEL and z.dim() == 4:
+                z = z.mean(dim=(2, 3))
+            local = (cols.cpu()[rows] - layer.offset).to(z.device)
+            total = total + z.flatten(1)[rows.to(z.device), local].sum()
+        (grad,) = torch.autograd.grad(total, x, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad.detach()

@@ -9,8 +9,10 @@ are not searched again, so each keeps its smallest L0 on the grid that the searc
 * A level is ``exhaustive`` when all its candidates fit ``max_evaluations`` (then the L0 of
   every test found is the minimum over the grid, and a neuron not found needs more pixels).
   Seeds are visited in order of how close the uncovered neurons are to firing on them.
-* Level 1 otherwise visits seeds in that order until the budget is spent (``partial``) and
-  remembers, per uncovered neuron, its ``top_m`` best single changes by closeness.
+* Level 1 otherwise (``guided``) evaluates, per uncovered neuron, the single changes of its
+  closest seed that a first-order estimate (the gradient of the neuron's pre-activation) ranks
+  best, within the budget. Level 1 remembers, per uncovered neuron, its ``top_m`` best single
+  changes by closeness.
 * Higher levels that do not fit are ``targeted``: ``t``-combinations of a neuron's best single
   changes of one seed.
 
@@ -27,8 +29,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .candidates import Candidates, Grid, combine, exhaustive
-from .neurons import Neurons
+from .candidates import Candidates, Grid, combine, exhaustive, guided
+from .neurons import Neurons, gradients
 
 __all__ = ["LevelRecord", "Search", "SearchSettings"]
 
@@ -110,9 +112,10 @@ class Search:
         v, s = self.neurons.values(self.grid.images(cand), cols)
         return v.float().cpu(), s.float().cpu()
 
-    def seed_order(self, cols: Tensor) -> list[int]:
-        """Seeds by how close the neurons ``cols`` are to firing on them: a seed that is the
-        k-th closest for some neuron comes before every seed that is never closer than k-th."""
+    def seed_order(self, cols: Tensor) -> tuple[list[int], Tensor]:
+        """Seeds by how close the neurons ``cols`` are to firing on them (a seed that is the
+        k-th closest for some neuron comes before every seed that is never closer than k-th), and
+        the closest seed of each neuron ``(U,)``."""
         n = self.grid.x.shape[0]
         scores = torch.cat([self.neurons.values(self.grid.x[i:i + self.settings.batch_size], cols)[1].float().cpu()
                             for i in range(0, n, self.settings.batch_size)])
@@ -120,7 +123,8 @@ class Search:
         rank.scatter_(0, scores.argsort(dim=0, descending=True, stable=True),
                       torch.arange(n).unsqueeze(1).expand(n, cols.numel()).contiguous())
         best = rank.min(dim=1).values
-        return sorted(range(n), key=lambda i: (int(best[i]), -float(scores[i].max())))
+        order = sorted(range(n), key=lambda i: (int(best[i]), -float(scores[i].max())))
+        return order, scores.argmax(dim=0)
 
     def run_level(self, t: int) -> LevelRecord | None:
         """Search level ``t``; ``None`` when nothing is left to find. Raises ``_Stop`` (caught by
@@ -129,13 +133,13 @@ class Search:
         if cols.numel() == 0:
             return None
         start = time.monotonic()
-        order = self.seed_order(cols)
+        order, closest = self.seed_order(cols)
         counts = self.grid.count(t, torch.tensor(order))
         budget = self.settings.max_evaluations
         if float(counts.sum()) <= budget:
             mode, batches = "exhaustive", self._exhaustive(order, t)
         elif t == 1:
-            mode, batches = "partial", self._exhaustive(order, t, budget)
+            mode, batches = "guided", self._guided(cols, closest)
         elif self._singles is not None:
             mode, batches = "targeted", self._targeted(cols, t)
         else:
@@ -181,6 +185,23 @@ class Search:
             for cand in exhaustive(self.grid, seed, t, self.settings.batch_size):
                 spent += len(cand)
                 yield cand
+
+    def _guided(self, cols: Tensor, closest: Tensor) -> Iterable[Candidates]:
+        """Level 1 when it does not fit: per open neuron, the single changes of its closest seed
+        that a first-order estimate ranks best (:func:`.candidates.guided`), within the budget."""
+        q = max(4, min(64, self.settings.max_evaluations // max(1, cols.numel())))
+        rows = max(1, self.settings.batch_size // 4)
+        parts = []
+        for r0 in range(0, cols.numel(), rows):
+            seeds = closest[r0:r0 + rows]
+            grads = gradients(self.neurons, self.grid.x[seeds.to(self.grid.x.device)], cols[r0:r0 + rows])
+            parts.append(guided(self.grid, seeds, grads, q))
+            if self.settings.deadline is not None and time.monotonic() > self.settings.deadline:
+                raise _Stop
+        key = torch.unique(torch.cat([torch.cat([c.seed.unsqueeze(1), c.pos, c.col], dim=1) for c in parts]), dim=0)
+        cand = Candidates(key[:, 0], key[:, 1:2], key[:, 2:3]).rows(slice(0, self.settings.max_evaluations))
+        for r0 in range(0, len(cand), self.settings.batch_size):
+            yield cand.rows(slice(r0, r0 + self.settings.batch_size))
 
     def _targeted(self, cols: Tensor, t: int) -> Iterable[Candidates]:
         assert self._singles is not None  # checked by run_level
