@@ -47,13 +47,13 @@ __all__ = [
 
 def _commands() -> dict[str, ModuleType]:
     """The command modules by name, in the order ``l0tre --help`` lists them."""
-    from . import attack, demo, evaluate, info, models, report, train
+    from . import attack, coverage, demo, evaluate, info, models, report, train
     from . import saliency as saliency_cmd
     from . import study as study_cmd
 
     return {"evaluate": evaluate, "info": info, "models": models, "attack": attack, "report": report,
             "train": train, "demo": demo, "study": study_cmd,
-            "saliency": saliency_cmd}
+            "saliency": saliency_cmd, "coverage": coverage}
 
 
 def build_parser() -> argparse.ArgumentParser:
