@@ -3,6 +3,7 @@
 from .api import evaluate, evaluate_iter
 from .apps.attack import AttackResult, attack
 from .apps.compare import CompareResult, compare
+from .apps.coverage import CoverageResult, coverage
 from .apps.saliency import SaliencyResult, saliency
 from .apps.study import StudyResult, study_global
 from .atomic import OutputError
@@ -19,6 +20,7 @@ __all__ = [
     "AttackResult",
     "Classifier",
     "CompareResult",
+    "CoverageResult",
     "Dataset",
     "EmbeddedDataWarning",
     "FeatureKind",
@@ -34,6 +36,7 @@ __all__ = [
     "as_classifier",
     "attack",
     "compare",
+    "coverage",
     "evaluate",
     "evaluate_iter",
     "list_models",
