@@ -140,13 +140,18 @@ def test_declared_shapes_are_named() -> None:
 def test_cli_compare(files: Files, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cmp"
     args = ["compare", "--models", *map(str, files.models), "--data", str(files.data), "--t-max", "2",
-            "--out", str(out), "--quiet"]
+            "--out", str(out), "--quiet", "--limit", "6", "--test-accuracy"]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert "t=1 (8 inputs)" in printed and "report:" in printed
+    assert "t=1 (6 inputs)" in printed and "report:" in printed
     data = json.loads((out / "results.json").read_text())
     assert data["config"]["names"] == ["m0", "m1", "m2"] and data["complete_levels"] == [1, 2]
-    assert all(m["test_accuracy"] is not None for m in data["models"])
+    data_y = np.load(files.data)["y"]  # the accuracy on all 8 images, the table's on the 6 compared
+    for m, path in zip(data["models"], files.models, strict=True):
+        model = torch.jit.load(str(path))
+        pred = model(torch.from_numpy(np.load(files.data)["x"])).argmax(1).numpy()
+        assert m["test_accuracy"] == pytest.approx(float((pred == data_y).mean()))
+        assert m["accuracy"] == pytest.approx(float((pred[:6] == data_y[:6]).mean()))
     for name in ("index.html", "fig8_bounds.png", "fig9_spread.png", "pairwise.png", "accuracy.png"):
         assert (out / name).exists(), name
     assert main(args) == 2

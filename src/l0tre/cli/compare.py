@@ -70,6 +70,8 @@ def add_parser(subparsers: Subparsers) -> None:
     r.add_argument("--certify", action="store_true", help="also prove lower bounds for all real values")
     r.add_argument("--certify-time-limit", type=float, default=60.0, metavar="SEC",
                    help="seconds per input and level for certification (default 60)")
+    r.add_argument("--test-accuracy", action="store_true",
+                   help="also report each model's accuracy on the whole --data set (not only the compared inputs)")
     r.add_argument("--confidence", type=float, default=0.95, metavar="LEVEL",
                    help="level of the paired confidence intervals (default 0.95)")
     r.add_argument("--mode", choices=("auto", "eager", "channels_last", "compile", "compile+channels_last"),
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
                        certify_time_limit=args.certify_time_limit, batch_size=args.batch_size,
                        max_memory=args.max_memory, time_budget=args.time_budget, checkpoint_dir=out / RUNS,
                        mode=args.mode, confidence=args.confidence, show_progress=not args.quiet, on_stage=stage)
-        test_acc = _test_accuracy(args, models) if data.y is not None else None
+        test_acc = _test_accuracy(args, models) if args.test_accuracy and data.y is not None else None
         files = write_compare(out, comp, config, test_accuracy=test_acc)
     _print_summary(comp, files[-1], sum(comp.seconds.values()))
     return EXIT_OK
