@@ -123,6 +123,8 @@ def test_errors() -> None:
     big = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(16, 3))
     with pytest.raises(ValueError, match="models: big does not run on inputs of shape 1x3x3"):
         compare({"a": tiny_mlp(0), "big": big}, x)
+    with pytest.raises(ValueError, match="max_evaluations"):  # the engine's guard, for every model's level
+        compare({"a": tiny_mlp(0), "b": tiny_mlp(1)}, x, t_max=2, max_evaluations=50)
     with pytest.raises(ValueError, match="deep_limit"):
         compare({"a": tiny_mlp(0), "b": tiny_mlp(1)}, x, deep_limit=0)
 

@@ -153,6 +153,7 @@ def run(args: argparse.Namespace) -> int:
                        t_max=args.t_max, deep_limit=args.deep_limit, features=args.features, certify=args.certify,
                        certify_time_limit=args.certify_time_limit, batch_size=args.batch_size,
                        max_memory=args.max_memory, time_budget=args.time_budget, checkpoint_dir=out / RUNS,
+                       **({"max_evaluations": args.max_evaluations} if args.max_evaluations else {}),
                        mode=args.mode, confidence=args.confidence, show_progress=not args.quiet, on_stage=stage)
         test_acc = _test_accuracy(args, models) if args.test_accuracy and data.y is not None else None
         files = write_compare(out, comp, config, test_accuracy=test_acc)

@@ -23,7 +23,7 @@ import torch
 from ...api import prepare
 from ...classifier import Classifier, ModelLike, as_classifier
 from ...engine.loop import drive
-from ...engine.options import check_inputs, check_labels
+from ...engine.options import DEFAULT_MAX_EVALUATIONS, check_inputs, check_labels
 from ...validate import optional_int, positive_int, positive_seconds
 from ..study.core import levels_path
 from ..study.levels import LevelLog, LevelRecord
@@ -96,6 +96,7 @@ def compare(
     certify_time_limit: float = 60.0,
     batch_size: int | None = None,
     max_memory: int | None = None,
+    max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
     time_budget: float | None = None,
     device: str | torch.device | None = None,
     checkpoint_dir: str | os.PathLike[str] | None = None,
@@ -110,8 +111,8 @@ def compare(
         models: a mapping ``name → model`` (or a sequence, named ``model-0``, …); each as
             accepted by :func:`l0tre.evaluate`. All must take ``x``'s shape.
         x: ``(N, C, H, W)`` inputs in the models' bounds; labels: ``(N,)`` true labels (accuracy).
-        epsilon, features, batch_size, max_memory, device, mode, certify, certify_time_limit:
-            as :func:`l0tre.evaluate`, for every model.
+        epsilon, features, batch_size, max_memory, max_evaluations, device, mode, certify,
+            certify_time_limit: as :func:`l0tre.evaluate`, for every model.
         t_max: the last level.
         deep_limit: levels t ≥ 2 on the first ``deep_limit`` inputs only (default ``None``: all).
         time_budget: seconds for this call over all models (default ``None``); when spent, the
@@ -145,7 +146,7 @@ def compare(
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
     runner = _Runner(x, lab, folder, deep, show_progress, on_stage, time_budget, dict(
         epsilon=epsilon, features=features, certify=certify, certify_time_limit=certify_time_limit,
-        batch_size=batch_size, max_memory=max_memory, mode=mode))
+        batch_size=batch_size, max_memory=max_memory, max_evaluations=max_evaluations, mode=mode))
     stopped = "done"
     for t in range(1, t_max + 1):
         for k, (name, clf) in enumerate(clfs):
