@@ -74,6 +74,27 @@ def test_pixels_without_a_valid_colour_have_zero_sensitivity() -> None:
     assert torch.equal(s2.best_value[:, :, 1, 1], x[:, :, 1, 1])
 
 
+def test_one_baseline_on_images_mostly_at_the_baseline() -> None:
+    """Whole work units without a valid colour (MNIST-like backgrounds at the baseline)."""
+    net = tiny_net(0, 1, size=8)
+    x = _inputs(0, 3, 1, size=8)
+    x[:, :, :5] = 0.0
+    s = saliency(net, x, baseline=0.0, batch_size=4, mode="eager", incremental=False)
+    with torch.no_grad():
+        out0 = net(x)
+        j = out0.argmax(1)
+        want = torch.zeros(3, 8, 8)
+        for i in range(3):
+            for h in range(5, 8):
+                for w in range(8):
+                    xp = x[i : i + 1].clone()
+                    xp[0, :, h, w] = 0.0
+                    o = net(xp)[0]
+                    m0 = out0[i, j[i]] - torch.cat([out0[i, : j[i]], out0[i, j[i] + 1 :]]).max()
+                    want[i, h, w] = m0 - (o[j[i]] - torch.cat([o[: j[i]], o[j[i] + 1 :]]).max())
+    torch.testing.assert_close(s.sensitivity, want, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("batch_size", [1, 7, 64])
 def test_batch_size_does_not_change_the_maps(batch_size: int) -> None:
     net = tiny_net(2, 3)
