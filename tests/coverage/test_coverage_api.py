@@ -46,10 +46,11 @@ def test_functional_relus_count_and_logits_never() -> None:
 
 def test_resnet20_neuron_counts() -> None:
     relus = 1 + 3 * 3 * 2  # stem, two per basic block (the second one functional after the addition)
-    found = _neurons(resnet20(), (3, 32, 32), "channel")
+    graph = resolve(resnet20(), (3, 32, 32), dtype=torch.float32).graph
+    found = Neurons.discover(graph, "channel")
     assert len(found.layers) == relus
     assert found.total == 16 + 6 * 16 + 6 * 32 + 6 * 64
-    el = _neurons(resnet20(), (3, 32, 32), "element")
+    el = Neurons.discover(graph, "element")
     assert el.total == 7 * 16 * 32 * 32 + 6 * 32 * 16 * 16 + 6 * 64 * 8 * 8
 
 
@@ -124,8 +125,8 @@ def test_time_budget_returns_checked_tests() -> None:
 def test_cli_end_to_end(tmp_path: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.delenv("L0TRE_DATA", raising=False)  # the embedded MNIST sample
     out = f"{tmp_path}/cov"
-    code = main(["coverage", "--model", "paper-mnist", "--data", "mnist:test", "--limit", "3", "--t-max", "2",
-                 "--max-evaluations", "600", "--out", out, "--quiet"])
+    code = main(["coverage", "--model", "paper-mnist", "--data", "mnist:test", "--limit", "2", "--t-max", "2",
+                 "--max-evaluations", "60", "--out", out, "--quiet"])
     assert code == 0
     res = json.load(open(f"{out}/results.json"))
     assert set(res["coverage"]) >= {"neurons", "threshold", "total", "before", "after", "unreachable", "per_layer"}

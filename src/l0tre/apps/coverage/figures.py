@@ -35,7 +35,7 @@ def _figure(width: float, height: float) -> Any:
 
 def _save(fig: Any, path: Path) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight", facecolor="white")
+    fig.savefig(buf, format="png", facecolor="white")
     atomic_write_bytes(path, buf.getvalue())
     return path
 
