@@ -15,9 +15,43 @@
 #   3. the host-overhead proxy on CUDA (one linear layer, 10k images);
 #   4. certified t = 1 on CPU (3 images) and CUDA (20 images): equal certificates, speed-up;
 #   5. a cProfile of 2,000 images at t = 1 (what to optimise next).
+#
+# `bash benchmarks/gpu_check.sh saliency` runs the saliency checks (issue 18) instead, ~8 minutes;
+# carry also the CIFAR-10 sample and the ImageNet photos:
+#
+#   mkdir -p .gpu-data/cifar10 .gpu-data/imagenet && cp ../shared/data/cifar10/*.npz .gpu-data/cifar10/ \
+#       && cp -r ../shared/data/imagenet/samples .gpu-data/imagenet/
+#
+#   S1. tests/saliency on CUDA (device invariance, bf16 screen and its sabotaged fallback);
+#   S2. l0tre vs captum FeatureAblation on paper-mnist and cifar10-resnet20, 100 images each;
+#   S3. a ResNet-50-shaped network (random weights: timings only), 224x224: every pixel
+#       (target <= 60 s/image, bf16 screen) and top:1000 (target <= 2 s/image).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
+if [ "${1:-}" = "saliency" ]; then
+  mkdir -p "$OUT"
+  export PYTHONPATH=$PWD/src:$PWD L0TRE_DATA=${L0TRE_DATA:-$PWD/.gpu-data} PYTHONUNBUFFERED=1 L0TRE_TUNING_CACHE=off
+  LOG="$OUT/saliency.log"
+  python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" > "$LOG" 2>&1
+  python3 -c "import captum" 2>/dev/null || echo "captum missing: S2 compares nothing" >> "$LOG"
+  echo "== S1. saliency tests" >> "$LOG"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider -o addopts="" tests/saliency >> "$LOG" 2>&1
+  echo "pytest exit $?" >> "$LOG"
+  echo "== S2. captum" >> "$LOG"
+  for m in paper-mnist cifar10-resnet20; do
+    timeout 120 python3 benchmarks/saliency_vs_captum.py captum --model $m --images 100 --device cuda \
+        --json-out "$OUT/saliency_captum_$m.json" >> "$LOG" 2>&1
+  done
+  echo "== S3. ResNet-50-shaped, 224x224" >> "$LOG"
+  timeout 100 python3 benchmarks/saliency_vs_captum.py large --arch resnet50 --pixels top:1000 --images 3 \
+      --device cuda --quiet --json-out "$OUT/saliency_r50_top1000.json" >> "$LOG" 2>&1
+  timeout 150 python3 benchmarks/saliency_vs_captum.py large --arch resnet50 --pixels all --images 1 \
+      --device cuda --quiet --json-out "$OUT/saliency_r50_all.json" >> "$LOG" 2>&1
+  echo "large exit $?" >> "$LOG"
+  cat "$LOG"
+  exit 0
+fi
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src:$PWD L0TRE_DATA=${L0TRE_DATA:-$PWD/.gpu-data} PYTHONUNBUFFERED=1 L0TRE_TUNING_CACHE=off
 MEM=$((16 << 30))
