@@ -141,3 +141,27 @@ def test_cli_study_errors(files: Files, tmp_path: Path, capsys: pytest.CaptureFi
                  str(tmp_path / "s2"), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("l0tre: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_a_run_stopped_part_way_shows_its_partial_level(tmp_path: Path) -> None:
+    """Interrupted inside level 3: levels 1-2 are records, the partial level holds the final bounds."""
+    model, x = tiny_mlp(2, bias=0.4), tiny_inputs(6, seed=3)
+
+    raised: list[bool] = []
+
+    def stop(snap: object) -> None:
+        if snap.t == 2 and not snap.level_complete and not raised:  # type: ignore[attr-defined]
+            raised.append(True)  # once: the final snapshot is handed over again
+            raise KeyboardInterrupt
+
+    study = study_global(model, x, epsilon=0.5, t_max=9, report_every=1e-9, on_snapshot=stop)
+    assert study.result.stopped == "interrupted" and [r.t for r in study.levels] == [1, 2]
+    part = study.partial_level()
+    assert part is not None and part.t == 3
+    assert torch.equal(part.lower, study.result.lower) and torch.equal(part.upper, study.result.upper)
+    assert torch.equal(part.active, study.levels[1].lower < study.levels[1].upper)
+    files = write_study(tmp_path, study, list(range(6)), {})
+    assert json.loads((tmp_path / "results.json").read_text())["partial_level"]["t"] == 3
+    assert all(f.read_bytes()[:8] == PNG for f in files if f.suffix == ".png")
+    done = study_global(model, x, epsilon=0.5, t_max=9)
+    assert done.partial_level() is None

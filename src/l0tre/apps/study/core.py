@@ -47,6 +47,24 @@ class StudyResult:
     levels: list[LevelRecord]
     focus: int
 
+    def partial_level(self) -> LevelRecord | None:
+        """The state of a level the run stopped in part-way (time budget, Ctrl-C), as a record of
+        level ``t + 1`` (its ``seconds`` and ``evaluations`` are those spent in it so far; no
+        time per input), or ``None`` when the run ended at a level's end."""
+        r = self.result
+        done = self.levels[-1].t if self.levels else 0
+        if r.level_complete or r.stopped not in ("time_budget", "interrupted") or done != r.t:
+            return None
+        last = self.levels[-1] if self.levels else None
+        active = torch.ones_like(r.lower, dtype=torch.bool) if last is None else last.lower < last.upper
+        if not bool(active.any()):
+            return None
+        spent = max(0.0, r.seconds - sum(r.level_seconds))
+        return LevelRecord(t=done + 1, lower=r.lower.clone(), upper=r.upper.clone(),
+                           certified_lower=None if r.certified_lower is None else r.certified_lower.clone(),
+                           active=active, seconds=spent, evaluations=r.evaluations - sum(r.level_evaluations),
+                           input_seconds=torch.zeros(r.lower.shape, dtype=torch.float64))
+
     def level_table(self) -> list[dict[str, Any]]:
         """Per completed level: global lower, upper, estimate, radius, converged, seconds, …"""
         return [r.summary() for r in self.levels]
@@ -87,6 +105,7 @@ class StudyResult:
             "epsilon": self.result.epsilon,
             "features": self.result.features,
             "levels": self.level_table(),
+            "partial_level": None if (part := self.partial_level()) is None else part.summary(),
             "input_seconds": self.input_time_quartiles(),
             "focus": self.focus,
             "history": list(self.result.history),

@@ -65,6 +65,19 @@ def _bounds_panel(ax: Any, ts: list[int], lo: np.ndarray, up: np.ndarray, cert: 
     ax.legend(fontsize=8, loc="lower right")
 
 
+def _partial_point(ax: Any, t: int, lo: float, up: float) -> None:
+    """The bounds when the run stopped part-way through level ``t`` (hollow markers)."""
+    ax.plot([t, t], [lo, up], color="#999999", linewidth=1, linestyle=":")
+    ax.plot(t, up, "v", markerfacecolor="none", color=UPPER)
+    ax.plot(t, lo, "^", markerfacecolor="none", color=LOWER)
+    ax.plot(t, (lo + up) / 2, "o", markerfacecolor="none", color=ESTIMATE, label=f"t = {t}: stopped part-way")
+    ax.annotate(f"{(lo + up) / 2:.2f}±{(up - lo) / 2:.2f}", (t, (lo + up) / 2), textcoords="offset points",
+                xytext=(6, 4), fontsize=8, color="#555555")
+    ax.set_xlim(right=t + 0.9)
+    ax.set_xticks(sorted({int(round(v)) for v in ax.get_xticks()} | {t}))
+    ax.legend(fontsize=8, loc="lower right")
+
+
 def _empty(ax: Any, text: str) -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes)
     ax.set_xticks([])
@@ -92,6 +105,9 @@ def fig_input(study: StudyResult, path: Path, name: str) -> Path:
         _bounds_panel(ax, ts, lo, up, cert)
     else:
         _empty(ax, "no level completed")
+    part = study.partial_level()
+    if part is not None and bool(part.active[i]):
+        _partial_point(ax, part.t, float(part.lower[i]), float(part.upper[i]))
     ax.set_ylabel("L0 radius of this input")
     ax.set_title(f"(a) input {name}: bounds on d_m per level", fontsize=10)
     return save_png(fig, path)
@@ -109,6 +125,9 @@ def fig_global(study: StudyResult, path: Path) -> Path:
         _bounds_panel(ax, ts, lo, up, cert)
     else:
         _empty(ax, "no level completed")
+    part = study.partial_level()
+    if part is not None and study.levels:
+        _partial_point(ax, part.t, part.global_lower, part.global_upper)
     ax.set_ylabel("global L0 robustness (mean over inputs)")
     ax.set_title(f"(b) global robustness per level ({int(study.result.lower.numel())} inputs)", fontsize=10)
     return save_png(fig, path)
@@ -147,7 +166,8 @@ def fig_inputs(study: StudyResult, path: Path) -> Path:
     """Fig. 2: per-input bounds after each level (one panel per level, top to bottom), inputs
     ordered by their upper bound after level 1 (ties: by the last level's upper, then lower bound);
     the dashed line: every input left of it converged."""
-    levels = study.levels
+    part = study.partial_level()
+    levels = study.levels + ([part] if part is not None and study.levels else [])
     fig = new_figure(10.0, 2.3 * max(1, len(levels)) + 0.5)
     axes = fig.subplots(max(1, len(levels)), 1, squeeze=False, sharex=True)[:, 0]
     if not levels:
@@ -181,7 +201,8 @@ def fig_inputs(study: StudyResult, path: Path) -> Path:
         ax.set_ylabel(f"t = {r.t}\nL0 radius")
         ax.yaxis.get_major_locator().set_params(integer=True)
         ax.grid(axis="y", alpha=0.3)
-        ax.set_title(f"after level t = {r.t}: {r.converged}/{order.size} converged ({k} left of the dashed line), "
+        when = f"after level t = {r.t}" if r is not part else f"stopped part-way through level t = {r.t}"
+        ax.set_title(f"{when}: {r.converged}/{order.size} converged ({k} left of the dashed line), "
                      f"estimate {r.estimate:.2f} ± {r.radius:.2f}", fontsize=9)
     handles, labels = axes[0].get_legend_handles_labels()
     for ax in axes[1:]:

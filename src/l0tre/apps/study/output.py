@@ -69,6 +69,11 @@ def _blocks(study: StudyResult, data: dict[str, Any]) -> list[tuple[str, str]]:
             "<p class='note'>Seconds per input (Fig. 1c) share each level's wall time out over the inputs it "
             "worked on in proportion to their grid points: inputs are evaluated together, so this is an "
             "attribution, not a measurement per input.</p>")
+    part = data.get("partial_level")
+    if part is not None:
+        what += (f"<p>The run stopped part-way through level t = {part['t']}: bounds then {fmt(part['lower'])} … "
+                 f"{fmt(part['upper'])} (estimate {fmt(part['estimate'])} ± {fmt(part['radius'])}); hollow markers "
+                 "in Figs. 1a–1b, the last panel of Fig. 2.</p>")
     q = data["input_seconds"]
     qrows = [[r["t"], r["inputs"], r["min"], r["q1"], r["median"], r["q3"], r["max"]] for r in q]
     return [("Summary", what), ("Per level (Fig. 1b)", html_table(header, rows)),
