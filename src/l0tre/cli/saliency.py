@@ -58,6 +58,7 @@ def run(args: argparse.Namespace) -> int:
     """Execute ``l0tre saliency``; returns the exit status (0 ok, 2 bad arguments, inputs or --out)."""
     from ..apps.saliency.core import saliency
     from ..apps.saliency.outputs import write_saliency_outputs
+    from ..classifier import Preprocessing
     from ..data import load_data
     from ..models import load_model
     from ..readers.images import IMAGENET_MEAN, IMAGENET_STD
@@ -69,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--figures: expected an integer >= 0, got {args.figures}")
         indices = parse_indices(args.indices) if args.indices else None
         imagenet = args.preprocess == "imagenet"
-        pre = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD} if imagenet else None
+        pre = Preprocessing(IMAGENET_MEAN, IMAGENET_STD) if imagenet else None
         clf = load_model(args.model, device=args.device, data_root=args.data_root, trust_pickle=args.trust_pickle,
                          preprocessing=pre)
         data = load_data(args.data, data_root=args.data_root, limit=args.limit, indices=indices,
