@@ -92,9 +92,25 @@ def _image(x: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, str | None]
     return (scaled.transpose(1, 2, 0), None) if scaled.shape[0] == 3 else (scaled.mean(0), "gray")
 
 
+def _pick(res: CoverageResult) -> list[int]:
+    """Up to :data:`MAX_TESTS` tests to show: label changes first, then larger L0, one per seed
+    before a seed repeats."""
+    order = sorted(range(int(res.seed.numel())),
+                   key=lambda j: (bool(res.label[j] == res.seed_label[j]), -int(res.l0[j]), j))
+    seen: set[int] = set()
+    first: list[int] = []
+    for j in order:
+        if int(res.seed[j]) not in seen:
+            seen.add(int(res.seed[j]))
+            first.append(j)
+    rest = [j for j in order if j not in set(first)]
+    return (first + rest)[:MAX_TESTS]
+
+
 def _tests(res: CoverageResult, seeds: torch.Tensor, bounds: tuple[float, float], path: Path) -> Path:
     """Seed | test | changed pixels, with the neuron and the labels (paper Fig. 7)."""
-    k = min(MAX_TESTS, int(res.seed.numel()))
+    shown = _pick(res)
+    k = len(shown)
     rows = max(1, math.ceil(k / 2))
     fig = _figure(2 * 3 * 1.7, rows * 1.9 + 0.4)
     axes = np.atleast_2d(fig.subplots(rows, 6, squeeze=False))
@@ -102,8 +118,8 @@ def _tests(res: CoverageResult, seeds: torch.Tensor, bounds: tuple[float, float]
         ax.set_axis_off()
     if k == 0:
         axes[0, 0].text(0, 0.5, "no tests generated", fontsize=10)
-    for j in range(k):
-        r, c = divmod(j, 2)
+    for i, j in enumerate(shown):
+        r, c = divmod(i, 2)
         s = int(res.seed[j])
         x0, xt = seeds[s].numpy().astype(float), res.x[j].numpy().astype(float)
         img0, cmap = _image(x0, *bounds)
@@ -123,7 +139,7 @@ def _tests(res: CoverageResult, seeds: torch.Tensor, bounds: tuple[float, float]
             ax.set_title(title, fontsize=7, color="#c8312b" if q == 1 and res.label[j] != res.seed_label[j] else "k")
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"Generated tests (first {k} of {int(res.seed.numel())}): seed | test | changed pixels "
+    fig.suptitle(f"Generated tests ({k} of {int(res.seed.numel())}): seed | test | changed pixels "
                  "(red brighter, blue darker) and the neuron it activates", fontsize=9)
     return _save(fig, path)
 
