@@ -165,3 +165,16 @@ def test_a_run_stopped_part_way_shows_its_partial_level(tmp_path: Path) -> None:
     assert all(f.read_bytes()[:8] == PNG for f in files if f.suffix == ".png")
     done = study_global(model, x, epsilon=0.5, t_max=9)
     assert done.partial_level() is None
+
+
+def test_certified_lower_bounds_per_level() -> None:
+    """Certified bounds hold for all real values, so never exceed the grid lower bound or the true
+    grid radius; they are recorded at every level."""
+    model, x = tiny_mlp(2, bias=0.4), tiny_inputs(4, seed=3)
+    study = study_global(model, x, epsilon=0.5, t_max=3, certify=True, certify_time_limit=10.0)
+    dm = torch.tensor([brute_force_dm(model, xi, steps=2)[0] for xi in x])
+    assert [r.t for r in study.levels] == [1, 2, 3]
+    for r in study.levels:
+        assert r.certified_lower is not None
+        assert bool((r.certified_lower <= r.lower).all()) and bool((r.certified_lower <= dm).all())
+    assert int(study.levels[0].certified_lower.min()) >= 1  # level 1 is proven here (d_m >= 2 for all)
