@@ -19,7 +19,7 @@ from torch import Tensor
 from ...engine.features import FeatureKind, FeatureSpace
 from ...engine.subspaces import binomial_table, count_points, n_subsets, unrank
 
-__all__ = ["Candidates", "Grid", "combine", "exhaustive", "guided"]
+__all__ = ["Candidates", "Grid", "combine", "exhaustive", "guided", "paths"]
 
 
 @dataclass(frozen=True)
@@ -137,3 +137,19 @@ def guided(grid: Grid, seeds: Tensor, grads: Tensor, q: int) -> Candidates:
     seed = seeds.cpu().unsqueeze(1).expand_as(idx)[ok]
     key = torch.unique(torch.stack([seed, idx[ok] // p, idx[ok] % p], dim=1), dim=0)
     return Candidates(key[:, 0].contiguous(), key[:, 1:2].contiguous(), key[:, 2:3].contiguous())
+
+
+def paths(grid: Grid, seeds: Tensor, grads: Tensor, length: int) -> tuple[Tensor, Tensor]:
+    """Per row, the ``length`` pixels of largest first-order gain, each with its best colour,
+    best first (as :func:`guided`, one colour per pixel): ``pos``, ``col`` ``(R, length)``;
+    ``pos`` is ``-1`` past the valid changes. Prefixes of a path are the candidates that apply
+    a neuron's best changes cumulatively (the paper's Alg. 2 order)."""
+    x = grid.x[seeds.to(grid.x.device)]
+    values, g = grid.space.values(x), grid.space.values(grads.to(x.dtype))
+    pal = grid.palette
+    gain = (g.unsqueeze(2) * (pal.view(1, 1, *pal.shape) - values.unsqueeze(2))).sum(3)  # (R, n, P)
+    gain = gain.masked_fill(~grid.valid[seeds.to(grid.valid.device)], float("-inf"))
+    best, colour = gain.max(dim=2)  # (R, n)
+    top = best.topk(min(length, best.shape[1]), dim=1)
+    pos = torch.where(torch.isfinite(top.values), top.indices, -1).cpu()
+    return pos, colour.gather(1, top.indices).cpu()

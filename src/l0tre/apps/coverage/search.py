@@ -14,7 +14,8 @@ are not searched again, so each keeps its smallest L0 on the grid that the searc
   best, within the budget. Level 1 remembers, per uncovered neuron, its ``top_m`` best single
   changes by closeness.
 * Higher levels that do not fit are ``targeted``: ``t``-combinations of a neuron's best single
-  changes of one seed.
+  changes of one seed, and (after a guided level 1) the first ``t`` changes of the neuron's
+  gradient-ranked path on its closest seed (its best changes applied cumulatively).
 
 Every test is re-checked at the end of its level by a separate forward pass of the test image;
 only then are its neurons covered.
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from .candidates import Candidates, Grid, combine, exhaustive, guided
+from .candidates import Candidates, Grid, combine, exhaustive, guided, paths
 from .neurons import Neurons, gradients
 
 __all__ = ["LevelRecord", "Search", "SearchSettings"]
@@ -39,6 +40,7 @@ __all__ = ["LevelRecord", "Search", "SearchSettings"]
 class SearchSettings:
     """``batch_size`` rows per forward pass; ``max_evaluations`` candidates per level;
     ``top_m`` single changes kept per neuron; ``per_neuron`` combinations per neuron and level;
+    ``path_length`` the longest cumulative path per neuron;
     ``deadline`` a ``time.monotonic()`` value or ``None``; ``show_progress`` a tqdm bar."""
 
     threshold: float
@@ -46,6 +48,7 @@ class SearchSettings:
     max_evaluations: int
     top_m: int = 8
     per_neuron: int = 64
+    path_length: int = 64
     deadline: float | None = None
     show_progress: bool = False
 
@@ -100,6 +103,7 @@ class Search:
     tests: list[tuple[int, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
     levels: list[LevelRecord] = field(default_factory=list)
     _singles: tuple[Tensor, Candidates, Tensor] | None = None
+    _paths: tuple[Tensor, Tensor, Tensor, Tensor] | None = None
 
     def __post_init__(self) -> None:
         self.test_of = torch.full_like(self.covered, -1, dtype=torch.int64)
@@ -191,13 +195,17 @@ class Search:
         that a first-order estimate ranks best (:func:`.candidates.guided`), within the budget."""
         q = max(4, min(64, self.settings.max_evaluations // max(1, cols.numel())))
         rows = max(1, self.settings.batch_size // 4)
-        parts = []
+        parts, path_pos, path_col = [], [], []
         for r0 in range(0, cols.numel(), rows):
             seeds = closest[r0:r0 + rows]
             grads = gradients(self.neurons, self.grid.x[seeds.to(self.grid.x.device)], cols[r0:r0 + rows])
             parts.append(guided(self.grid, seeds, grads, q))
+            pos, col = paths(self.grid, seeds, grads, self.settings.path_length)
+            path_pos.append(pos)
+            path_col.append(col)
             if self.settings.deadline is not None and time.monotonic() > self.settings.deadline:
                 raise _Stop
+        self._paths = (cols, closest, torch.cat(path_pos), torch.cat(path_col))
         key = torch.unique(torch.cat([torch.cat([c.seed.unsqueeze(1), c.pos, c.col], dim=1) for c in parts]), dim=0)
         cand = Candidates(key[:, 0], key[:, 1:2], key[:, 2:3]).rows(slice(0, self.settings.max_evaluations))
         for r0 in range(0, len(cand), self.settings.batch_size):
@@ -211,6 +219,17 @@ class Search:
         idx = torch.arange(m).unsqueeze(1) * s_cols.numel() + where.unsqueeze(0)  # (m, U)
         groups = torch.where(torch.isfinite(s_val[:, where]), idx, -1).T.contiguous()
         cand = combine(singles, groups, t, self.settings.per_neuron)
+        if self._paths is not None and t <= self._paths[2].shape[1]:
+            p_cols, p_seed, p_pos, p_col = self._paths
+            rows = torch.searchsorted(p_cols, cols)
+            pos, col = p_pos[rows, :t], p_col[rows, :t]
+            ok = (pos >= 0).all(dim=1)
+            srt = pos[ok].sort(dim=1)
+            key = torch.cat([torch.cat([cand.seed.unsqueeze(1), cand.pos, cand.col], dim=1),
+                             torch.cat([p_seed[rows][ok].unsqueeze(1), srt.values,
+                                        col[ok].gather(1, srt.indices)], dim=1)])
+            key = torch.unique(key, dim=0)
+            cand = Candidates(key[:, 0].contiguous(), key[:, 1:1 + t].contiguous(), key[:, 1 + t:].contiguous())
         cand = cand.rows(slice(0, self.settings.max_evaluations))
         for r0 in range(0, len(cand), self.settings.batch_size):
             yield cand.rows(slice(r0, r0 + self.settings.batch_size))
