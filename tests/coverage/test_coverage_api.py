@@ -161,3 +161,30 @@ def test_measure_only_cli(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> 
     assert res["stopped"] == "measure_only" and res["tests"]["count"] == 0
     assert res["coverage"]["before"] == res["coverage"]["after"]
     assert math.isclose(sum(r["neurons"] for r in res["coverage"]["per_layer"]), 50960)
+
+
+def test_ctrl_c_returns_what_was_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A KeyboardInterrupt in the middle of a level: the level's tests found so far are re-checked
+    and returned, and the result says it was interrupted."""
+    from l0tre.apps.coverage import search as search_mod
+
+    torch.manual_seed(2)
+    model = paper_mnist_cnn()
+    x = torch.rand(2, 1, 28, 28) * 0.2
+    real = search_mod.Search._update
+    calls = {"n": 0}
+
+    def interrupt_after_two(self: object, best: object, cand: object, value: torch.Tensor) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        real(self, best, cand, value)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(search_mod.Search, "_update", interrupt_after_two)
+    res = coverage(model, x, neurons="element", t_max=2, batch_size=32, max_evaluations=10**6, prove=False)
+    assert res.stopped == "interrupted" and calls["n"] == 3
+    assert res.levels[-1].mode.endswith("(stopped)") and 0 < res.levels[-1].evaluations <= 64
+    vals = _hook_values(model, res.x, "element") if res.x.shape[0] else np.zeros((0, res.total))
+    assert res.x.shape[0] > 0
+    for u in (res.test_of >= 0).nonzero().squeeze(1).tolist():
+        assert vals[int(res.test_of[u]), u] > 0
