@@ -94,14 +94,19 @@ def test_report_without_adversarial_examples(assets: Assets, tmp_path: Path) -> 
 def test_demo_uses_only_embedded_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                       capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("L0TRE_DATA", str(tmp_path / "does-not-exist"))  # an error if the demo read it
-    assert main(["demo", "--limit", "1", "--time-budget", "1s", "--quiet", "--out", str(tmp_path / "demo")]) == 0
+    assert main(["demo", "--limit", "2", "--attack-limit", "1", "--time-budget", "1s", "--quiet",
+                 "--out", str(tmp_path / "demo")]) == 0
     assert os.environ["L0TRE_DATA"] == str(tmp_path / "does-not-exist")  # restored
     out = capsys.readouterr().out
-    assert "global L0 radius" in out and "demo output" in out
+    assert "demo output" in out and "You are looking at" in out
     data = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert data["config"]["model"] == "paper-mnist" and data["config"]["data_root"] is None
-    assert data["config"]["data_name"].startswith("mnist:test (embedded")
-    assert (tmp_path / "demo" / "index.html").is_file()
+    assert data["config"]["model"] == "paper-sdnn" and data["config"]["data_root"] is None
+    assert data["config"]["data_name"].startswith("mnist14:test (embedded")
+    assert data["config"]["certify"] is True and data["config"]["epsilon"] == 0.5
+    assert (tmp_path / "demo" / "index.html").is_file() and (tmp_path / "demo" / "fig2_inputs.png").is_file()
+    attack = json.loads((tmp_path / "demo" / "attack" / "results.json").read_text())
+    assert attack["config"]["model"] == "paper-mnist" and len(attack["inputs"]) == 1
+    assert (tmp_path / "demo" / "attack" / "examples.png").is_file()
 
 
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:

@@ -160,8 +160,10 @@ def test_demo_replaces_an_earlier_demo(tmp_path: Path, monkeypatch: pytest.Monke
     out = tmp_path / "demo"
     out.mkdir()
     (out / "results.json").write_text(json.dumps({"config": {"command": "demo"}, "global": {}, "inputs": []}))
-    assert main(["demo", "--limit", "1", "--time-budget", "1s", "--quiet", "--out", str(out)]) == 0
+    argv = ["demo", "--limit", "1", "--attack-limit", "0", "--time-budget", "1s", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
     assert json.loads((out / "results.json").read_text())["config"]["inputs"] == 1
+    assert main(argv) == 0  # the demo's own output (demo.json) is replaced too
 
 
 # -- file-system failures -------------------------------------------------------------------------------
