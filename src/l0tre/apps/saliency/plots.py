@@ -18,6 +18,17 @@ from ...atomic import atomic_write_bytes
 __all__ = ["draw_grid", "draw_image"]
 
 _FLIP = (0.86, 0.08, 0.10)
+_SPARSE = 0.1  # below this fraction of searched pixels the heat map draws squares
+_MARK_ABOVE = 64  # images taller than this get rings around flipping pixels
+
+
+def _inferno() -> Any:
+    """The heat map's colour map, not-searched pixels (NaN) in light grey."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["inferno"].copy()
+    cmap.set_bad((0.85, 0.85, 0.85))
+    return cmap
 
 
 def _figure(width: float, height: float) -> Any:
@@ -66,13 +77,23 @@ def _panels(fig: Any, axes: Any, x: np.ndarray, sens: np.ndarray, flips: np.ndar
     axes[0].imshow(img, cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
     axes[0].set_title(title, fontsize=8)
     lo, hi = _range(sens)
-    masked = np.ma.masked_invalid(sens)
-    im = axes[1].imshow(masked, cmap="inferno", vmin=lo, vmax=hi, interpolation="nearest")
+    searched = np.isfinite(sens)
+    if searched.mean() < _SPARSE:  # a few searched pixels of a large image: squares large enough to see
+        axes[1].imshow(np.full(sens.shape, 0.85), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        hh, ww = np.nonzero(searched)
+        im = axes[1].scatter(ww, hh, c=sens[searched], cmap="inferno", vmin=lo, vmax=hi, s=9, marker="s",
+                             linewidths=0)
+    else:
+        cmap = _inferno()
+        im = axes[1].imshow(np.ma.masked_invalid(sens), cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
     axes[1].set_title("sensitivity (no clipping)", fontsize=8)
     bar = fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.02)
     bar.set_label(f"{unit} drop (raw)", fontsize=7)
     bar.ax.tick_params(labelsize=6)
     axes[2].imshow(_flip_overlay(img, flips), interpolation="nearest")
+    if flips.shape[0] > _MARK_ABOVE and flips.any():  # single pixels of a large image: ring them too
+        fh, fw = np.nonzero(flips)
+        axes[2].scatter(fw, fh, s=40, facecolors="none", edgecolors=[_FLIP], linewidths=1.0)
     axes[2].set_title(f"flipping pixels: {int(flips.sum())}", fontsize=8)
     for ax in axes:
         ax.set_xticks([])
@@ -86,7 +107,7 @@ def draw_image(path: Path, x: np.ndarray, sens: np.ndarray, flips: np.ndarray, b
     axes = fig.subplots(1, 3)
     _panels(fig, axes, x, sens, flips, bounds, unit, title)
     if np.isnan(sens).any():
-        fig.suptitle("grey in the heat map: pixels not searched (pixel selection)", fontsize=8)
+        fig.suptitle("light grey in the heat map: pixels not searched (pixel selection)", fontsize=8)
     return _save(fig, path)
 
 
