@@ -133,3 +133,5 @@ def test_bad_arguments_are_named() -> None:
         saliency(net, x, baseline="0")
     with pytest.raises(ValueError, match="epsilon"):
         saliency(net, x, epsilon=0.3)
+    with pytest.raises(ValueError, match=r"x: the model cannot run on inputs of shape \(3, 5, 5\)"):
+        saliency(net, _inputs(8, 1, 3))  # a greyscale model given RGB images

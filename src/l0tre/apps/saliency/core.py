@@ -100,6 +100,7 @@ def saliency(
     clf = as_classifier(model, device=device)
     xt = check_inputs(x, clf)
     lab = check_labels(labels, xt.shape[0])
+    _check_forward(clf, xt)
     per_image = opts.pixels.kind is SelectionKind.TOP and xt.shape[0] > 1
     groups = [slice(i, i + 1) for i in range(xt.shape[0])] if per_image else [slice(0, xt.shape[0])]
     parts = [_run(clf, xt[g], opts, mode, incremental, show_progress) for g in groups]
@@ -107,6 +108,19 @@ def saliency(
     out.labels = lab
     out.seconds = time.perf_counter() - start
     return out
+
+
+def _check_forward(clf: Classifier, x: torch.Tensor) -> None:
+    """Run the model on the first input ``x[:1]`` ``(1, C, H, W)``: a shape mismatch (e.g. a
+    greyscale model given RGB images) becomes a ``ValueError`` naming ``x``."""
+    try:
+        out = clf(x[:1].to(device=clf.device, dtype=clf.dtype))
+    except RuntimeError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ValueError(f"x: the model cannot run on inputs of shape {tuple(x.shape[1:])} "
+                         f"(a model/data shape mismatch?): {first}") from exc
+    if out.dim() != 2 or out.shape[1] < 2:
+        raise ValueError(f"model output: expected (N, classes) scores for at least 2 classes, got {tuple(out.shape)}")
 
 
 def _objective(clf: Classifier, precision: Precision) -> Objective:
