@@ -103,6 +103,10 @@ def test_batch_size_does_not_change_the_maps(batch_size: int) -> None:
     s = saliency(net, x, batch_size=batch_size, mode="eager", incremental=False)
     torch.testing.assert_close(s.sensitivity, ref.sensitivity, atol=1e-6, rtol=1e-6)
     assert torch.equal(s.flips, ref.flips) and torch.equal(s.lower, ref.lower)
+    perm = torch.tensor([3, 0, 4, 2, 1])
+    shuffled = saliency(net, x[perm], batch_size=batch_size, mode="eager", incremental=False)
+    torch.testing.assert_close(shuffled.sensitivity, ref.sensitivity[perm], atol=1e-6, rtol=1e-6)
+    assert torch.equal(shuffled.flips, ref.flips[perm]) and torch.equal(shuffled.best_value, ref.best_value[perm])
     sub = saliency(net, x[2:4], mode="eager", incremental=False)  # other inputs in the batch
     torch.testing.assert_close(sub.sensitivity, ref.sensitivity[2:4], atol=1e-6, rtol=1e-6)
     assert torch.equal(sub.flips, ref.flips[2:4])
