@@ -139,3 +139,17 @@ def test_bad_arguments_are_named() -> None:
         saliency(net, x, epsilon=0.3)
     with pytest.raises(ValueError, match=r"x: the model cannot run on inputs of shape \(3, 5, 5\)"):
         saliency(net, _inputs(8, 1, 3))  # a greyscale model given RGB images
+
+
+def test_the_recorded_table_agrees_with_the_engines_sensitivity_map() -> None:
+    """The engine's own level-1 map (``keep_sensitivity``: lowest margins) is the same table."""
+    import l0tre
+
+    net = tiny_net(5, 3)
+    x = _inputs(5, 4, 3)
+    s = saliency(net, x, mode="eager", incremental=False)
+    res = l0tre.evaluate(net, x, t_max=1, keep_sensitivity=True, mode="eager", incremental=False)
+    assert res.sensitivity is not None
+    torch.testing.assert_close(s.base_score.view(-1, 1, 1) - res.sensitivity.float(), s.sensitivity, atol=1e-6,
+                               rtol=1e-6)
+    assert torch.equal(s.lower, res.lower) and torch.equal(s.upper, res.upper)
