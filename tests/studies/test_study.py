@@ -178,3 +178,18 @@ def test_certified_lower_bounds_per_level() -> None:
         assert r.certified_lower is not None
         assert bool((r.certified_lower <= r.lower).all()) and bool((r.certified_lower <= dm).all())
     assert int(study.levels[0].certified_lower.min()) >= 1  # level 1 is proven here (d_m >= 2 for all)
+
+
+def test_time_budget_from_now_counts_this_call_only(tmp_path: Path) -> None:
+    """A resumed study whose checkpoint already holds more seconds than the budget: the total
+    budget stops it at once, a budget from now lets it finish."""
+    model, x = tiny_mlp(2, bias=0.4), tiny_inputs(6, seed=3)
+    ck = tmp_path / "ck.pt"
+    study_global(model, x, epsilon=0.5, t_max=1, checkpoint=ck)
+    spent = float(torch.load(ck, weights_only=True)["seconds"])
+    budget = spent / 2
+    total = study_global(model, x, epsilon=0.5, t_max=9, checkpoint=ck, time_budget=budget)
+    assert total.result.stopped == "time_budget" and total.result.t == 1
+    fresh = study_global(model, x, epsilon=0.5, t_max=9, checkpoint=ck, time_budget=budget + 600,
+                         time_budget_from_now=True)
+    assert fresh.result.stopped in ("converged", "t_max")

@@ -54,7 +54,7 @@ def add_parser(subparsers: Subparsers) -> None:
     again.add_argument("--resume", action="store_true", help="continue the study in DIR")
     again.add_argument("--overwrite", action="store_true", help="start over: delete the earlier study in DIR")
     r.add_argument("--time-budget", type=argtype(parse_duration), metavar="DURATION",
-                   help="stop after this long (90, 10m, 1h) with the current bounds")
+                   help="stop after this long (90, 10m, 1h; this invocation's time) with the current bounds")
     r.add_argument("--certify", action="store_true",
                    help="also prove lower bounds for all real values (drawn next to the grid bounds)")
     r.add_argument("--certify-time-limit", type=float, default=60.0, metavar="SEC",
@@ -112,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
         study = study_global(
             model, data.x, labels=data.y, epsilon=args.epsilon, t_max=args.t_max, features=args.features,
             certify=args.certify, certify_time_limit=args.certify_time_limit, batch_size=args.batch_size,
-            max_memory=args.max_memory, time_budget=args.time_budget, checkpoint=run_dir / CHECKPOINT,
+            max_memory=args.max_memory, time_budget=args.time_budget, time_budget_from_now=True,
+            checkpoint=run_dir / CHECKPOINT,
             report_every=args.report_every, mode=args.mode, focus=args.focus, show_progress=not args.quiet,
             on_snapshot=on_snapshot, **({"max_evaluations": args.max_evaluations} if args.max_evaluations else {}))
         files = write_study(out, study, indices, config)

@@ -141,6 +141,7 @@ def study_global(
     batch_size: int | None = None,
     max_memory: int | None = None,
     time_budget: float | None = None,
+    time_budget_from_now: bool = False,
     device: str | torch.device | None = None,
     checkpoint: str | os.PathLike[str] | None = None,
     report_every: float = 5.0,
@@ -157,6 +158,8 @@ def study_global(
         model, x, labels, epsilon, t_max, features, batch_size, max_memory, time_budget, device,
             report_every, mode, max_evaluations: as :func:`l0tre.evaluate` (``x``: ``(N, C, H, W)``).
         certify: also prove lower bounds for all real values (``certified_lower`` per level).
+        time_budget_from_now: count ``time_budget`` from this call on, not including the seconds
+            of a resumed checkpoint (default ``False``: the total, as :func:`l0tre.evaluate`).
         certify_time_limit: seconds per input and level for certification.
         checkpoint: a file path (default ``None``); an existing one is resumed, and the level log
             is kept beside it (:func:`levels_path`).
@@ -182,6 +185,8 @@ def study_global(
                      certify_time_limit=certify_time_limit, batch_size=batch_size, max_memory=max_memory,
                      time_budget=time_budget, device=device, checkpoint=checkpoint, report_every=report_every,
                      mode=mode, max_evaluations=max_evaluations, progress=progress)
+    if time_budget is not None and time_budget_from_now:
+        engine.set_time_budget(time_budget, from_now=True)
     log = LevelLog(engine.problem.valid_counts, None if checkpoint is None else levels_path(checkpoint),
                    engine.fingerprint)
 
