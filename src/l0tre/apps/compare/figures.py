@@ -75,16 +75,28 @@ def fig_spread(comp: CompareResult, path: Path) -> Path:
         for j, (t, off) in enumerate(zip(levels, _offsets(len(levels)), strict=True)):
             sel = {r["model"]: r for r in rows if r["t"] == t}
             xs = [i + off for i, n in enumerate(comp.names) if n in sel]
-            means = [sel[n][f"{key}_mean"] for n in comp.names if n in sel]
-            stds = [sel[n][f"{key}_std"] for n in comp.names if n in sel]
-            ax.errorbar(xs, means, yerr=stds, fmt="o", capsize=3, color=_LEVEL_COLOURS[j % len(_LEVEL_COLOURS)],
-                        label=f"t = {t}")
+            means = np.array([sel[n][f"{key}_mean"] for n in comp.names if n in sel])
+            stds = np.array([sel[n][f"{key}_std"] for n in comp.names if n in sel])
+            colour = _LEVEL_COLOURS[j % len(_LEVEL_COLOURS)]
+            ax.errorbar(xs, means, yerr=[np.minimum(stds, means), stds], fmt="o", capsize=3, color=colour,
+                        label=f"t = {t}: mean ± std")
+            medians = [_median(comp, n, t, key) for n in comp.names if n in sel]
+            ax.plot(xs, medians, "x", color=colour, markersize=7, label=f"t = {t}: median")
         _models_axis(ax, comp.names)
-        ax.set_title(f"mean ± std of the {title}", fontsize=10)
+        ax.set_title(f"{title}: mean ± std (bars cut at 0), median ×", fontsize=10)
         ax.legend(fontsize=8)
     axes[0].set_ylabel("L0 radius")
     fig.suptitle("Spread over the inputs (paper Fig. 9)", fontsize=11)
     return save_png(fig, path)
+
+
+def _median(comp: CompareResult, name: str, t: int, key: str) -> float:
+    """Median of the per-input estimates (``key == "estimate"``) or radii of model ``name`` at ``t``."""
+    r = comp.record(name, t)
+    if r is None:
+        return float("nan")
+    both = (r.lower + r.upper) if key == "estimate" else (r.upper - r.lower)
+    return float(np.median(both.double().numpy() / 2))
 
 
 def fig_pairwise(comp: CompareResult, path: Path) -> Path:

@@ -55,8 +55,8 @@ class Ranking:
             verdict = "significantly" if p.significant() else "not significantly"
             extra = "; also in the worst case of the bounds" if self.holds_in_worst_case(k) else ""
             out.append(f"t={self.t}: {a} ≥ {b}: difference of estimates {p.mean:+.3f} "
-                       f"[{p.ci_low:+.3f}, {p.ci_high:+.3f}] ({100 * p.confidence:.0f}% paired t, "
-                       f"Holm p = {p.p_holm:.3g}): {verdict} more robust{extra}")
+                       f"[{p.ci_low:+.3f}, {p.ci_high:+.3f}] ({100 * p.confidence:.0f}% paired t interval, "
+                       f"unadjusted; Holm-adjusted p = {p.p_holm:.3g}): {verdict} more robust{extra}")
         return out
 
 
