@@ -283,10 +283,11 @@ def test_each_named_preset_equals_its_documented_fields() -> None:
         assert Effort.parse(name).preset is EFFORTS[name]
     # the values themselves (the benchmarks in docs/benchmarks_attack.md were measured with them)
     assert EFFORTS["fast"] == SearchPreset(candidates=16, per_step=8, pool=0, rounds=0, starts=1,
-                                           colours_per_feature=1, orderings=False, exact_rows=0)
+                                           colours_per_feature=1, orderings=False, exact_rows=0,
+                                           relax_steps=0)
     assert EFFORTS["default"] == SearchPreset()
     assert EFFORTS["thorough"] == SearchPreset(candidates=512, per_step=32, pool=16, rounds=4, starts=2,
-                                               exact_rows=16384)
+                                               exact_rows=16384, relax_steps=200)
 
 
 @pytest.mark.parametrize(
@@ -302,6 +303,7 @@ def test_each_named_preset_equals_its_documented_fields() -> None:
         ("colours_per_feature", 0, ValueError),
         ("orderings", 1, TypeError),
         ("exact_rows", -1, ValueError),
+        ("relax_steps", -1, ValueError),
     ],
 )
 def test_preset_validation_names_the_field(field: str, value: object, error: type[Exception]) -> None:

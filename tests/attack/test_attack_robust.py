@@ -154,3 +154,30 @@ def test_trades_model_default_never_worse_than_the_t1_path(shared_data: Path) ->
     assert res.config["screen"] == "exact"
     assert bool(res.success.all())
     assert bool((res.l0 <= engine.upper + 1).all()), (res.l0, engine.upper + 1)
+
+
+def test_relaxation_returns_sparse_adversarial_iterates_inside_the_bounds() -> None:
+    from l0tre.apps.attack.relax import relaxed
+    from l0tre.apps.attack.searcher import CountingObjective, SearchContext, Searcher
+    from l0tre.apps.attack.settings import Screen, SearchConfig
+    from l0tre.engine.features import FeatureKind, FeatureSpace
+
+    model = _tiny_cnn(4)
+    clf = l0tre.Classifier(model, input_shape=(1, 6, 6))
+    x = torch.rand(6, 1, 6, 6, generator=torch.Generator().manual_seed(21))
+    ref = model(x).argmax(1)
+    palette = torch.tensor([[0.0], [0.5], [1.0]])
+    space = FeatureSpace(FeatureKind.PIXEL, (1, 6, 6))
+    ctx = SearchContext(clf, space, palette, palette, SearchConfig(screen=Screen.EXACT), Deadline(None),
+                        batch_size=8, grad_rows=3, differentiable=True)
+    s = Searcher(ctx, x, ref, CountingObjective())
+    found, xa = relaxed(s, torch.arange(6), 100)
+    assert bool(found.any())
+    with torch.no_grad():
+        assert bool((model(xa[found]).argmax(1) != ref[found]).all())
+    assert bool(((xa >= 0) & (xa <= 1)).all())
+    assert torch.equal(xa[~found], x[~found])
+    # the attack's result is never larger than the relaxation's example (it is one candidate)
+    res = attack(model, x, epsilon=0.5)
+    l0_relax = (xa != x).flatten(1).sum(1)
+    assert bool((res.l0[found] <= l0_relax[found]).all())

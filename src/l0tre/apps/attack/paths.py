@@ -16,6 +16,7 @@ import torch
 from ...engine.sensitivity import UnitResult
 from ...engine.upper import accumulate
 from .additions import try_additions
+from .relax import relaxed
 from .searcher import Searcher, pick
 from .settings import Screen
 
@@ -98,7 +99,8 @@ def greedy(s: Searcher, rows: torch.Tensor, start: torch.Tensor, cap: int) -> tu
 
 def candidate_paths(s: Searcher, unit: UnitResult, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Untightened adversarial examples of the inputs ``rest`` ``(B,)``: greedy paths from the
-    best ``starts`` screened features and, with ``orderings``, the paper's cumulative paths.
+    best ``starts`` screened features, with ``relax_steps`` the continuous relaxation's sparsest
+    iterate (:mod:`.relax`) and, with ``orderings``, the paper's cumulative paths.
 
     Returns:
         ``owner`` ``(R,)`` (position in ``rest``) and the examples ``(R, C, H, W)``.
@@ -110,6 +112,10 @@ def candidate_paths(s: Searcher, unit: UnitResult, rest: torch.Tensor) -> tuple[
     start = torch.arange(starts, device=s.dev).repeat_interleave(rest.numel())
     fg, xg = greedy(s, rest[rep], start, cfg.max_steps)
     owners, xs = [rep[fg]], [xg[fg]]
+    if cfg.preset.relax_steps and s.differentiable:
+        fr, xr = relaxed(s, rest, cfg.preset.relax_steps)
+        owners.append(local[fr])
+        xs.append(xr[fr])
     if cfg.preset.orderings:
         _, f, xo = orderings(s, unit, rest)
         pos = torch.cat([local, local])

@@ -190,6 +190,11 @@ class Searcher:
 
     def margin_grad(self, x: torch.Tensor, owner: torch.Tensor) -> torch.Tensor:
         """Gradient of the margin w.r.t. the pixel-space input, ``(R, C, H, W)``."""
+        return self.margin_value_grad(x, owner)[1]
+
+    def margin_value_grad(self, x: torch.Tensor, owner: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The margin ``s_j − max_{k≠j} s_k`` ``(R,)`` of rows ``x`` and its gradient w.r.t. the
+        pixel-space input ``(R, C, H, W)``."""
         module = self.model.modules()
         if module is None:
             raise RuntimeError("margin_grad: the model is not a torch.nn.Module")
@@ -197,7 +202,7 @@ class Searcher:
         # detached parameters: autograd then skips the weight gradients (not for TorchScript)
         scripted = isinstance(module, torch.jit.ScriptModule)
         frozen = {} if scripted else {k: v.detach() for k, v in module.state_dict(keep_vars=True).items()}
-        grads = []
+        grads, values = [], []
         for b0 in range(0, x.shape[0], self.grad_rows):
             xb = x[b0 : b0 + self.grad_rows].detach().clone().requires_grad_(True)
             ref = self.ref[owner[b0 : b0 + self.grad_rows]].view(-1, 1)
@@ -211,10 +216,14 @@ class Searcher:
                 s = self.model.as_scores(raw)
                 s_j = s.gather(1, ref).squeeze(1)
                 others = s.scatter(1, ref, float("-inf")).max(dim=1).values
-                (g,) = torch.autograd.grad((s_j - others).sum(), xb)
+                margin = s_j - others
+                (g,) = torch.autograd.grad(margin.sum(), xb)
             grads.append(g.detach())
+            values.append(margin.detach())
             self.gradients += int(xb.shape[0])
-        return torch.cat(grads) if grads else torch.zeros_like(x)
+        if not grads:
+            return torch.zeros(0, dtype=x.dtype, device=x.device), torch.zeros_like(x)
+        return torch.cat(values), torch.cat(grads)
 
     def tighten(self, owner: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """The engine's greedy single reverts of adversarial rows ``x`` ``(R, C, H, W)``."""
