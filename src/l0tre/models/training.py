@@ -27,7 +27,7 @@ from ..data import Dataset, load_data
 from ..validate import optional_int, positive_float, positive_int
 from .zoo import ZOO, SubtractImage, ZooArch
 
-__all__ = ["SAVE_FORMAT", "TrainConfig", "TrainResult", "save_trained", "train"]
+__all__ = ["SAVE_FORMAT", "TrainConfig", "TrainResult", "accuracy", "save_trained", "train"]
 
 SAVE_FORMAT = "l0tre-zoo-1"
 
