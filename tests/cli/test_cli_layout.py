@@ -13,7 +13,7 @@ import pytest
 import l0tre.cli
 from l0tre.cli import build_parser, parsing
 
-COMMANDS = ("evaluate", "info", "models", "attack", "report", "train", "demo")
+COMMANDS = ("evaluate", "info", "models", "attack", "report", "train", "demo", "study", "compare")
 CLI_DIR = Path(l0tre.cli.__file__).parent
 SRC = CLI_DIR.parent
 

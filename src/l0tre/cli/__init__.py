@@ -48,11 +48,12 @@ __all__ = [
 def _commands() -> dict[str, ModuleType]:
     """The command modules by name, in the order ``l0tre --help`` lists them."""
     from . import attack, coverage, demo, evaluate, info, models, report, train
+    from . import compare as compare_cmd
     from . import saliency as saliency_cmd
     from . import study as study_cmd
 
     return {"evaluate": evaluate, "info": info, "models": models, "attack": attack, "report": report,
-            "train": train, "demo": demo, "study": study_cmd,
+            "train": train, "demo": demo, "study": study_cmd, "compare": compare_cmd,
             "saliency": saliency_cmd, "coverage": coverage}
 
 

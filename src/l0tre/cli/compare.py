@@ -146,6 +146,7 @@ def run(args: argparse.Namespace) -> int:
         "indices_used": [int(i) for i in data.indices]}))
 
     def stage(name: str, t: int, inputs: int) -> None:
+        """A notice before each model's level."""
         notice(args, f"compare: {name} at t={t} on {inputs} inputs")
 
     with output_errors("--out"):
