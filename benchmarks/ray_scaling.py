@@ -162,16 +162,21 @@ def main() -> None:
     ap.add_argument("--epsilon", type=float, default=0.5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--worker-niceness", type=int, default=0, help="niceness of the Ray workers (Ray's default: 15)")
     ap.add_argument("--data-root", default=os.environ.get("L0TRE_DATA", str(Path(__file__).resolve().parents[2]
                                                                           / "shared" / "data")))
     ap.add_argument("--json", type=Path, default=Path("ray_scaling.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("L0TRE_TUNING_CACHE", "off")
+    # Ray starts its workers at niceness 15 (RAY_worker_niceness): on a machine shared with other
+    # work they would get a smaller CPU share than the in-process run at 0; the same here
+    os.environ.setdefault("RAY_worker_niceness", str(args.worker_niceness))
     folder = tempfile.mkdtemp(prefix="l0r", dir="/tmp")
     ray.init(num_cpus=2, _temp_dir=folder, include_dashboard=False, logging_level="ERROR")
     try:
         result: dict[str, Any] = {"cpus": os.cpu_count(), "ray": ray.__version__, "torch": torch.__version__,
+                                  "worker_niceness": os.environ["RAY_worker_niceness"],
                                   "load_before": os.getloadavg()}
         if not args.skip_overhead:
             result["overhead"] = overhead(args.repeats)

@@ -63,6 +63,7 @@ def test_ray_options_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
     ({"cpus_per_worker": 0}, ValueError, "cpus_per_worker: expected a positive finite number, got 0"),
     ({"workers": "threads"}, ValueError, "workers: expected one of 'actors', 'tasks', got 'threads'"),
     ({"in_flight": 0}, ValueError, "in_flight: expected a positive integer, got 0"),
+    ({"units_per_call": 0}, ValueError, "units_per_call: expected an integer >= 1, got 0"),
     ({"max_retries": -1}, ValueError, "max_retries: expected an integer >= 0, got -1"),
 ])
 def test_executor_arguments_are_checked(kwargs: dict[str, object], error: type[Exception], message: str) -> None:

@@ -1,12 +1,12 @@
 """Work units on a Ray cluster: :class:`RayExecutor` (the only module that imports Ray).
 
 The engine hands an executor the work units of one shard (:mod:`l0tre.engine.executor`); this
-one runs them on Ray workers and yields each result as it arrives (``ray.wait``). The model and
-objective go to the object store once per run, a level's incremental chain once per level and a
-shard's tensors once per shard (:mod:`.shipping`); a unit is only its rank range. Each worker
-keeps at most ``in_flight`` units queued, so stopping (time budget, Ctrl-C: the loop closes the
-generator) cancels little work: queued units are cancelled, a running one stops at its next
-model call. A unit whose worker is lost (a killed process, a lost node) is submitted again; a
+one runs them on Ray workers (a few consecutive units per call) and yields each result as it
+arrives (``ray.wait``). The model and objective go to the object store once per run, a level's
+incremental chain once per level and a shard's tensors once per shard (:mod:`.shipping`); a call
+is only its rank ranges. Each worker keeps at most ``in_flight`` calls queued, so stopping (time
+budget, Ctrl-C: the loop closes the generator) cancels little work: queued calls are cancelled, a
+running one stops at its next model call. A unit whose worker is lost (a killed process, a lost node) is submitted again; a
 result is yielded only once per unit, so nothing is merged twice.
 """
 
@@ -90,7 +90,7 @@ class _Refs:
     shard: ray.ObjectRef
 
 
-def _run_unit(cache: _Unpacked, refs: _Refs, unit: WorkUnit, check: bool) -> UnitResult:
+def _run_units(cache: _Unpacked, refs: _Refs, units: tuple[WorkUnit, ...], check: bool) -> list[UnitResult]:
     run = cache.get(refs.run)
     chain = None if refs.chain is None else cache.get(refs.chain, attach=run)
     shard: ShardPart = cache.get(refs.shard)
@@ -98,7 +98,7 @@ def _run_unit(cache: _Unpacked, refs: _Refs, unit: WorkUnit, check: bool) -> Uni
     if check:
         task = dataclasses.replace(task, on_batch=_cancel_check)
     with ieee_float32(), torch.no_grad():
-        return task.run(unit)
+        return [task.run(unit) for unit in units]
 
 
 def _device(gpus: float) -> torch.device:
@@ -116,15 +116,15 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, refs: _Refs, unit: WorkUnit) -> UnitResult:
-        return _run_unit(self.cache, refs, unit, check=True)
+    def run(self, refs: _Refs, units: tuple[WorkUnit, ...]) -> list[UnitResult]:
+        return _run_units(self.cache, refs, units, check=True)
 
 
 @ray.remote
-def _task(refs: _Refs, unit: WorkUnit, gpus: float, threads: int) -> UnitResult:
-    """One unit as a stateless task (unpacks every part it needs)."""
+def _task(refs: _Refs, units: tuple[WorkUnit, ...], gpus: float, threads: int) -> list[UnitResult]:
+    """Units as a stateless task (unpacks every part it needs)."""
     torch.set_num_threads(threads)
-    return _run_unit(_Unpacked(_device(gpus)), refs, unit, check=False)
+    return _run_units(_Unpacked(_device(gpus)), refs, units, check=False)
 
 
 class RayExecutor:
@@ -140,7 +140,10 @@ class RayExecutor:
         gpus_per_worker: GPUs per worker (0: the workers run on CPUs; 0.5: two per GPU).
         cpus_per_worker: CPUs reserved per worker, also its torch threads (rounded down, ≥ 1).
         workers: ``"actors"`` (default; each holds the model between units) or ``"tasks"``.
-        in_flight: units queued per worker (1: none waiting; 2 hides the round trip).
+        in_flight: calls queued per worker (1: none waiting; 2 hides the round trip).
+        units_per_call: consecutive units sent in one call (default 4 on CPU workers, where a
+            unit is 16 small model calls, 1 on GPU workers); more amortises the per-call
+            overhead, fewer balances the load and stops sooner when cancelled.
         max_retries: times a unit whose worker was lost is submitted again.
 
     Use it as ``prepare(..., executor=ex)`` / ``evaluate(..., executor=ex)``, and :meth:`close`
@@ -150,7 +153,7 @@ class RayExecutor:
 
     def __init__(self, address: str | None = "auto", num_workers: int | None = None, gpus_per_worker: float = 0,
                  *, cpus_per_worker: float = 1, workers: str | WorkerKind = WorkerKind.ACTORS, in_flight: int = 2,
-                 max_retries: int = 3) -> None:
+                 units_per_call: int | None = None, max_retries: int = 3) -> None:
         if address is not None and (not isinstance(address, str) or not address.strip()):
             raise ValueError(f"address: expected 'auto', a cluster address or None, got {address!r}")
         self.address = address
@@ -161,6 +164,8 @@ class RayExecutor:
         self.cpus_per_worker = positive_float("cpus_per_worker", cpus_per_worker)
         self.kind = WorkerKind.parse(workers)
         self.in_flight = positive_int("in_flight", in_flight)
+        per_call = optional_int("units_per_call", units_per_call)
+        self.units_per_call = per_call if per_call is not None else (1 if self.gpus_per_worker > 0 else 4)
         self.max_retries = optional_int("max_retries", max_retries, minimum=0) or 0
         self._started_ray = False
         self._actors: list[Any] = []
@@ -221,8 +226,10 @@ class RayExecutor:
         """Yield ``(unit, result)`` for every unit as results arrive; closing cancels the rest."""
         self.start()
         refs = self._refs(task)
-        todo = list(reversed(units))  # popped from the end: submitted in the given order
-        running: dict[ray.ObjectRef, tuple[WorkUnit, int, int]] = {}  # ref -> unit, worker, attempt
+        size = self.units_per_call
+        # calls of consecutive units, popped from the end: submitted in the given order
+        todo = [tuple(units[i:i + size]) for i in range(0, len(units), size)][::-1]
+        running: dict[ray.ObjectRef, tuple[tuple[WorkUnit, ...], int, int]] = {}  # ref -> units, worker, attempt
         yielded: set[tuple[int, int, int]] = set()
         try:
             for slot in range(len(self._actors) or int(self.num_workers or 1)):
@@ -230,45 +237,48 @@ class RayExecutor:
                     self._submit(todo, running, refs, slot, 0)
             while running:
                 ready, _ = ray.wait(list(running), num_returns=1)
-                unit, slot, attempt = running.pop(ready[0])
-                result = self._result(ready[0], unit, attempt)
-                if result is None:  # lost: the same unit again, on the next worker
-                    todo.append(unit)
+                call, slot, attempt = running.pop(ready[0])
+                results = self._result(ready[0], call, attempt)
+                if results is None:  # lost: the same units again, on the next worker
+                    todo.append(call)
                     self._submit(todo, running, refs, slot + 1, attempt + 1)
                     continue
                 self._submit(todo, running, refs, slot, 0)
-                key = (unit.shard, unit.r0, unit.r1)
-                if key in yielded:
-                    continue
-                yielded.add(key)
-                if task.on_batch is not None:
-                    task.on_batch(int(result.evaluations.sum()))
-                yield unit, result
+                for unit, result in zip(call, results, strict=True):
+                    key = (unit.shard, unit.r0, unit.r1)
+                    if key in yielded:
+                        continue
+                    yielded.add(key)
+                    if task.on_batch is not None:
+                        task.on_batch(int(result.evaluations.sum()))
+                    yield unit, result
         finally:
             for ref in running:
                 with contextlib.suppress(Exception):
                     ray.cancel(ref)
 
-    def _submit(self, todo: list[WorkUnit], running: dict[ray.ObjectRef, tuple[WorkUnit, int, int]],
+    def _submit(self, todo: list[tuple[WorkUnit, ...]],
+                running: dict[ray.ObjectRef, tuple[tuple[WorkUnit, ...], int, int]],
                 refs: _Refs, slot: int, attempt: int) -> None:
         if not todo:
             return
-        unit = todo.pop()
+        call = todo.pop()
         if self._actors:
-            ref = self._actors[slot % len(self._actors)].run.remote(refs, unit)
+            ref = self._actors[slot % len(self._actors)].run.remote(refs, call)
         else:
             ref = _task.options(num_cpus=self.cpus_per_worker, num_gpus=self.gpus_per_worker,
-                                max_retries=self.max_retries).remote(refs, unit, self.gpus_per_worker,
+                                max_retries=self.max_retries).remote(refs, call, self.gpus_per_worker,
                                                                      self._threads())
-        running[ref] = (unit, slot, attempt)
+        running[ref] = (call, slot, attempt)
 
-    def _result(self, ref: ray.ObjectRef, unit: WorkUnit, attempt: int) -> UnitResult | None:
-        """The unit's result; ``None`` when its worker was lost and it may run again."""
+    def _result(self, ref: ray.ObjectRef, call: tuple[WorkUnit, ...], attempt: int) -> list[UnitResult] | None:
+        """The results of a call's units; ``None`` when its worker was lost and it may run again."""
         try:
-            return ray.get(ref)
+            results: list[UnitResult] = ray.get(ref)
+            return results
         except _LOST as exc:
             if attempt >= self.max_retries:
-                raise RuntimeError(f"RayExecutor: unit {unit} lost {attempt + 1} times: {exc}") from exc
+                raise RuntimeError(f"RayExecutor: units {list(call)} lost {attempt + 1} times: {exc}") from exc
             return None
         except ray.exceptions.RayTaskError as exc:
             raise exc.as_instanceof_cause() from None
