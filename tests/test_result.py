@@ -76,18 +76,23 @@ def test_summary_and_to_dict_by_hand() -> None:
     r = make()
     assert r.summary() == {
         "lower": 2.25, "upper": 3.25, "estimate": 2.75, "radius": 0.5, "t": 2, "evaluations": 1234,
-        "seconds": 2.5, "accuracy": 0.75, "converged": 2, "inputs": 4, "certified_lower": 1.75,
+        "seconds": 2.5, "accuracy": 0.75, "converged": 2, "inputs": 4, "lower_bound_claimed": True,
+        "certified_lower": 1.75,
     }
     d = r.to_dict()
     assert d["inputs"] == [
         {"index": 0, "label": 0, "predicted": 0, "lower": 1, "upper": 1, "lower_kind": "certified",
-         "converged": True, "found": True, "adversarial_label": 2, "certified_lower": 1},
+         "converged": True, "found": True, "adversarial_label": 2, "lower_claimed": True, "upper_claimed": True,
+         "certified_lower": 1},
         {"index": 1, "label": 1, "predicted": 1, "lower": 2, "upper": 4, "lower_kind": "grid",
-         "converged": False, "found": True, "adversarial_label": 0, "certified_lower": 1},
+         "converged": False, "found": True, "adversarial_label": 0, "lower_claimed": True, "upper_claimed": True,
+         "certified_lower": 1},
         {"index": 2, "label": 1, "predicted": 2, "lower": 0, "upper": 2, "lower_kind": "certified",
-         "converged": False, "found": True, "adversarial_label": 1, "certified_lower": 0},
+         "converged": False, "found": True, "adversarial_label": 1, "lower_claimed": True, "upper_claimed": True,
+         "certified_lower": 0},
         {"index": 3, "label": 2, "predicted": 2, "lower": 6, "upper": 6, "lower_kind": "grid",
-         "converged": True, "found": False, "adversarial_label": None, "certified_lower": 5},
+         "converged": True, "found": False, "adversarial_label": None, "lower_claimed": True, "upper_claimed": True,
+         "certified_lower": 5},
     ]
     assert (d["n_features"], d["epsilon"], d["features"], d["level_complete"], d["stopped"]) == (
         6, 0.5, "pixel", True, "t_max")

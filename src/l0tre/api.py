@@ -19,7 +19,7 @@ import torch
 from .classifier import ModelLike, as_classifier
 from .engine.certified import CertifyMode, CertifyOptions
 from .engine.executor import Executor
-from .engine.features import FeatureKind, FeatureSpace, select_space
+from .engine.features import FeatureKind, FeatureSpace, select_space, selection_label
 from .engine.hooks import ProgressHook
 from .engine.loop import Engine, drive
 from .engine.options import DEFAULT_MAX_EVALUATIONS, EvaluateOptions, check_inputs, check_labels
@@ -98,7 +98,7 @@ def prepare(
                          incremental=mode != "eager" if incremental is None else incremental,
                          force_incremental=bool(incremental), tuner=tuner)
     state = RunState.fresh(problem, lab, opts.epsilon, certified=cert.mode is not CertifyMode.OFF,
-                           keep_sensitivity=bool(keep_sensitivity))
+                           keep_sensitivity=bool(keep_sensitivity), pixels=selection_label(pixels, space))
     engine = Engine(problem, opts, plan, state, checkpoint=checkpoint, progress=progress, certify=cert,
                     executor=executor)
     if cert.mode is not CertifyMode.ONLY:
@@ -201,7 +201,9 @@ def evaluate(
             all inputs), feature indices (a sequence or 1-D integer tensor) or a boolean mask
             ``(H, W)`` (pixel features) or ``(C, H, W)`` (element features). With a selection,
             ``upper`` (an adversarial example) holds for the image, but ``lower`` only within
-            the selected features: it proves nothing about the image.
+            the selected features: it proves nothing about the image (``Result.pixels`` names
+            the selection, ``Result.lower_bound_claimed`` is ``False``, ``lower_kind`` is
+            ``"selection"``).
         keep_sensitivity: keep the level-1 sensitivity map in ``Result.sensitivity``
             (default ``False``; needs ``top_k >= n``).
         executor: runs the work units (default ``None``: in this process, in order); see

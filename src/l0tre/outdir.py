@@ -87,10 +87,11 @@ ATTACK_FILES = (RESULTS_JSON, ADVERSARIAL_NPZ, EXAMPLES_PNG)
 
 CSV_COLUMNS = (
     "index", "row", "label", "predicted", "lower", "upper", "lower_kind", "converged",
-    "found", "adversarial_label", "certified_lower",
+    "found", "adversarial_label", "certified_lower", "lower_claimed",
+    "upper_claimed",
 )
 _CSV_INTS = ("index", "row", "label", "predicted", "lower", "upper", "adversarial_label", "certified_lower")
-_CSV_BOOLS = ("converged", "found")
+_CSV_BOOLS = ("converged", "found", "lower_claimed", "upper_claimed")
 
 
 def json_safe(value: Any) -> Any:

@@ -67,8 +67,10 @@ def _summary_rows(rep: ReportData) -> list[tuple[str, Any]]:
     """Rows of the summary table."""
     g = rep.glob
     acc = g.get("accuracy")
+    claimed = g.get("lower_bound_claimed", True) is not False
     rows: list[tuple[str, Any]] = [
-        ("global lower bound", g.get("lower")),
+        ("global lower bound", g.get("lower") if claimed
+         else f"not claimed (pixels {rep.results.get('pixels')}: {_fmt(g.get('lower'))} within the selection)"),
         ("global upper bound", g.get("upper")),
         ("estimate ± radius", f"{_fmt(g.get('estimate'))} ± {_fmt(g.get('radius'))}"),
     ]
@@ -134,11 +136,18 @@ def _html(rep: ReportData, figures: list[str]) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{_CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
     g = rep.glob
+    span = (f"{_fmt(g.get('lower'))} ≤ d ≤ {_fmt(g.get('upper'))}" if g.get("lower_bound_claimed") is not False
+            else f"d ≤ {_fmt(g.get('upper'))} (lower bound not claimed)")
     parts.append(
-        f"<p>Maximum safe L0 radius: <b>{_fmt(g.get('lower'))} ≤ d ≤ {_fmt(g.get('upper'))}</b> "
+        f"<p>Maximum safe L0 radius: <b>{span}</b> "
         f"(estimate {_fmt(g.get('estimate'))} ± {_fmt(g.get('radius'))}), epsilon {_fmt(rep.results.get('epsilon'))}, "
         f"features {html.escape(str(rep.results.get('features', '')))}, n = {_fmt(rep.results.get('n_features'))}.</p>"
     )
+    if g.get("lower_bound_claimed") is False:
+        parts.append(f"<p class='note'>Pixel selection {html.escape(str(rep.results.get('pixels')))}: only the "
+                     "selected features were searched. The upper bound (an adversarial example) holds for each "
+                     "image; the lower bound is not claimed (it only says that no grid change of the selected "
+                     "features flips the label).</p>")
     parts.append("<h2>Summary</h2>" + _table(_summary_rows(rep)))
     for note in [*cfg.get("data_notes", []), *rep.notes]:
         parts.append(f"<p class='note'>Note: {html.escape(str(note))}</p>")

@@ -49,6 +49,13 @@ class Result:
             ``(N, H, W)`` for pixel features, ``(N, C, H, W)`` for element features; ``inf`` where
             no colour changes the feature or the feature is outside the ``pixels`` selection.
             Else ``None``.
+        pixels: the features searched: ``"all"`` (the whole image: ``lower`` is a lower bound
+            about the image) or the selection (``"sample:K"``, ``"top:K"``, ``"indices:K"``,
+            ``"mask:K"``): then ``lower`` only says that no grid perturbation of the selected
+            features flips the label — no lower bound about the image is claimed
+            (:attr:`lower_bound_claimed` is ``False``; ``lower_kind`` is ``"selection"``), and
+            ``upper`` is a bound about the image only where an adversarial example was found
+            (elsewhere it is the selection's size; ``upper_claimed`` in :meth:`to_dict`).
     """
 
     lower: torch.Tensor
@@ -71,6 +78,7 @@ class Result:
     level_evaluations: list[int] = field(default_factory=list)
     stopped: str = "running"
     sensitivity: torch.Tensor | None = None
+    pixels: str = "all"
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -121,8 +129,17 @@ class Result:
         return float((self.predicted == self.labels).double().mean())
 
     @property
+    def lower_bound_claimed(self) -> bool:
+        """``lower`` is a lower bound about the whole image (every feature searched); ``False``
+        after a run restricted to a pixel selection (``pixels`` other than ``"all"``)."""
+        return self.pixels == "all"
+
+    @property
     def lower_kind(self) -> list[str]:
-        """Per input: ``"certified"`` where the certified bound equals the grid bound, else ``"grid"``."""
+        """Per input: ``"certified"`` where the certified bound equals the grid bound, else
+        ``"grid"``; ``"selection"`` for every input of a restricted run (no claim about the image)."""
+        if not self.lower_bound_claimed:
+            return ["selection"] * int(self.lower.numel())
         if self.certified_lower is None:
             return ["grid"] * int(self.lower.numel())
         return ["certified" if bool(c == g) else "grid" for c, g in zip(self.certified_lower, self.lower, strict=True)]
@@ -140,6 +157,7 @@ class Result:
             "accuracy": self.accuracy,
             "converged": int(self.converged.sum()),
             "inputs": int(self.lower.numel()),
+            "lower_bound_claimed": self.lower_bound_claimed,
         }
         if self.certified_lower is not None:
             out["certified_lower"] = self.global_certified_lower
@@ -161,6 +179,8 @@ class Result:
                 "converged": bool(self.converged[i]),
                 "found": bool(self.found[i]),
                 "adversarial_label": int(self.adversarial_label[i]) if bool(self.found[i]) else None,
+                "lower_claimed": self.lower_bound_claimed,
+                "upper_claimed": self.lower_bound_claimed or bool(self.found[i]),
             }
             if self.certified_lower is not None:
                 row["certified_lower"] = int(self.certified_lower[i])
@@ -171,6 +191,8 @@ class Result:
             "n_features": self.n_features,
             "epsilon": self.epsilon,
             "features": self.features,
+            "pixels": self.pixels,
+            "lower_bound_claimed": self.lower_bound_claimed,
             "level_complete": self.level_complete,
             "stopped": self.stopped,
             "history": list(self.history),

@@ -100,6 +100,9 @@ def add_parser(subparsers: Subparsers) -> None:
                         "(default: crown when the only dense layers follow the last non-linearity, else hybrid)")
     c.add_argument("--mode", choices=("auto", "eager", "channels_last", "compile", "compile+channels_last"),
                    default="auto", help="forward execution mode; 'eager' turns every optimisation off")
+    c.add_argument("--pixels", default="all", metavar="SEL",
+                   help="features that may change: all (default), sample:K[:SEED] or top:K (gradient screen); "
+                        "with anything but all only the upper bound is claimed (lower_kind 'selection')")
     add_ray_options(ev)
 
 
@@ -177,7 +180,7 @@ def _prepare(args: argparse.Namespace, model: Classifier, data: Dataset, ckpt: P
             progress=progress, executor=executor, **limits,
             certify="only" if getattr(args, "certify_only", False) else bool(getattr(args, "certify", False)),
             certify_time_limit=getattr(args, "certify_time_limit", 60.0), mode=getattr(args, "mode", "auto"),
-            certify_method=getattr(args, "certify_method", "auto"),
+            certify_method=getattr(args, "certify_method", "auto"), pixels=getattr(args, "pixels", "all"),
         )
     except ValueError as exc:
         if args.resume and str(exc).startswith("checkpoint:"):
@@ -217,6 +220,8 @@ def _config(args: argparse.Namespace, model: Classifier, data: Dataset, engine: 
         "device_used": str(model.device),
         "max_memory_used": engine.options.max_memory,
         "max_evaluations_used": engine.options.max_evaluations,
+        "pixels_used": engine.result.pixels,
+        "lower_bound_claimed": engine.result.lower_bound_claimed,
         "l0tre_version": __version__,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
@@ -236,6 +241,9 @@ def _summary_lines(res: Result, out: Path, report: Path | None) -> list[str]:
         f"global L0 radius: lower {res.global_lower:.3f}, upper {res.global_upper:.3f}, "
         f"estimate {res.estimate:.3f} ± {res.radius:.3f}{acc}",
     ]
+    if not res.lower_bound_claimed:
+        lines.append(f"pixels {res.pixels}: only the selected features were searched; the upper bound holds, "
+                     "the lower bound is not claimed")
     cert = res.global_certified_lower
     if cert is not None:
         lines.append(f"certified lower bound (all real values): {cert:.3f}")

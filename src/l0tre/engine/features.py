@@ -283,6 +283,18 @@ def screen_importance(space: FeatureSpace, x: torch.Tensor, grad: torch.Tensor,
     return val.sum(dim=0).cpu()
 
 
+def selection_label(pixels: object, space: FeatureSpace) -> str:
+    """How the run's ``pixels`` argument restricted ``space`` (the space it resolved to):
+    ``"all"`` when every feature is searched, else ``"sample:K"`` / ``"top:K"`` (the rule) or
+    ``"indices:K"`` / ``"mask:K"`` (given features; ``K`` of them)."""
+    if space.positions is None:
+        return "all"
+    if isinstance(pixels, (str, PixelRule)):
+        return str(PixelRule.parse(pixels))
+    kind = "mask" if torch.as_tensor(pixels).dtype == torch.bool else "indices"
+    return f"{kind}:{space.n}"
+
+
 def select_space(space: FeatureSpace, pixels: object, model: Classifier, x: torch.Tensor,
                  batch_size: int = 64) -> FeatureSpace:
     """The space for the public ``pixels`` argument, with ``"top:K"`` resolved by a gradient

@@ -96,8 +96,9 @@ class RunState:
 
     @staticmethod
     def fresh(problem: Problem, labels: torch.Tensor | None, epsilon: float, *, certified: bool,
-              keep_sensitivity: bool) -> RunState:
-        """The state before any work: bounds ``[0, n]``, no adversarial example."""
+              keep_sensitivity: bool, pixels: str = "all") -> RunState:
+        """The state before any work: bounds ``[0, n]``, no adversarial example; ``pixels``:
+        the selection's label (:func:`~l0tre.engine.features.selection_label`)."""
         n_in, x = problem.size, problem.x_orig
         sens_shape = (n_in, *x.shape[2:]) if problem.space.kind is FeatureKind.PIXEL else tuple(x.shape)
         result = Result(
@@ -113,6 +114,7 @@ class RunState:
             features=problem.space.kind.value,
             certified_lower=torch.zeros(n_in, dtype=torch.int64) if certified else None,
             sensitivity=torch.full(sens_shape, float("inf"), dtype=problem.acc_dtype) if keep_sensitivity else None,
+            pixels=pixels,
         )
         return RunState(result=result, blocked=torch.zeros(n_in, dtype=torch.bool))
 
