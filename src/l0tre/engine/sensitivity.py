@@ -183,6 +183,10 @@ def evaluate_unit(
         pairs: at ``t = 2`` with ``incremental``, tables (:mod:`.pairs`) for ``x0``, deepest first:
             a row whose two pixels never meet before a table's convolution is computed from the
             first such table, the others through the chain.
+
+    Returns:
+        the unit's result, ``k`` columns; a unit without any valid grid point is
+        :func:`empty_unit` (no subset, no witness, no evaluation).
     """
     dev = x0.device
     na = x0.shape[0]
@@ -190,6 +194,8 @@ def evaluate_unit(
     s_count = subsets.shape[0]
     cand = candidate_points(valid, subsets, ctx)
     dtype = torch.float32 if x0.dtype in (torch.float16, torch.bfloat16) else x0.dtype
+    if cand.shape[0] == 0:  # no subset of the unit has a valid colour (e.g. a one-colour palette)
+        return empty_unit(inputs.cpu(), k, dtype)
     keys = na * s_count
     min_conf = torch.full((keys,), float("inf"), dtype=dtype, device=dev)
     min_score = torch.full((keys,), float("inf"), dtype=dtype, device=dev)

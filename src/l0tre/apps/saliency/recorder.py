@@ -16,7 +16,7 @@ from collections.abc import Generator, Sequence
 import torch
 
 from ...engine.executor import Executor, InProcessExecutor, ShardTask, WorkUnit
-from ...engine.sensitivity import UnitResult, empty_unit
+from ...engine.sensitivity import UnitResult
 
 __all__ = ["Level1Table", "RecordingExecutor"]
 
@@ -62,14 +62,7 @@ class RecordingExecutor:
             yield from self.inner.map(task, units)
             return
         wide = dataclasses.replace(task, k=max(task.k, self.n))
-        work = []
-        for unit in units:  # a unit without any valid colour (one baseline colour) has nothing to run
-            if bool(task.valid[:, unit.r0 : unit.r1].any()):
-                work.append(unit)
-            else:
-                dtype = torch.float64 if task.x0.dtype == torch.float64 else torch.float32
-                yield unit, empty_unit(task.inputs.cpu(), task.k, dtype)
-        for unit, res in self.inner.map(wide, work):
+        for unit, res in self.inner.map(wide, units):
             self._record(res)
             yield unit, _prefix(res, task.k)
 
