@@ -171,3 +171,17 @@ def test_cli_compare_shape_mismatch(files: Files, tmp_path: Path, capsys: pytest
     assert "shape" in err
     code = main(["compare", "--models", str(files.models[0]), "--data", str(files.data), "--out", str(tmp_path / "d")])
     assert code == 2 and "at least 2" in capsys.readouterr().err
+
+
+def test_a_model_converged_early_is_carried_to_later_levels() -> None:
+    """tiny_mlp(1, 0.8) flips every input with one pixel (d_m = 0): its level 2 is its level 1,
+    with no work, and the ranking at t = 2 exists."""
+    models = {"weak": tiny_mlp(1, 0.8), "m0": tiny_mlp(*ZOO[0])}
+    x = tiny_inputs(8, seed=3)
+    assert all(brute_force_dm(models["weak"], xi, steps=2)[0] == 0 for xi in x)
+    comp = compare(models, x, epsilon=0.5, t_max=2)
+    one, two = comp.record("weak", 1), comp.record("weak", 2)
+    assert one is not None and two is not None and comp.complete_levels() == [1, 2]
+    assert torch.equal(two.lower, one.lower) and torch.equal(two.upper, one.upper)
+    assert not bool(two.active.any()) and two.seconds == 0.0 and two.evaluations == 0
+    assert comp.ranking(2).order == ["m0", "weak"]
