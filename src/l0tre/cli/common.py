@@ -24,7 +24,7 @@ from ..api import prepare
 from ..atomic import OutputError
 from ..classifier import Classifier
 from ..data import Dataset, EmbeddedDataWarning, load_data
-from ..engine.executor import Executor
+from ..engine import Executor
 from ..models import load_model
 from ..outdir import CHECKPOINT, run_files
 from .parsing import UsageError

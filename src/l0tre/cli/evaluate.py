@@ -21,8 +21,7 @@ import torch
 from ..api import prepare
 from ..classifier import Classifier
 from ..data import Dataset
-from ..engine import Engine, drive
-from ..engine.executor import Executor
+from ..engine import Engine, Executor, drive
 from ..outdir import (
     CHECKPOINT,
     RESULTS_JSON,
