@@ -2,8 +2,8 @@
 
 Modules: :mod:`.core` (the entry point and verification), :mod:`.settings` (screen, effort
 presets, validation), :mod:`.shards` (the pipeline per shard), :mod:`.searcher` (a shard's state
-and model access), :mod:`.screening`, :mod:`.additions`, :mod:`.paths` and :mod:`.moves` (the
-search steps), :mod:`.result` (:class:`AttackResult`).
+and model access), :mod:`.screening`, :mod:`.additions`, :mod:`.paths`, :mod:`.relax` and
+:mod:`.moves` (the search steps), :mod:`.result` (:class:`AttackResult`).
 """
 
 from .core import attack
