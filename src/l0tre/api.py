@@ -23,7 +23,7 @@ from .engine.features import FeatureKind, FeatureSpace, select_space, selection_
 from .engine.hooks import ProgressHook
 from .engine.loop import Engine, drive
 from .engine.options import DEFAULT_MAX_EVALUATIONS, EvaluateOptions, check_inputs, check_labels
-from .engine.planning import estimate_guard
+from .engine.planning import estimate_guard, level_evaluations
 from .engine.problem import Problem
 from .engine.state import RunState
 from .execution.memory import default_max_memory, memory_rows
@@ -84,19 +84,20 @@ def prepare(
     Mode.parse(mode)  # an unknown mode is refused here, not when the run starts
 
     def tuner() -> int:  # measured when the run starts, after its first snapshot
-        return tune(clf, shape, cap, opts.batch_size, mode)[1]
+        return tune(clf, shape, cap, opts.batch_size, mode, work_rows=work_rows)[1]
 
     provisional = min(opts.batch_size, cap) if opts.batch_size is not None else min(cap, 256)
     space = select_space(FeatureSpace(opts.features, shape), pixels, clf, x, provisional)
     if space.positions is not None and cert.mode is not CertifyMode.OFF:
         raise ValueError("certify: certification needs the whole feature space; got a pixel selection (pixels=...)")
     problem = Problem.build(clf, objective or Misclassification(), space, x, opts.steps, opts.top_k, provisional)
+    work_rows = level_evaluations(problem, 1) if opts.t_max == 1 else None  # bounds the tuning's cost
     if keep_sensitivity and problem.top_k < space.n:
         raise ValueError(f"top_k: keep_sensitivity needs top_k >= n = {space.n}, got {problem.top_k}")
     plan = ExecutionPlan(clf, shape, pixel_features=opts.features is FeatureKind.PIXEL, batch_size=provisional,
                          user_batch=opts.batch_size, max_memory=opts.max_memory,
                          incremental=mode != "eager" if incremental is None else incremental,
-                         force_incremental=bool(incremental), tuner=tuner)
+                         force_incremental=bool(incremental), tuner=tuner, work_rows=work_rows)
     state = RunState.fresh(problem, lab, opts.epsilon, certified=cert.mode is not CertifyMode.OFF,
                            keep_sensitivity=bool(keep_sensitivity), pixels=selection_label(pixels, space))
     engine = Engine(problem, opts, plan, state, checkpoint=checkpoint, progress=progress, certify=cert,

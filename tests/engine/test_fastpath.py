@@ -237,7 +237,7 @@ def test_tuning_cache_skips_measurements_on_the_second_run(
     shape = (1, 8, 8)
     net = _float32_cnn(shape).eval()
     x = torch.rand(3, *shape, generator=torch.Generator().manual_seed(3))
-    first = l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=1)
+    first = l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=2)
     stored = json.loads((root / "tuning.json").read_text())
     assert any('"tune"' in k for k in stored) and any('"incremental"' in k for k in stored)
 
@@ -247,19 +247,19 @@ def test_tuning_cache_skips_measurements_on_the_second_run(
     with monkeypatch.context() as m:
         m.setattr(fastpath, "time_forward", no_measuring)
         m.setattr(fastpath, "_seconds", no_measuring)
-        second = l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=1)
+        second = l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=2)
     assert torch.equal(second.lower, first.lower) and torch.equal(second.upper, first.upper)
     assert torch.equal(second.adversarial, first.adversarial)
 
     (root / "tuning.json").write_text("{not json")
-    again = l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=1)
+    again = l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=2)
     assert torch.equal(again.upper, first.upper)
     assert json.loads((root / "tuning.json").read_text())  # rewritten
 
     off = root / "off"
     monkeypatch.setenv("L0TRE_CACHE_DIR", str(off))
     monkeypatch.setenv("L0TRE_TUNING_CACHE", "off")
-    l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=1)
+    l0tre.evaluate(l0tre.Classifier(net), x, epsilon=0.5, t_max=2)
     assert not off.exists()
 
 

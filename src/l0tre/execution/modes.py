@@ -40,6 +40,10 @@ class Mode(Choice):
 #: at 64k rows)
 CPU_MAX_ROWS = 4096
 GPU_MAX_ROWS = 1 << 16
+#: the tuning of a run costs at most this share of the run's model evaluations (``work_rows``):
+#: a small run (one image of a large network) measures on fewer rows or not at all, so that
+#: tuning never dominates the work it tunes
+TUNING_SHARE = 0.05
 
 
 def time_forward(model: Classifier, x: torch.Tensor, repeats: int = 2) -> float:
@@ -58,11 +62,18 @@ def _sample(model: Classifier, shape: tuple[int, ...], rows: int) -> torch.Tenso
     return (lo + (hi - lo) * torch.rand(rows, *shape, generator=gen)).to(model.device, model.dtype)
 
 
-def tune_batch_size(model: Classifier, shape: tuple[int, ...], cap: int) -> int:
+def tune_batch_size(model: Classifier, shape: tuple[int, ...], cap: int, budget: int | None = None) -> int:
     """The batch size (64 … 512, ≤ ``cap``) with the best measured throughput (larger batches
     fall out of the CPU caches and run slower on the models we measured: the CIFAR-10
-    ResNet-20's t = 1 pass is 15–20 % faster at 64 rows than at 128)."""
+    ResNet-20's t = 1 pass is 15–20 % faster at 64 rows than at 128). With a ``budget`` (rows
+    of forward passes the measurement may cost: two calls per candidate), only the candidates
+    that fit are measured (none: the smallest is used unmeasured)."""
     candidates = [b for b in (64, 128, 256, 512) if b <= cap] or [cap]
+    if budget is not None:
+        fitting = [b for i, b in enumerate(candidates) if 2 * sum(candidates[: i + 1]) <= budget]
+        if len(fitting) < 2:
+            return candidates[0]
+        candidates = fitting
     best, best_rate = candidates[0], 0.0
     for b in candidates:
         rate = b / time_forward(model, _sample(model, shape, b), repeats=1)
@@ -72,13 +83,16 @@ def tune_batch_size(model: Classifier, shape: tuple[int, ...], cap: int) -> int:
 
 
 def tune(
-    model: Classifier, shape: tuple[int, ...], cap: int, batch_size: int | None, mode: str | Mode = "auto"
+    model: Classifier, shape: tuple[int, ...], cap: int, batch_size: int | None, mode: str | Mode = "auto",
+    work_rows: int | None = None,
 ) -> tuple[str, int]:
     """Configure the execution ``mode`` and choose the batch size.
 
     ``cap`` is the memory-derived maximum rows per call; a user ``batch_size`` is kept (capped),
     otherwise ``auto`` measures a few batch sizes (GPU: the cap) and keeps the fastest.
-    Returns ``(mode in use, batch size)``.
+    ``work_rows``: model evaluations of the run, when known: the measurements then cost at most
+    :data:`TUNING_SHARE` of them (half for the mode, half for the batch size; shortened
+    decisions are not cached). Returns ``(mode in use, batch size)``.
     """
     default_rows = CPU_MAX_ROWS if model.device.type == "cpu" else GPU_MAX_ROWS
     rows = min(batch_size, cap) if batch_size is not None else min(cap, default_rows)
@@ -91,9 +105,15 @@ def tune(
         used, rows = model.tuned[key]
         select_mode(model, shape, rows, str(used))
         return str(used), rows
-    used = select_mode(model, shape, min(rows, 256 if model.device.type == "cpu" else 8192), mode)
+    probe = min(rows, 256 if model.device.type == "cpu" else 8192)
+    budget = None if work_rows is None else int(TUNING_SHARE * work_rows) // 2  # per measurement
+    short = budget is not None and budget < 6 * probe  # select_mode: 3 calls per mode
+    used = select_mode(model, shape, probe if budget is None else min(probe, budget // 6), mode)
     if batch_size is None and model.device.type == "cpu" and Mode.parse(mode) is not Mode.EAGER:
-        rows = tune_batch_size(model, shape, rows)
+        short = short or (budget is not None and budget < 2 * sum(b for b in (64, 128, 256, 512) if b <= rows))
+        rows = tune_batch_size(model, shape, rows, budget)
+    if short:  # measured on fewer rows than a full tuning: not kept for other runs
+        return used, rows
     model.tuned[key] = (used, rows)
     if Mode.parse(mode) is Mode.AUTO:
         tuning_cache.store(tuning_cache.context_key(model, "tune", *key), [used, rows])
@@ -104,7 +124,8 @@ def select_mode(model: Classifier, shape: tuple[int, ...], batch_size: int, mode
     """Configure ``model`` for ``mode`` and return the mode in use.
 
     ``auto`` considers channels_last only for float32 convolutional modules and keeps it only
-    when it is at least 5 % faster on a batch of ``batch_size`` inputs.
+    when it is at least 5 % faster on a batch of ``batch_size`` inputs (``batch_size < 1``: not
+    measured, eager).
     """
     m = Mode.parse(mode)
     if m is Mode.EAGER:
@@ -117,7 +138,7 @@ def select_mode(model: Classifier, shape: tuple[int, ...], batch_size: int, mode
         model.set_mode(channels_last=True, compile=True)
     else:
         model.set_mode()
-        if model.dtype == torch.float32 and _has_conv(model.modules()) and len(shape) == 3:
+        if model.dtype == torch.float32 and _has_conv(model.modules()) and len(shape) == 3 and batch_size >= 1:
             x = _sample(model, shape, batch_size)
             eager = time_forward(model, x)
             model.set_mode(channels_last=True)

@@ -14,7 +14,7 @@ import torch
 from ..classifier import Classifier
 from .incremental import IncrementalPrefix
 from .memory import memory_rows
-from .modes import incremental_pays
+from .modes import TUNING_SHARE, incremental_pays
 from .pairs import PairTable
 
 __all__ = ["MAX_INCREMENTAL_T", "ExecutionPlan"]
@@ -25,6 +25,8 @@ MAX_INCREMENTAL_T = 4
 #: rows of the measurement whether the chain pays: at 64k rows per call (GPU) the measurement
 #: itself took ≈ 15 s on an H200 (8 timed variants); 8k rows keep it under a second
 MEASURE_ROWS = 8192
+#: the fewest rows that measurement uses; a run with less work does not measure (no chain)
+MIN_MEASURE_ROWS = 64
 
 
 class ExecutionPlan:
@@ -39,12 +41,14 @@ class ExecutionPlan:
         incremental: build the incremental chain (it is still only used where it pays).
         force_incremental: use the chain wherever it exists, without measuring.
         tuner: measures execution mode and rows per call when the run starts; returns the rows.
+        work_rows: model evaluations of the run when known (``None``: not known): the
+            measurement whether the chain pays then costs at most a small share of them.
     """
 
     def __init__(self, model: Classifier, shape: tuple[int, int, int], *, pixel_features: bool, batch_size: int,
                  user_batch: int | None,
                  max_memory: int, incremental: bool, force_incremental: bool = False,
-                 tuner: Callable[[], int] | None = None) -> None:
+                 tuner: Callable[[], int] | None = None, work_rows: int | None = None) -> None:
         self.model = model
         self.shape = shape
         self.pixel_features = pixel_features
@@ -53,6 +57,7 @@ class ExecutionPlan:
         self.max_memory = max_memory
         self.force_incremental = force_incremental
         self._tuner = tuner
+        self.work_rows = work_rows
         self.inc_batch = self._inc_rows()
         self.incremental = IncrementalPrefix.build(model, shape) if incremental else None
         self.use_pairs = True  # level 2 from the level-1 table where pixel windows never meet
@@ -95,8 +100,13 @@ class ExecutionPlan:
             return None  # it did not pay at t=1: it will not with more windows
         if t not in self._pays:
             rows = min(self.inc_batch, MEASURE_ROWS)
-            pays = incremental_pays(self.model, inc, probe[: min(8, probe.shape[0])], rows, t)
-            self._pays[t] = (pays, inc.chunk)
+            if self.work_rows is not None:  # ≈ 16 calls of ``rows`` rows: a small share of the work
+                rows = min(rows, int(TUNING_SHARE * self.work_rows) // 16)
+            if rows < MIN_MEASURE_ROWS:  # too little work to measure: plain forward passes
+                self._pays[t] = (False, inc.chunk)
+            else:
+                pays = incremental_pays(self.model, inc, probe[: min(8, probe.shape[0])], rows, t)
+                self._pays[t] = (pays, inc.chunk)
         pays, inc.chunk = self._pays[t]
         return inc if pays else None
 
