@@ -16,7 +16,8 @@ from l0tre.cli.parsing import parse_count, parse_duration, parse_indices, parse_
 
 from .conftest import Assets, run_cli
 
-BUILTINS = ("paper-mnist", "paper-mnist-softmax", "cifar10-resnet20", "mnist-cnn-tutorial", "mnist-smallcnn-trades")
+BUILTINS = ("paper-mnist", "paper-mnist-softmax", "paper-sdnn", "cifar10-resnet20", "mnist-cnn-tutorial",
+            "mnist-smallcnn-trades")
 
 
 def test_info_prints_evaluations_per_level(assets: Assets) -> None:
