@@ -373,3 +373,17 @@ def test_repr_is_short_and_holds_the_summary(cnn_case: tuple[nn.Module, torch.Te
     assert "tensor" not in text and "\n" not in text and len(text) < 200
     none = dataclasses.replace(res, success=torch.zeros_like(res.success), max_pixels=3)
     assert "mean_l0=nan, max_pixels=3" in repr(none)
+
+
+def test_seconds_is_the_wall_time_of_the_call() -> None:
+    """``seconds`` (and ``seconds_per_image`` in to_dict) is the call's own duration, not a clock
+    reading (it once subtracted an elapsed time from the clock: thousands of s/image)."""
+    import time
+
+    model = tiny_cnn(3)
+    x = inputs(4, 5, (3, 6, 6))
+    t0 = time.perf_counter()
+    res = attack(model, x, effort="fast")
+    wall = time.perf_counter() - t0
+    assert 0.0 < res.seconds <= wall
+    assert res.to_dict()["global"]["seconds_per_image"] == pytest.approx(res.seconds / 5)

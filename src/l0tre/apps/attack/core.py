@@ -200,7 +200,7 @@ def attack(
         "precision": prec.value, "anytime_rounds": plan.config.anytime_rounds,
     }
     low_rows = search_obj.low_rows if isinstance(search_obj, Rechecked) else 0
-    return _result(found, opts, config, objective.rows + low_rows, low_rows, time.perf_counter() - start,
+    return _result(found, opts, config, objective.rows + low_rows, low_rows, start,
                    stopped="time_budget" if ctx.deadline.hit else "done")
 
 
@@ -343,7 +343,8 @@ def _verified(
 
 def _result(f: _Found, opts: AttackSettings, config: dict[str, object], evaluations: int, low_rows: int,
             start: float, stopped: str) -> AttackResult:
-    """The result: L0 counted in positions ``(h, w)``; an example succeeds when it verified,
+    """The result (``start``: ``time.perf_counter()`` when the call began): L0 counted in
+    positions ``(h, w)``; an example succeeds when it verified,
     changes at least one position and at most ``max_pixels``."""
     l0 = FeatureSpace(FeatureKind.PIXEL, _image_shape(f.x_orig)).l0(f.x_adv, f.x_orig)
     verified = f.found & (f.labels_adv != f.predicted) & (l0 >= 1) & ~f.misclassified
