@@ -70,3 +70,26 @@ def test_without_a_known_work_size_the_tuning_is_not_shortened(monkeypatch: pyte
     seen = _count_tuning(monkeypatch)
     l0tre.evaluate(l0tre.Classifier(net), x, t_max=2)
     assert seen["rows"] > modes.TUNING_SHARE * _work(x, (0.0, 0.5, 1.0))
+
+
+def test_a_shortened_decision_serves_smaller_runs_of_the_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run measures once; a later run of the same classifier with less work reuses the decision
+    (no measurement), one with more work measures again; too little work measures nothing."""
+    shape = (1, 24, 24)
+    net = random_cnn(shape, 4, 3).float()
+    x = torch.rand(8, *shape, generator=torch.Generator().manual_seed(12))
+    seen = _count_tuning(monkeypatch)
+    clf = l0tre.Classifier(net)
+    l0tre.evaluate(clf, x[:6], t_max=1)
+    first = seen["rows"]
+    assert first > 0
+    # less work, but enough that it would measure on its own (its mode probe has >= 16 rows)
+    assert modes.TUNING_SHARE * _work(x[:5], (0.0, 0.5, 1.0)) / 2 // 6 >= modes.MIN_PROBE_ROWS
+    l0tre.evaluate(clf, x[:5], t_max=1)  # reused
+    assert seen["rows"] == first
+    l0tre.evaluate(clf, x, t_max=1)  # more work: measured again
+    assert seen["rows"] > first
+    seen["rows"] = 0
+    tiny = l0tre.Classifier(random_cnn((1, 4, 4), 4, 3).float())
+    l0tre.evaluate(tiny, torch.rand(1, 1, 4, 4), t_max=1)  # 16 pixels × 2 colours: nothing to measure on
+    assert seen["rows"] == 0 and tiny.mode == "eager"

@@ -44,6 +44,8 @@ GPU_MAX_ROWS = 1 << 16
 #: a small run (one image of a large network) measures on fewer rows or not at all, so that
 #: tuning never dominates the work it tunes
 TUNING_SHARE = 0.05
+#: fewer rows than this do not tell channels_last from eager: the mode stays eager
+MIN_PROBE_ROWS = 16
 
 
 def time_forward(model: Classifier, x: torch.Tensor, repeats: int = 2) -> float:
@@ -91,8 +93,9 @@ def tune(
     ``cap`` is the memory-derived maximum rows per call; a user ``batch_size`` is kept (capped),
     otherwise ``auto`` measures a few batch sizes (GPU: the cap) and keeps the fastest.
     ``work_rows``: model evaluations of the run, when known: the measurements then cost at most
-    :data:`TUNING_SHARE` of them (half for the mode, half for the batch size; shortened
-    decisions are not cached). Returns ``(mode in use, batch size)``.
+    :data:`TUNING_SHARE` of them (half for the mode, half for the batch size; a shortened
+    decision is reused by this process's runs with at most its budget, never stored on disk).
+    Returns ``(mode in use, batch size)``.
     """
     default_rows = CPU_MAX_ROWS if model.device.type == "cpu" else GPU_MAX_ROWS
     rows = min(batch_size, cap) if batch_size is not None else min(cap, default_rows)
@@ -101,18 +104,24 @@ def tune(
         stored = tuning_cache.lookup(tuning_cache.context_key(model, "tune", *key))
         if isinstance(stored, list) and len(stored) == 2 and stored[0] in ("eager", "channels_last"):
             model.tuned[key] = (str(stored[0]), int(stored[1]))
+    budget = None if work_rows is None else int(TUNING_SHARE * work_rows) // 2  # per measurement
+    earlier = model.tuned.get(("short", *key))  # ((mode, its budget), rows): shortened, this process
+    if key not in model.tuned and earlier is not None and budget is not None and earlier[0][1] >= budget:
+        select_mode(model, shape, earlier[1], str(earlier[0][0]))  # measured on at least this run's budget
+        return str(earlier[0][0]), earlier[1]
     if key in model.tuned:
         used, rows = model.tuned[key]
         select_mode(model, shape, rows, str(used))
         return str(used), rows
     probe = min(rows, 256 if model.device.type == "cpu" else 8192)
-    budget = None if work_rows is None else int(TUNING_SHARE * work_rows) // 2  # per measurement
     short = budget is not None and budget < 6 * probe  # select_mode: 3 calls per mode
-    used = select_mode(model, shape, probe if budget is None else min(probe, budget // 6), mode)
+    mode_rows = probe if budget is None else min(probe, budget // 6)
+    used = select_mode(model, shape, mode_rows if mode_rows >= MIN_PROBE_ROWS else 0, mode)
     if batch_size is None and model.device.type == "cpu" and Mode.parse(mode) is not Mode.EAGER:
         short = short or (budget is not None and budget < 2 * sum(b for b in (64, 128, 256, 512) if b <= rows))
         rows = tune_batch_size(model, shape, rows, budget)
-    if short:  # measured on fewer rows than a full tuning: not kept for other runs
+    if short:  # fewer rows than a full tuning: kept for this process's smaller runs only, not on disk
+        model.tuned[("short", *key)] = ((used, budget), rows)
         return used, rows
     model.tuned[key] = (used, rows)
     if Mode.parse(mode) is Mode.AUTO:
