@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from ...engine.options import check_inputs
 from ...validate import non_negative_int, positive_int, positive_seconds
 from .candidates import Candidates, Grid
 from .neurons import NeuronKind, Neurons
+from .reach import ReachSettings, reach_phase
 from .result import CoverageResult
 from .search import Search, SearchSettings, _Stop
 
@@ -82,6 +83,8 @@ def coverage(
     batch_size: int = 256,
     max_evaluations: int = 50_000,
     prove: bool = True,
+    reach: bool = True,
+    on_snapshot: Callable[[CoverageResult], None] | None = None,
     bounds: tuple[float, float] | None = None,
     device: str | torch.device | None = None,
     show_progress: bool = False,
@@ -103,6 +106,11 @@ def coverage(
         max_evaluations: candidates per level; a level that fits is searched exhaustively.
         prove: bound the neurons over the whole input domain; those that can never exceed
             the threshold are reported ``unreachable`` and not searched.
+        reach: after the grid levels, the reachability phase for the neurons still open
+            (:mod:`.reach`: gradient ascent over the input box, then a sparse test from a seed;
+            re-checked, L0 not claimed minimal).
+        on_snapshot: called with the result so far after every level (and the reach phase);
+            what it raises stops the search (KeyboardInterrupt is reported as ``interrupted``).
         bounds: input range ``(lo, hi)`` (default: the classifier's, else ``(0, 1)``).
         device: where the model runs.
         show_progress: a progress bar per level.
@@ -134,11 +142,23 @@ def coverage(
                               show_progress=show_progress)
     search = Search(found, Grid.build(x, palette), settings, before.clone(), unreachable & ~before)
     stopped = "measure_only" if t_max == 0 else "t_max"
+
+    def snapshot() -> None:
+        if on_snapshot is not None:
+            on_snapshot(_result(clf, x, found, search, before, unreachable, seed_best, "snapshot",
+                                time.monotonic() - start))
+
     try:
         for t in range(1, t_max + 1):
             if search.run_level(t) is None:
                 stopped = "complete"
                 break
+            snapshot()
+        if reach and t_max > 0 and stopped != "complete":
+            if reach_phase(search, ReachSettings(), clf.bounds) is None:
+                stopped = "complete"
+            else:
+                snapshot()
     except _Stop:
         stopped = "time_budget"
     except KeyboardInterrupt:
