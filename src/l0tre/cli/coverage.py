@@ -50,6 +50,8 @@ def add_parser(subparsers: Subparsers) -> None:
     g.add_argument("--batch-size", type=int, default=256, metavar="N", help="candidate tests per forward pass")
     g.add_argument("--max-evaluations", type=int, default=50_000, metavar="N",
                    help="candidate tests per level (a level that fits is searched exhaustively)")
+    g.add_argument("--no-reach", action="store_true",
+                   help="no reachability phase (gradient ascent, then a sparse test) after the grid levels")
     g.add_argument("--no-proof", action="store_true", help="do not bound neurons over the input domain")
     g.add_argument("--no-figures", action="store_true", help="write results.json and tests.npz only")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
@@ -62,6 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from ..apps.coverage.core import check_threshold, coverage
     from ..apps.coverage.neurons import NeuronKind
     from ..apps.coverage.outputs import write_coverage_outputs
+    from ..apps.coverage.result import CoverageResult
 
     out = Path(args.out)
     try:
@@ -75,15 +78,22 @@ def run(args: argparse.Namespace) -> int:
             notice(args, f"overwrite: replacing the earlier run in {str(out)!r}")
         layers = [s.strip() for s in args.layers.split(",") if s.strip()] if args.layers else None
         t_max = 0 if args.measure_only else args.t_max
+        config = {"command": "coverage", "model": str(args.model), "data": str(args.data),
+                  "indices": [int(i) for i in data.indices.tolist()], "neurons": args.neurons,
+                  "threshold": args.threshold, "epsilon": args.epsilon, "t_max": t_max,
+                  "time_budget": args.time_budget, "layers": layers, "max_evaluations": args.max_evaluations,
+                  "prove": not args.no_proof, "reach": not args.no_reach, "bounds": list(clf.bounds),
+                  "device": str(clf.device)}
+
+        def snapshot(res_so_far: CoverageResult) -> None:  # anytime: the folder holds the latest snapshot
+            with signals_ignored(), output_errors("--out"):
+                write_coverage_outputs(out, res_so_far, data.x, clf.bounds, config, figures=False)
+
         res = coverage(clf, data.x, neurons=args.neurons, threshold=args.threshold, epsilon=args.epsilon,
                        t_max=t_max, time_budget=args.time_budget, layers=layers, batch_size=args.batch_size,
-                       max_evaluations=args.max_evaluations, prove=not args.no_proof,
-                       show_progress=not args.quiet)
-        config = {"command": "coverage", "model": str(args.model), "data": str(args.data),
-                  "indices": [int(i) for i in data.indices.tolist()], "neurons": res.neurons,
-                  "threshold": res.threshold, "epsilon": args.epsilon, "t_max": t_max,
-                  "time_budget": args.time_budget, "layers": layers, "max_evaluations": args.max_evaluations,
-                  "prove": not args.no_proof, "bounds": list(clf.bounds), "device": str(clf.device)}
+                       max_evaluations=args.max_evaluations, prove=not args.no_proof, reach=not args.no_reach,
+                       show_progress=not args.quiet, on_snapshot=snapshot)
+        config.update(neurons=res.neurons, threshold=res.threshold)
         with signals_ignored(), output_errors("--out"):
             payload = write_coverage_outputs(out, res, data.x, clf.bounds, config, figures=not args.no_figures)
     except (ValueError, TypeError, FileNotFoundError, OutputError) as exc:
