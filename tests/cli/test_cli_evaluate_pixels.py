@@ -8,6 +8,8 @@ import json
 
 import pytest
 
+from l0tre.cli import main
+
 from .conftest import Assets, run_cli
 
 
@@ -32,9 +34,11 @@ def test_pixels_end_to_end(assets: Assets, tmp_path_factory: pytest.TempPathFact
     assert ("the lower bound is not claimed" in proc.stdout) is not claimed
 
 
-def test_bad_pixels_rule_is_one_error_line(assets: Assets, tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_bad_pixels_rule_is_one_error_line(assets: Assets, tmp_path_factory: pytest.TempPathFactory,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path_factory.mktemp("pix") / "bad"
-    proc = run_cli("evaluate", "--model", assets.model, "--data", assets.data, "--pixels", "sample:0", "--out", out)
-    assert proc.returncode == 2
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("l0tre: error: pixels:"), proc.stderr
+    code = main(["evaluate", "--model", str(assets.model), "--data", str(assets.data), "--pixels", "sample:0",
+                 "--out", str(out), "--quiet"])
+    assert code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("l0tre: error: pixels:"), lines
