@@ -98,13 +98,15 @@ def _same(a: l0tre.Result, b: l0tre.Result) -> bool:
             and torch.equal(a.adversarial, b.adversarial) and a.evaluations == b.evaluations)
 
 
-OVERHEAD_CASES = (("actors", 1), ("actors", 2), ("tasks", 1), ("tasks", 2))  # (workers, in_flight)
+#: (workers, in_flight, units_per_call)
+OVERHEAD_CASES = (("actors", 1, 1), ("actors", 2, 1), ("actors", 2, 4), ("tasks", 1, 1), ("tasks", 2, 4))
 
 
 def overhead(repeats: int) -> dict[str, Any]:
     """Per-unit overhead of one Ray worker over the in-process executor on tiny units (16 rows of
     a linear model, t <= 2 on 6×6 inputs): ``in_flight=1`` is the whole round trip of a unit,
-    ``in_flight=2`` what is left when the next unit waits queued on the worker."""
+    ``in_flight=2`` what is left when the next call waits queued on the worker, 4 units per call
+    (the CPU default) what is left per unit when calls carry several."""
     model, x = _tiny()
     kw = {"epsilon": 0.5, "t_max": 2, "batch_size": 1}
     out: dict[str, Any] = {}
@@ -114,12 +116,12 @@ def overhead(repeats: int) -> dict[str, Any]:
     out["units"] = units
     out["in_process_s"] = t_in
     out["in_process_ms_per_unit"] = 1000 * t_in / units
-    for kind, depth in OVERHEAD_CASES:
-        with RayExecutor(num_workers=1, workers=kind, in_flight=depth) as ex:
+    for kind, depth, per_call in OVERHEAD_CASES:
+        with RayExecutor(num_workers=1, workers=kind, in_flight=depth, units_per_call=per_call) as ex:
             runs = [_timed(model, x, ex, **kw) for _ in range(repeats + 1)][1:]
         t_ray = statistics.median(r[0] for r in runs)
         assert all(_same(base[0][1], r[1]) for r in runs), kind
-        out[f"{kind}/{depth}"] = {"wall_s": t_ray, "overhead_ms_per_unit": 1000 * (t_ray - t_in) / units}
+        out[f"{kind}/{depth}/{per_call}"] = {"wall_s": t_ray, "overhead_ms_per_unit": 1000 * (t_ray - t_in) / units}
     return out
 
 
@@ -132,13 +134,13 @@ def _images(model: Any, images: int, data_root: str) -> torch.Tensor:
 
 
 def scaling(model_name: str, images: int, t_max: int, epsilon: float, repeats: int,
-            data_root: str) -> dict[str, Any]:
+            data_root: str, mode: str) -> dict[str, Any]:
     """In-process (1 thread) vs 2 Ray workers (1 thread each) on a t = 2 evaluation."""
     model = l0tre.load_model(model_name)
     x = _images(model, images, data_root)
-    kw = {"epsilon": epsilon, "t_max": t_max}
+    kw = {"epsilon": epsilon, "t_max": t_max, "mode": mode}
     runs_in = [_timed(model, x, InProcessExecutor(), sizes=(i == 0), **kw) for i in range(repeats + 1)]
-    out: dict[str, Any] = {"model": model_name, "images": images, "t_max": t_max, "epsilon": epsilon,
+    out: dict[str, Any] = {"mode": mode, "model": model_name, "images": images, "t_max": t_max, "epsilon": epsilon,
                            "units": runs_in[0][2].units, "shards": runs_in[0][2].calls,
                            "evaluations": runs_in[0][1].evaluations,
                            "run_part_bytes": runs_in[0][2].run_bytes,
@@ -162,6 +164,9 @@ def main() -> None:
     ap.add_argument("--epsilon", type=float, default=0.5)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-overhead", action="store_true")
+    ap.add_argument("--mode", default="eager",
+                    help="execution mode of the scaling runs (default eager: 'auto' is chosen by timing, "
+                         "which differs between runs on a busy machine)")
     ap.add_argument("--worker-niceness", type=int, default=0, help="niceness of the Ray workers (Ray's default: 15)")
     ap.add_argument("--data-root", default=os.environ.get("L0TRE_DATA", str(Path(__file__).resolve().parents[2]
                                                                           / "shared" / "data")))
@@ -180,7 +185,8 @@ def main() -> None:
                                   "load_before": os.getloadavg()}
         if not args.skip_overhead:
             result["overhead"] = overhead(args.repeats)
-        result["scaling"] = scaling(args.model, args.images, args.t_max, args.epsilon, args.repeats, args.data_root)
+        result["scaling"] = scaling(args.model, args.images, args.t_max, args.epsilon, args.repeats, args.data_root,
+                                    args.mode)
         result["load_after"] = os.getloadavg()
     finally:
         ray.shutdown()
@@ -194,9 +200,9 @@ def _table(r: dict[str, Any]) -> None:
         o = r["overhead"]
         print(f"overhead: {o['units']} tiny units, in-process {o['in_process_s']:.2f} s "
               f"({o['in_process_ms_per_unit']:.2f} ms per unit)")
-        for kind, depth in OVERHEAD_CASES:
-            case = o[f"{kind}/{depth}"]
-            print(f"  1 worker, {kind:6s} in_flight={depth}: {case['wall_s']:.2f} s -> "
+        for kind, depth, per_call in OVERHEAD_CASES:
+            case = o[f"{kind}/{depth}/{per_call}"]
+            print(f"  1 worker, {kind:6s} in_flight={depth} units_per_call={per_call}: {case['wall_s']:.2f} s -> "
                   f"{case['overhead_ms_per_unit']:.2f} ms per unit")
     s = r["scaling"]
     print(f"scaling: {s['model']}, {s['images']} images, t <= {s['t_max']}, {s['units']} units in {s['shards']} "

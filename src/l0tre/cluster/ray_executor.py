@@ -6,8 +6,8 @@ arrives (``ray.wait``). The model and objective go to the object store once per 
 incremental chain once per level and a shard's tensors once per shard (:mod:`.shipping`); a call
 is only its rank ranges. Each worker keeps at most ``in_flight`` calls queued, so stopping (time
 budget, Ctrl-C: the loop closes the generator) cancels little work: queued calls are cancelled, a
-running one stops at its next model call. A unit whose worker is lost (a killed process, a lost node) is submitted again; a
-result is yielded only once per unit, so nothing is merged twice.
+running one stops at its next model call. A unit whose worker is lost (a killed process, a lost
+node) is submitted again; a result is yielded only once per unit, so nothing is merged twice.
 """
 
 from __future__ import annotations
@@ -226,13 +226,15 @@ class RayExecutor:
         """Yield ``(unit, result)`` for every unit as results arrive; closing cancels the rest."""
         self.start()
         refs = self._refs(task)
-        size = self.units_per_call
+        workers = len(self._actors) or int(self.num_workers or 1)
+        # never fewer calls than queue slots: few large units still spread over every worker
+        size = max(1, min(self.units_per_call, len(units) // (workers * self.in_flight)))
         # calls of consecutive units, popped from the end: submitted in the given order
         todo = [tuple(units[i:i + size]) for i in range(0, len(units), size)][::-1]
         running: dict[ray.ObjectRef, tuple[tuple[WorkUnit, ...], int, int]] = {}  # ref -> units, worker, attempt
         yielded: set[tuple[int, int, int]] = set()
         try:
-            for slot in range(len(self._actors) or int(self.num_workers or 1)):
+            for slot in range(workers):
                 for _ in range(self.in_flight):
                     self._submit(todo, running, refs, slot, 0)
             while running:
