@@ -85,7 +85,8 @@ def run(args: argparse.Namespace) -> int:
                   "prove": not args.no_proof, "reach": not args.no_reach, "bounds": list(clf.bounds),
                   "device": str(clf.device)}
 
-        def snapshot(res_so_far: CoverageResult) -> None:  # anytime: the folder holds the latest snapshot
+        def snapshot(res_so_far: CoverageResult) -> None:
+            """Anytime: the folder always holds the latest snapshot (written atomically)."""
             with signals_ignored(), output_errors("--out"):
                 write_coverage_outputs(out, res_so_far, data.x, clf.bounds, config, figures=False)
 
