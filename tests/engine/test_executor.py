@@ -334,3 +334,39 @@ def test_a_failing_executor_raises_and_leaves_a_resumable_checkpoint(tmp_path: P
             _full(model, x, executor=FailingExecutor(k), checkpoint=ckpt, **RUN)
         assert ckpt.exists()
         _same(full, _full(model, x, executor=ReversedExecutor(), checkpoint=ckpt, **RUN))
+
+
+# -- parallel executors: enough units per shard ---------------------------------------------------------
+class ParallelCountingExecutor(CountingExecutor):
+    """A :class:`CountingExecutor` that says it runs ``parallelism`` units at the same time."""
+
+    def __init__(self, parallelism: object) -> None:
+        super().__init__(seed=1)
+        self.parallelism = parallelism
+
+
+@pytest.mark.parametrize("workers", [2, 5])
+def test_a_parallel_executor_gets_enough_units_and_identical_results(workers: int) -> None:
+    from l0tre.engine.planning import UNITS_PER_WORKER
+
+    shape = (2, 4, 4)
+    model = random_cnn(shape, 4, 3).float()
+    x = _inputs(shape, 3, 5, torch.float32)
+    kw: dict[str, object] = {"epsilon": 0.5, "t_max": 2, "batch_size": 256, "keep_sensitivity": True}
+    serial = CountingExecutor()
+    ref = l0tre.evaluate(model, x, executor=serial, **kw)
+    ex = ParallelCountingExecutor(workers)
+    _same(ref, l0tre.evaluate(model, x, executor=ex, **kw))
+    n = shape[1] * shape[2]
+    assert any(len(u) < UNITS_PER_WORKER * workers for _, _, u in serial.calls), "the case needs large units"
+    for t, _, units in ex.calls:
+        assert len(units) >= min(math.comb(n, t), UNITS_PER_WORKER * workers)
+
+
+@pytest.mark.parametrize("value", [0, -3, 2.5, "4", None])
+def test_a_parallelism_that_is_not_a_positive_int_counts_as_one(value: object) -> None:
+    from l0tre.engine.executor import executor_parallelism
+
+    assert executor_parallelism(ParallelCountingExecutor(value)) == 1
+    assert executor_parallelism(InProcessExecutor()) == 1
+    assert executor_parallelism(ParallelCountingExecutor(3)) == 3

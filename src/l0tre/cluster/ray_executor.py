@@ -215,6 +215,12 @@ class RayExecutor:
             ray.shutdown()
         self._started_ray = False
 
+    @property
+    def parallelism(self) -> int:
+        """Workers running units at the same time (1 before :meth:`start` when ``num_workers`` is
+        not given); the engine cuts shards into enough units to keep them busy."""
+        return len(self._actors) or int(self.num_workers or 1)
+
     def __enter__(self) -> RayExecutor:
         return self.start()
 

@@ -22,7 +22,7 @@ from ..execution.pairs import PairTable
 from ..objectives import Objective
 from .sensitivity import LevelContext, UnitResult, evaluate_unit
 
-__all__ = ["Executor", "InProcessExecutor", "ShardTask", "WorkUnit"]
+__all__ = ["Executor", "InProcessExecutor", "ShardTask", "WorkUnit", "executor_parallelism"]
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,15 @@ class Executor(Protocol):
         When the iterator is a generator, the loop closes it when it stops early (time budget,
         Ctrl-C): a generator's ``finally`` is where outstanding units are cancelled."""
         ...
+
+
+def executor_parallelism(executor: object) -> int:
+    """How many units ``executor`` runs at the same time: its ``parallelism`` attribute (an
+    ``int``, e.g. the workers of a cluster) where it has one, else 1. The planner cuts each shard
+    into enough units to keep that many busy (:func:`~.planning.plan_level`); results do not
+    depend on it."""
+    value = getattr(executor, "parallelism", 1)
+    return value if isinstance(value, int) and value >= 1 else 1
 
 
 class InProcessExecutor:

@@ -25,7 +25,7 @@ from ..execution.incremental import IncrementalPrefix
 from ..execution.plan import ExecutionPlan
 from ..result import Result
 from .certified import Certifier, CertifyMode, CertifyOptions
-from .executor import Executor, InProcessExecutor, ShardTask, WorkUnit
+from .executor import Executor, InProcessExecutor, ShardTask, WorkUnit, executor_parallelism
 from .hooks import ProgressHook
 from .options import EvaluateOptions
 from .planning import level_evaluations, plan_level
@@ -155,7 +155,8 @@ class Engine:
                     if t > t_stop or active.numel() == 0:
                         stopped = "converged" if active.numel() == 0 else "t_max"
                         break
-                    self.state.level = plan_level(self.problem, t, active, self.plan.batch_size, self._now())
+                    self.state.level = plan_level(self.problem, t, active, self.plan.batch_size, self._now(),
+                                                  executor_parallelism(self.executor))
                 yield from self._level(self.state.level)
         except _OutOfTime:
             stopped = "time_budget"

@@ -12,14 +12,15 @@ import torch
 
 from .problem import Problem
 from .state import LevelProgress
-from .subspaces import count_points
+from .subspaces import count_points, n_subsets
 
-__all__ = ["SHARD_INPUTS", "SHARD_POINTS_MAX", "estimate_guard", "level_evaluations", "plan_level"]
+__all__ = ["SHARD_INPUTS", "SHARD_POINTS_MAX", "UNITS_PER_WORKER", "estimate_guard", "level_evaluations", "plan_level"]
 
 SHARD_INPUTS = 4  # measured: 8 gives the same speed with half as many snapshots
 SHARD_POINTS_MAX = 1 << 16  # points per shard beyond which a shard is not grown for batching, unless
 # 16 model calls hold more (large calls on a GPU): then shards grow to 16 calls, so that the
 # upper-bound search and tightening batch over many inputs per call
+UNITS_PER_WORKER = 4  # with a parallel executor, a shard has at least this many units per worker
 
 
 def level_evaluations(problem: Problem, t: int, inputs: torch.Tensor | None = None) -> int:
@@ -28,11 +29,14 @@ def level_evaluations(problem: Problem, t: int, inputs: torch.Tensor | None = No
     return int(count_points(counts, t).sum().item())
 
 
-def plan_level(problem: Problem, t: int, active: torch.Tensor, batch_size: int, started: float) -> LevelProgress:
+def plan_level(problem: Problem, t: int, active: torch.Tensor, batch_size: int, started: float,
+               parallelism: int = 1) -> LevelProgress:
     """Shards and unit sizes for level ``t`` over the inputs ``active`` ``(M,)``.
 
     A shard closes at ``target`` points, but holds ``SHARD_INPUTS`` inputs where they are cheap;
-    a unit holds about ``16 × batch_size`` candidate rows.
+    a unit holds about ``16 × batch_size`` candidate rows, and is smaller where that leaves fewer
+    than ``UNITS_PER_WORKER × parallelism`` units in a shard (an executor running units at the same
+    time: see :func:`~.executor.executor_parallelism`). Unit sizes never change a result.
     """
     per_input = count_points(problem.valid_counts[active], t).clamp_min(1)
     target = max(16 * batch_size, SHARD_INPUTS * int(per_input.float().median()))
@@ -52,6 +56,9 @@ def plan_level(problem: Problem, t: int, active: torch.Tensor, batch_size: int, 
     p1 = problem.palette.shape[0]
     cand_limit = 16 * batch_size
     unit = [max(1, cand_limit // (len(s) * p1**t)) for s in shards]
+    if parallelism > 1:
+        cap = max(1, -(-n_subsets(problem.n, t) // (UNITS_PER_WORKER * parallelism)))
+        unit = [min(u, cap) for u in unit]
     return LevelProgress(t=t, shards=shards, unit_subsets=unit, started=started)
 
 
