@@ -26,7 +26,8 @@ if TYPE_CHECKING:  # the applications are a higher layer: only their type is nam
 
     from .apps.attack.result import AttackResult
 
-__all__ = ["ATTACK_EXAMPLES", "FIGURES", "MAX_EXAMPLES", "ReportData", "draw_figures", "write_attack_examples"]
+__all__ = ["ATTACK_EXAMPLES", "FIGURES", "MAX_EXAMPLES", "ReportData", "draw_figures", "new_figure", "save_png",
+           "write_attack_examples"]
 
 FIGURES = ("convergence.png", "per_input.png", "level_time.png", "adversarial.png")
 MAX_EXAMPLES = 16
@@ -60,8 +61,9 @@ class ReportData:
 
 
 # -- report figures -------------------------------------------------------------------------------
-def _new_figure(width: float, height: float) -> Any:
-    """A matplotlib figure on an Agg canvas (no pyplot, no global state)."""
+def new_figure(width: float, height: float) -> Any:
+    """A matplotlib figure on an Agg canvas (no pyplot, no global state); every figure of the
+    package (reports and applications) starts here."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -70,10 +72,10 @@ def _new_figure(width: float, height: float) -> Any:
     return fig
 
 
-def _save(fig: Any, path: Path) -> Path:
-    """Save ``fig`` as PNG, atomically."""
+def save_png(fig: Any, path: Path, *, tight: bool = False) -> Path:
+    """Save ``fig`` as PNG, atomically (``tight``: crop to the drawn area)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight", facecolor="white")
+    fig.savefig(buf, format="png", bbox_inches="tight" if tight else None, facecolor="white")
     atomic_write_bytes(path, buf.getvalue())
     return path
 
@@ -145,13 +147,13 @@ def _convergence_time(ax: Any, hist: list[dict[str, Any]], levels: list[dict[str
 def _fig_convergence(rep: ReportData, path: Path) -> Path:
     """Global bounds per level and over time (paper Fig. 1b)."""
     hist = [h for h in rep.history if h.get("lower") is not None and h.get("upper") is not None]
-    fig = _new_figure(11.0, 4.0)
+    fig = new_figure(11.0, 4.0)
     ax1, ax2 = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1.5]})
     levels = _level_points(hist)
     _convergence_levels(ax1, levels)
     _convergence_time(ax2, hist, levels)
     fig.suptitle("Convergence of the global robustness bounds", fontsize=11)
-    return _save(fig, path)
+    return save_png(fig, path, tight=True)
 
 
 def _fig_per_input(rep: ReportData, path: Path) -> Path:
@@ -166,7 +168,7 @@ def _fig_per_input(rep: ReportData, path: Path) -> Path:
     shown_up = up[found] if found.any() else np.array([0.0])
     top = max(float(shown_up.max()), float(lo.max()) if n else 0.0) * 1.15 + 1.0
     up_plot = np.where(found, up, top * 0.97)
-    fig = _new_figure(min(14.0, max(7.0, 0.12 * n + 4.0)), 4.4)
+    fig = new_figure(min(14.0, max(7.0, 0.12 * n + 4.0)), 4.4)
     ax = fig.subplots()
     ax.vlines(x, lo, up_plot, color="#bbbbbb", linewidth=2 if n <= 100 else 1, zorder=1)
     size = 30 if n <= 100 else 10
@@ -197,7 +199,7 @@ def _fig_per_input(rep: ReportData, path: Path) -> Path:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     ax.set_title(f"Per-input bounds on the maximum safe L0 radius ({int(conv.sum())}/{n} converged)", fontsize=11)
-    return _save(fig, path)
+    return save_png(fig, path, tight=True)
 
 
 def _level_costs(rep: ReportData) -> tuple[list[str], list[float], list[float], list[bool]]:
@@ -229,7 +231,7 @@ def _level_costs(rep: ReportData) -> tuple[list[str], list[float], list[float], 
 def _fig_level_time(rep: ReportData, path: Path) -> Path:
     """Seconds and model evaluations per level (paper Fig. 1c)."""
     labels, secs, evals, incomplete = _level_costs(rep)
-    fig = _new_figure(10.0, 3.8)
+    fig = new_figure(10.0, 3.8)
     axes = fig.subplots(1, 2)
     for ax, values, title, unit in ((axes[0], secs, "time per level", "seconds"),
                                     (axes[1], evals, "model evaluations per level", "evaluations")):
@@ -259,7 +261,7 @@ def _fig_level_time(rep: ReportData, path: Path) -> Path:
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("Cost of each level t", fontsize=11)
-    return _save(fig, path)
+    return save_png(fig, path, tight=True)
 
 
 def _to_image(x: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, str | None]:
@@ -290,7 +292,7 @@ def _fig_adversarial(rep: ReportData, path: Path) -> Path | None:
     groups = 1 if k == 1 else 2
     nrows = math.ceil(k / groups)
     lo, hi = (rep.results.get("config", {}).get("bounds") or [0.0, 1.0])[:2]
-    fig = _new_figure(3 * groups * 1.75, nrows * 1.95 + 0.5)
+    fig = new_figure(3 * groups * 1.75, nrows * 1.95 + 0.5)
     axes = np.atleast_2d(fig.subplots(nrows, 3 * groups, squeeze=False))
     for ax in axes.flat:
         ax.set_axis_off()
@@ -324,7 +326,7 @@ def _fig_adversarial(rep: ReportData, path: Path) -> Path | None:
     shown = f" (first {k} of {len(adv['index'])})" if k < len(adv["index"]) else ""
     fig.suptitle(f"Adversarial examples: original | adversarial | changed pixels (red: brighter, blue: darker)"
                  f"{shown}", fontsize=10)
-    return _save(fig, path)
+    return save_png(fig, path, tight=True)
 
 
 def draw_figures(rep: ReportData, directory: Path) -> list[Path]:

@@ -9,7 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from ..study.figures import CERTIFIED, ESTIMATE, LOWER, UPPER, new_figure, save_png
+from ...figures import new_figure, save_png
+from ..study.figures import CERTIFIED, ESTIMATE, LOWER, UPPER
 from .result import CompareResult
 
 __all__ = ["COMPARE_FIGURES", "draw_compare"]

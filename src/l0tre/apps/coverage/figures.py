@@ -6,15 +6,13 @@ written atomically.
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
-from ...atomic import atomic_write_bytes
+from ...figures import new_figure, save_png
 from .result import CoverageResult
 
 __all__ = ["FIGURES", "MAX_TESTS", "draw_coverage_figures"]
@@ -24,25 +22,11 @@ MAX_TESTS = 8
 _BEFORE, _AFTER, _DEAD = "#8aa6c1", "#1f6fb4", "#999999"
 
 
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", facecolor="white")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 def _coverage_l0(res: CoverageResult, path: Path) -> Path:
     """Coverage (%) against the largest L0 allowed (paper Fig. 16); L0 = 0 is the seeds."""
-    fig = _figure(5.2, 3.4)
+    fig = new_figure(5.2, 3.4)
     ax = fig.add_subplot()
     t_max = max([int(res.l0.max())] if res.l0.numel() else [0])
     found = res.test_of[res.test_of >= 0]
@@ -64,12 +48,12 @@ def _coverage_l0(res: CoverageResult, path: Path) -> Path:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     ax.set_title(f"Coverage vs L0 ({res.total} {res.neurons} neurons, threshold {res.threshold:g})", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _distances(res: CoverageResult, path: Path) -> Path:
     """Histogram of the tests' L0 distances (paper Fig. 17)."""
-    fig = _figure(5.2, 3.2)
+    fig = new_figure(5.2, 3.2)
     ax = fig.add_subplot()
     if res.l0.numel():
         top = int(res.l0.max())
@@ -84,7 +68,7 @@ def _distances(res: CoverageResult, path: Path) -> Path:
     ax.set_ylabel("generated tests")
     ax.set_title(f"{int(res.l0.numel())} tests, mean L0 "
                  f"{float(res.l0.float().mean()) if res.l0.numel() else float('nan'):.2f}", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _image(x: np.ndarray, lo: float, hi: float) -> tuple[np.ndarray, str | None]:
@@ -112,7 +96,7 @@ def _tests(res: CoverageResult, seeds: torch.Tensor, bounds: tuple[float, float]
     shown = _pick(res)
     k = len(shown)
     rows = max(1, math.ceil(k / 2))
-    fig = _figure(2 * 3 * 1.7, rows * 1.9 + 0.4)
+    fig = new_figure(2 * 3 * 1.7, rows * 1.9 + 0.4)
     axes = np.atleast_2d(fig.subplots(rows, 6, squeeze=False))
     for ax in axes.flat:
         ax.set_axis_off()
@@ -141,13 +125,13 @@ def _tests(res: CoverageResult, seeds: torch.Tensor, bounds: tuple[float, float]
             ax.set_yticks([])
     fig.suptitle(f"Generated tests ({k} of {int(res.seed.numel())}): seed | test | changed pixels "
                  "(red brighter, blue darker) and the neuron it activates", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def _per_layer(res: CoverageResult, path: Path) -> Path:
     """Coverage per hidden layer: seeds, after the search, and proven unreachable."""
     rows = res.per_layer()
-    fig = _figure(max(5.0, 0.45 * len(rows) + 2.0), 3.6)
+    fig = new_figure(max(5.0, 0.45 * len(rows) + 2.0), 3.6)
     ax = fig.add_subplot()
     idx = np.arange(len(rows))
     n = np.array([r["neurons"] for r in rows], dtype=float)
@@ -165,7 +149,7 @@ def _per_layer(res: CoverageResult, path: Path) -> Path:
     ax.legend(fontsize=7, loc="upper center", ncol=3, frameon=False)
     ax.grid(axis="y", alpha=0.3)
     ax.set_title(f"Coverage per hidden layer ({res.neurons} neurons; layer name and count)", fontsize=9)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def draw_coverage_figures(res: CoverageResult, seeds: torch.Tensor, bounds: tuple[float, float],

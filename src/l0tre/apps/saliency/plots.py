@@ -7,13 +7,12 @@ says so). matplotlib is imported here only, lazily, and drawn on an Agg canvas.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...atomic import atomic_write_bytes
+from ...figures import new_figure, save_png
 
 __all__ = ["draw_grid", "draw_image"]
 
@@ -31,20 +30,6 @@ def _inferno() -> Any:
     return cmap
 
 
-def _figure(width: float, height: float) -> Any:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _save(fig: Any, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", facecolor="white")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 def _picture(x: np.ndarray, bounds: tuple[float, float]) -> tuple[np.ndarray, str | None]:
@@ -103,20 +88,20 @@ def _panels(fig: Any, axes: Any, x: np.ndarray, sens: np.ndarray, flips: np.ndar
 def draw_image(path: Path, x: np.ndarray, sens: np.ndarray, flips: np.ndarray, bounds: tuple[float, float],
                unit: str, title: str) -> Path:
     """One image: ``x`` ``(C, H, W)``, ``sens`` and ``flips`` ``(H, W)`` (NaN: not evaluated)."""
-    fig = _figure(9.0, 3.2)
+    fig = new_figure(9.0, 3.2)
     axes = fig.subplots(1, 3)
     _panels(fig, axes, x, sens, flips, bounds, unit, title)
     if np.isnan(sens).any():
         fig.suptitle("light grey in the heat map: pixels not searched (pixel selection)", fontsize=8)
-    return _save(fig, path)
+    return save_png(fig, path)
 
 
 def draw_grid(path: Path, x: np.ndarray, sens: np.ndarray, flips: np.ndarray, bounds: tuple[float, float],
               unit: str, titles: list[str]) -> Path:
     """Rows of images ``x`` ``(M, C, H, W)`` with their maps ``(M, H, W)`` (each its own range)."""
     m = int(x.shape[0])
-    fig = _figure(9.0, 2.6 * m)
+    fig = new_figure(9.0, 2.6 * m)
     axes = np.asarray(fig.subplots(m, 3)).reshape(m, 3)
     for i in range(m):
         _panels(fig, axes[i], x[i], sens[i], flips[i], bounds, unit, titles[i])
-    return _save(fig, path)
+    return save_png(fig, path)

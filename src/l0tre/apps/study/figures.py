@@ -7,42 +7,25 @@ shared with the comparison's figures.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ...atomic import atomic_write_bytes
+from ...figures import new_figure, save_png
 
 if TYPE_CHECKING:
     import torch
 
     from .core import StudyResult
 
-__all__ = ["STUDY_FIGURES", "LOWER", "UPPER", "ESTIMATE", "CERTIFIED", "draw_study", "new_figure", "save_png"]
+__all__ = ["STUDY_FIGURES", "LOWER", "UPPER", "ESTIMATE", "CERTIFIED", "draw_study"]
 
 STUDY_FIGURES = ("fig1a_input.png", "fig1b_global.png", "fig1c_time.png", "fig2_inputs.png")
 LOWER, UPPER, ESTIMATE, CERTIFIED, CONVERGED = "#1f6fb4", "#c8312b", "#2e9a3a", "#8e44ad", "#222222"
 
 
-def new_figure(width: float, height: float) -> Any:
-    """A matplotlib figure on an Agg canvas."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_png(fig: Any, path: Path) -> Path:
-    """Save ``fig`` as a PNG, atomically."""
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", facecolor="white")
-    atomic_write_bytes(path, buf.getvalue())
-    return path
 
 
 def _bounds_panel(ax: Any, ts: list[int], lo: np.ndarray, up: np.ndarray, cert: np.ndarray | None) -> None:
