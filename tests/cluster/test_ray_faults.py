@@ -14,6 +14,7 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 import torch
 
 import l0tre
@@ -113,3 +114,42 @@ def test_cli_ray_budget_then_resume_equals_the_in_process_run(ex: RayExecutor, t
     assert _bounds(ray_out) == _bounds(plain)
     final = json.loads((ray_out / "results.json").read_text())["global"]
     assert final["evaluations"] == json.loads((plain / "results.json").read_text())["global"]["evaluations"]
+
+
+
+def test_study_and_compare_on_ray_equal_the_in_process_runs(ex: RayExecutor) -> None:
+    """``study_global`` and ``compare`` run through the engine, so they take ``executor=``."""
+    class Counted:
+        """``ex``, counting the shards it is given."""
+
+        def __init__(self) -> None:
+            self.parallelism, self.shards = ex.parallelism, 0
+
+        def map(self, task, units):  # type: ignore[no-untyped-def]
+            self.shards += 1
+            yield from ex.map(task, units)
+
+    model, x, _ = _case()
+    kw: dict[str, object] = {"epsilon": 0.5, "t_max": 3, "batch_size": 4}
+    here = l0tre.study_global(model, x, **kw)  # type: ignore[arg-type]
+    counted = Counted()
+    there = l0tre.study_global(model, x, executor=counted, **kw)  # type: ignore[arg-type]
+    assert counted.shards > 0
+    same(here.result, there.result)
+    assert [(r.lower.tolist(), r.upper.tolist()) for r in here.levels] == \
+        [(r.lower.tolist(), r.upper.tolist()) for r in there.levels]
+    other = random_mlp(SHAPE, 3, 7)
+    a = l0tre.compare({"a": model, "b": other}, x, **kw)  # type: ignore[arg-type]
+    counted = Counted()
+    b = l0tre.compare({"a": model, "b": other}, x, executor=counted, **kw)  # type: ignore[arg-type]
+    assert counted.shards > 0
+    assert a.to_dict()["per_input"] == b.to_dict()["per_input"]
+
+
+def test_study_and_compare_commands_offer_ray(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--ray-workers`` without ``--ray`` is refused by both commands (the options are wired)."""
+    for argv in (["study", "global", "--model", "paper-mnist"], ["compare", "--models", "paper-mnist", "paper-mnist"]):
+        code = main([*argv, "--data", "mnist:test", "--limit", "2", "--out", str(tmp_path / argv[0]),
+                     "--ray-workers", "2", "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and "--ray-workers" in err and "--ray" in err, err

@@ -21,12 +21,13 @@ from ..classifier import Classifier
 from ..data import EmbeddedDataWarning, load_data
 from ..models import load_model
 from ..outdir import RESULTS_JSON, check_writable_folder, json_safe
-from .common import check_forward, fmt_seconds, image_shape, load_inputs, notice, output_errors
+from .common import check_forward, fmt_seconds, image_shape, load_inputs, notice, output_errors, ray_executor
 from .parsing import (
     EXIT_OK,
     Subparsers,
     UsageError,
     add_engine_options,
+    add_ray_options,
     argtype,
     common_options,
     parse_duration,
@@ -77,6 +78,7 @@ def add_parser(subparsers: Subparsers) -> None:
     r.add_argument("--mode", choices=("auto", "eager", "channels_last", "compile", "compile+channels_last"),
                    default="auto", help="forward execution mode")
     r.add_argument("--quiet", action="store_true", help="no progress bars and no notices")
+    add_ray_options(p)
 
 
 def _names(specs: list[str]) -> list[str]:
@@ -149,13 +151,14 @@ def run(args: argparse.Namespace) -> int:
         """A notice before each model's level."""
         notice(args, f"compare: {name} at t={t} on {inputs} inputs")
 
-    with output_errors("--out"):
+    with ray_executor(args) as executor, output_errors("--out"):
         comp = compare(dict(zip(names, models, strict=True)), data.x, labels=data.y, epsilon=args.epsilon,
                        t_max=args.t_max, deep_limit=args.deep_limit, features=args.features, certify=args.certify,
                        certify_time_limit=args.certify_time_limit, batch_size=args.batch_size,
                        max_memory=args.max_memory, time_budget=args.time_budget, checkpoint_dir=out / RUNS,
                        **({"max_evaluations": args.max_evaluations} if args.max_evaluations else {}),
-                       mode=args.mode, confidence=args.confidence, show_progress=not args.quiet, on_stage=stage)
+                       mode=args.mode, confidence=args.confidence, show_progress=not args.quiet, on_stage=stage,
+                       executor=executor)
         test_acc = _test_accuracy(args, models) if args.test_accuracy and data.y is not None else None
         files = write_compare(out, comp, config, test_accuracy=test_acc)
     _print_summary(comp, files[-1], sum(comp.seconds.values()))

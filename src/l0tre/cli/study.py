@@ -17,12 +17,21 @@ from ..apps.study import levels_path, study_global, write_study
 from ..atomic import OutputError
 from ..outdir import CHECKPOINT, RESULTS_JSON, check_writable_folder, json_safe, remove_run_files, write_outputs
 from ..result import Result
-from .common import fmt_seconds, load_classifier, notice, output_errors, refuse_to_replace, select_inputs
+from .common import (
+    fmt_seconds,
+    load_classifier,
+    notice,
+    output_errors,
+    ray_executor,
+    refuse_to_replace,
+    select_inputs,
+)
 from .parsing import (
     EXIT_OK,
     Subparsers,
     UsageError,
     add_engine_options,
+    add_ray_options,
     add_source_options,
     argtype,
     common_options,
@@ -65,6 +74,7 @@ def add_parser(subparsers: Subparsers) -> None:
                    default="auto", help="forward execution mode")
     r.add_argument("--report-every", type=float, default=5.0, metavar="SEC", help="seconds between snapshots")
     r.add_argument("--quiet", action="store_true", help="no progress bar and no notices")
+    add_ray_options(g)
 
 
 def _prepare_folder(args: argparse.Namespace, out: Path) -> None:
@@ -108,14 +118,15 @@ def run(args: argparse.Namespace) -> int:
         """The evaluation folder after every snapshot."""
         write_outputs(run_dir, snap, indices, data.x, config)
 
-    with output_errors("--out"):
+    with ray_executor(args) as executor, output_errors("--out"):
         study = study_global(
             model, data.x, labels=data.y, epsilon=args.epsilon, t_max=args.t_max, features=args.features,
             certify=args.certify, certify_time_limit=args.certify_time_limit, batch_size=args.batch_size,
             max_memory=args.max_memory, time_budget=args.time_budget, time_budget_from_now=True,
             checkpoint=run_dir / CHECKPOINT,
             report_every=args.report_every, mode=args.mode, focus=args.focus, show_progress=not args.quiet,
-            on_snapshot=on_snapshot, **({"max_evaluations": args.max_evaluations} if args.max_evaluations else {}))
+            on_snapshot=on_snapshot, executor=executor,
+            **({"max_evaluations": args.max_evaluations} if args.max_evaluations else {}))
         files = write_study(out, study, indices, config)
         _evaluation_report(args, run_dir)
     res = study.result

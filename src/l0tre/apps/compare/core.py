@@ -22,6 +22,7 @@ import torch
 
 from ...api import prepare
 from ...classifier import Classifier, ModelLike, as_classifier
+from ...engine import Executor
 from ...engine.loop import drive
 from ...engine.options import DEFAULT_MAX_EVALUATIONS, check_inputs, check_labels
 from ...validate import optional_int, positive_int, positive_seconds
@@ -104,6 +105,7 @@ def compare(
     confidence: float = 0.95,
     show_progress: bool = False,
     on_stage: StageHook | None = None,
+    executor: Executor | None = None,
 ) -> CompareResult:
     """Compare the L0 robustness of several models on the same inputs (paper case study 4).
 
@@ -122,6 +124,8 @@ def compare(
         confidence: level of the paired confidence intervals (default 0.95).
         show_progress: a tqdm progress bar per model and level.
         on_stage: called with ``(name, t, inputs)`` before a model's level runs.
+        executor: where the work units run (default ``None``: here), e.g. a
+            :class:`~l0tre.cluster.RayExecutor`; results do not depend on it.
 
     Returns:
         a :class:`~.result.CompareResult` (``table()``, ``ranking(t)``, ``to_dict()``).
@@ -146,7 +150,8 @@ def compare(
     folder = None if checkpoint_dir is None else Path(checkpoint_dir)
     runner = _Runner(x, lab, folder, deep, show_progress, on_stage, time_budget, dict(
         epsilon=epsilon, features=features, certify=certify, certify_time_limit=certify_time_limit,
-        batch_size=batch_size, max_memory=max_memory, max_evaluations=max_evaluations, mode=mode))
+        batch_size=batch_size, max_memory=max_memory, max_evaluations=max_evaluations, mode=mode,
+        executor=executor))
     stopped = "done"
     for t in range(1, t_max + 1):
         for k, (name, clf) in enumerate(clfs):

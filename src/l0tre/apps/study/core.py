@@ -18,6 +18,7 @@ import torch
 
 from ...api import prepare
 from ...classifier import ModelLike
+from ...engine import Executor
 from ...engine.loop import drive
 from ...engine.options import DEFAULT_MAX_EVALUATIONS
 from ...result import Result
@@ -150,6 +151,7 @@ def study_global(
     focus: int | None = None,
     show_progress: bool = False,
     on_snapshot: Callable[[Result], None] | None = None,
+    executor: Executor | None = None,
 ) -> StudyResult:
     """Anytime global robustness of ``model`` on ``x`` with the per-level record of the paper's
     case study 1 (Figs. 1–2): levels ``t = 1 … t_max``, each input's bounds after every level.
@@ -166,6 +168,8 @@ def study_global(
         focus: the input (row) shown in Fig. 1a (default ``None``: the largest gap after t = 1).
         show_progress: a tqdm progress bar on stderr.
         on_snapshot: called with every snapshot (a copy), e.g. to write outputs.
+        executor: where the work units run (default ``None``: here), e.g. a
+            :class:`~l0tre.cluster.RayExecutor`; results do not depend on it.
 
     Returns:
         a :class:`StudyResult`: the last snapshot and one record per completed level.
@@ -184,7 +188,7 @@ def study_global(
     engine = prepare(model, x, labels=labels, epsilon=epsilon, t_max=t_max, features=features, certify=certify,
                      certify_time_limit=certify_time_limit, batch_size=batch_size, max_memory=max_memory,
                      time_budget=time_budget, device=device, checkpoint=checkpoint, report_every=report_every,
-                     mode=mode, max_evaluations=max_evaluations, progress=progress)
+                     mode=mode, max_evaluations=max_evaluations, progress=progress, executor=executor)
     if time_budget is not None and time_budget_from_now:
         engine.set_time_budget(time_budget, from_now=True)
     log = LevelLog(engine.problem.valid_counts, None if checkpoint is None else levels_path(checkpoint),
