@@ -23,9 +23,9 @@ from l0tre.cli import main
 from l0tre.engine import drive
 
 from ..cli.conftest import Assets, make_assets
+from ..engine.oracle import same
 from ..engine.test_oracle import random_mlp
 from .conftest import import_ray
-from .test_ray_results import same
 
 import_ray()
 from l0tre.cluster import RayExecutor  # noqa: E402  (after the skip when Ray is missing)

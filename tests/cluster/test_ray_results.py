@@ -15,7 +15,7 @@ import l0tre
 from l0tre.engine.executor import InProcessExecutor
 
 from ..conftest import shared_data_dir
-from ..engine.oracle import brute_force_dm
+from ..engine.oracle import brute_force_dm, same
 from ..engine.test_oracle import random_cnn, random_mlp
 from .conftest import import_ray
 
@@ -28,23 +28,6 @@ SHAPE = (1, 3, 3)
 
 def _inputs(shape: tuple[int, int, int], n: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     return torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def same(a: l0tre.Result, b: l0tre.Result) -> None:
-    """Every bound, example, count and map of two results equal (not approximately)."""
-    assert torch.equal(a.lower, b.lower), (a.lower, b.lower)
-    assert torch.equal(a.upper, b.upper), (a.upper, b.upper)
-    assert torch.equal(a.found, b.found)
-    assert torch.equal(a.adversarial, b.adversarial)
-    assert torch.equal(a.adversarial_label, b.adversarial_label)
-    assert a.evaluations == b.evaluations, (a.evaluations, b.evaluations)
-    assert a.level_evaluations == b.level_evaluations
-    assert a.t == b.t
-    for name in ("sensitivity", "certified_lower"):
-        x, y = getattr(a, name), getattr(b, name)
-        assert (x is None) == (y is None), name
-        if x is not None:
-            assert torch.equal(x, y), name
 
 
 @pytest.mark.parametrize("seed,features,shape", [(11, "pixel", SHAPE), (10, "element", (2, 2, 2))])

@@ -6,6 +6,8 @@ import itertools
 
 import torch
 
+import l0tre
+
 
 def grid_points(steps: int, bounds: tuple[float, float] = (0.0, 1.0)) -> torch.Tensor:
     lo, hi = bounds
@@ -61,3 +63,20 @@ def brute_force_dm(model: torch.nn.Module, x0: torch.Tensor, steps: int, feature
                 m = int(l0[adv].min())
                 best = m if best is None else min(best, m)
     return (n if best is None else best - 1), n
+
+
+def same(a: l0tre.Result, b: l0tre.Result) -> None:
+    """Every bound, example, count and map of two results equal (not approximately)."""
+    assert torch.equal(a.lower, b.lower), (a.lower, b.lower)
+    assert torch.equal(a.upper, b.upper), (a.upper, b.upper)
+    assert torch.equal(a.found, b.found)
+    assert torch.equal(a.adversarial, b.adversarial)
+    assert torch.equal(a.adversarial_label, b.adversarial_label)
+    assert a.evaluations == b.evaluations, (a.evaluations, b.evaluations)
+    assert a.level_evaluations == b.level_evaluations
+    assert a.t == b.t
+    for name in ("sensitivity", "certified_lower"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert (x is None) == (y is None), name
+        if x is not None:
+            assert torch.equal(x, y), name

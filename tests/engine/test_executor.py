@@ -25,7 +25,7 @@ import l0tre.engine
 from l0tre.engine.executor import InProcessExecutor, ShardTask, WorkUnit
 from l0tre.engine.sensitivity import UnitResult
 
-from .oracle import brute_force_dm
+from .oracle import brute_force_dm, same
 from .test_oracle import random_cnn, random_mlp
 
 Yield = Generator[tuple[WorkUnit, UnitResult], None, None]
@@ -109,17 +109,7 @@ def _inputs(shape: tuple[int, int, int], n: int, seed: int, dtype: torch.dtype =
     return torch.rand(n, *shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def _same(a: l0tre.Result, b: l0tre.Result) -> None:
-    assert torch.equal(a.lower, b.lower), (a.lower, b.lower)
-    assert torch.equal(a.upper, b.upper), (a.upper, b.upper)
-    assert torch.equal(a.found, b.found)
-    assert torch.equal(a.adversarial, b.adversarial)
-    assert torch.equal(a.adversarial_label, b.adversarial_label)
-    assert a.evaluations == b.evaluations, (a.evaluations, b.evaluations)
-    assert a.t == b.t
-    if a.sensitivity is not None or b.sensitivity is not None:
-        assert a.sensitivity is not None and b.sensitivity is not None
-        assert torch.equal(a.sensitivity, b.sensitivity)
+_same = same  # every bound, example, count and map equal (tests/engine/oracle.py)
 
 
 def _truth(model: nn.Module, x: torch.Tensor, steps: int, features: str = "pixel") -> torch.Tensor:
