@@ -54,6 +54,11 @@ def add_parser(subparsers: Subparsers) -> None:
                    help="no reachability phase (gradient ascent, then a sparse test) after the grid levels")
     g.add_argument("--no-proof", action="store_true", help="do not bound neurons over the input domain")
     g.add_argument("--no-figures", action="store_true", help="write results.json and tests.npz only")
+    g.add_argument("--certify", action="store_true",
+                   help="prove which neurons no change of <= --certify-t pixels of any seed can fire")
+    g.add_argument("--certify-t", type=int, default=1, metavar="T", help="level --certify proves (default 1)")
+    g.add_argument("--certify-time", type=argtype(parse_duration), metavar="DURATION",
+                   help="time for --certify (default: what --time-budget leaves, else no limit)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--json", action="store_true", help="print results.json to stdout")
     p.set_defaults(func=run)
@@ -83,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
                   "threshold": args.threshold, "epsilon": args.epsilon, "t_max": t_max,
                   "time_budget": args.time_budget, "layers": layers, "max_evaluations": args.max_evaluations,
                   "prove": not args.no_proof, "reach": not args.no_reach, "bounds": list(clf.bounds),
-                  "device": str(clf.device)}
+                  "device": str(clf.device), "certify": args.certify,
+                  "certify_t": args.certify_t if args.certify else None,
+                  "certify_time": args.certify_time if args.certify else None}
 
         def snapshot(res_so_far: CoverageResult) -> None:
             """Anytime: the folder always holds the latest snapshot (written atomically)."""
@@ -93,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         res = coverage(clf, data.x, neurons=args.neurons, threshold=args.threshold, epsilon=args.epsilon,
                        t_max=t_max, time_budget=args.time_budget, layers=layers, batch_size=args.batch_size,
                        max_evaluations=args.max_evaluations, prove=not args.no_proof, reach=not args.no_reach,
-                       show_progress=not args.quiet, on_snapshot=snapshot)
+                       show_progress=not args.quiet, on_snapshot=snapshot, certify=args.certify,
+                       certify_t=args.certify_t, certify_time=args.certify_time)
         config.update(neurons=res.neurons, threshold=res.threshold)
         with signals_ignored(), output_errors("--out"):
             payload = write_coverage_outputs(out, res, data.x, clf.bounds, config, figures=not args.no_figures)
@@ -108,4 +116,8 @@ def run(args: argparse.Namespace) -> int:
               f"{100 * cov['after']:.2f} %, {cov['unreachable']} proven unreachable; {tests['count']} tests "
               f"(mean L0 {tests['mean_l0']}, "
               f"{tests['adversarial']} adversarial); {payload['stopped']} after {payload['seconds']:.1f} s -> {out}")
+        if "not_coverable" in cov:
+            nc = cov["not_coverable"]
+            print(f"{nc['count']} of {nc['examined']} neurons not covered within L0 <= {nc['t']} proven not "
+                  f"coverable within L0 <= {nc['t']} of any seed")
     return EXIT_OK

@@ -40,6 +40,7 @@ def _html(payload: dict[str, Any]) -> str:
     levels = "".join(f"<tr><td>{r['t']}</td><td>{html.escape(r['mode'])}</td><td>{r['evaluations']}</td>"
                      f"<td>{r['covered']}</td><td>{r['seconds']}</td></tr>" for r in payload["levels"])
     figs = "".join(f'<p><img src="{name}" alt="{name}"></p>' for name in FIGURES)
+    proofs = _proofs_html(cov)
     cfg = html.escape(json.dumps(payload["config"]))
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>l0tre coverage</title>"
             f"<style>body{{font-family:sans-serif;max-width:60em;margin:auto}}td,th{{padding:2px 8px}}"
@@ -50,9 +51,28 @@ def _html(payload: dict[str, Any]) -> str:
             f"<p>{tests['count']} tests, mean L0 {tests['mean_l0']}, {tests['adversarial']} of them change the "
             f"seed's label (adversarial examples). Stopped: {html.escape(payload['stopped'])} after "
             f"{payload['seconds']} s.</p><table border=1><tr><th>layer</th><th>after</th><th>neurons</th>"
-            f"<th>seeds</th><th>with tests</th><th>unreachable</th></tr>{rows}</table><h2>Levels</h2>"
+            f"<th>seeds</th><th>with tests</th><th>unreachable</th></tr>{rows}</table>{proofs}<h2>Levels</h2>"
             f"<table border=1><tr><th>t</th><th>mode</th><th>candidates</th><th>covered</th><th>s</th></tr>"
             f"{levels}</table>{figs}<p><code>{cfg}</code></p></body></html>\n")
+
+
+def _proofs_html(cov: dict[str, Any]) -> str:
+    """The open neurons' proven upper bounds and the ``--certify`` result, as HTML."""
+    out = ""
+    ub = cov.get("open_upper_bounds") or {}
+    if ub:
+        items = ", ".join(f"{html.escape(k)} &le; {v:.3g}" for k, v in ub.items())
+        out += (f"<p>Neither covered nor proven unreachable: {len(ub)}; best proven upper bounds of their "
+                f"values over the whole input domain: {items}.</p>")
+    nc = cov.get("not_coverable")
+    if nc:
+        names = ", ".join(html.escape(n) for n in nc["neurons"][:50]) + (" &hellip;" if nc["count"] > 50 else "")
+        out += (f"<h2>Not coverable within L0 &le; {nc['t']}</h2><p>{nc['count']} of the {nc['examined']} neurons "
+                f"not covered within L0 &le; {nc['t']} (and not unreachable) are <b>proven</b> not coverable: no "
+                f"change of at most {nc['t']} pixels of any seed, to any real values in the input range, makes "
+                f"them fire ({nc['uncovered_count']} of them are still uncovered; the others have a test of more "
+                f"pixels). {nc.get('revoked', 0)} proofs revoked by the spot check. {names}</p>")
+    return out
 
 
 def write_coverage_outputs(out_dir: str | os.PathLike[str], res: CoverageResult, seeds: torch.Tensor,

@@ -37,6 +37,14 @@ class CoverageResult:
             find), ``"t_max"``, ``"time_budget"``, ``"interrupted"`` or ``"measure_only"``;
             ``seconds``: wall time.
         per_neuron_seed_best: ``(T,)`` the largest value of each neuron over the seeds.
+        upper_bound: ``(T,)`` float64, for the neurons the search left open, the best proven
+            upper bound of the value over the whole input domain (CROWN, :mod:`.proofs`); NaN
+            for the others.
+        not_coverable: ``(T,)`` int64 with ``certify`` (else empty): for each neuron examined
+            (not covered within L0 ≤ ``certify_t``, not unreachable), the largest ``t`` at which
+            it is proven that no change of ``t`` pixels of any seed fires it (``0``: none);
+            ``-1`` for the neurons not examined. ``certify_t``: the level asked (``0``: not run).
+        proof_stats: seconds and counts of the proofs run after the search.
     """
 
     neurons: str
@@ -55,6 +63,10 @@ class CoverageResult:
     stopped: str
     seconds: float
     per_neuron_seed_best: Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
+    upper_bound: Tensor = field(repr=False, default_factory=lambda: torch.empty(0))
+    not_coverable: Tensor = field(repr=False, default_factory=lambda: torch.empty(0, dtype=torch.int64))
+    certify_t: int = 0
+    proof_stats: dict[str, Any] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -104,7 +116,27 @@ class CoverageResult:
         return {"neurons": self.neurons, "threshold": self.threshold, "total": self.total,
                 "before": self.coverage_before, "after": self.coverage_after,
                 "unreachable": int(self.unreachable.sum()), "after_of_reachable": self.coverage_reachable,
-                "per_layer": self.per_layer()}
+                "per_layer": self.per_layer(), **self._proof_dict()}
+
+    def _proof_dict(self) -> dict[str, Any]:
+        """``open_upper_bounds`` (the open neurons' best proven upper bounds) and, with
+        ``certify``, ``not_coverable``."""
+        out: dict[str, Any] = {}
+        if self.upper_bound.numel():
+            still = (~torch.isnan(self.upper_bound) & ~self.unreachable & ~self.after).nonzero().squeeze(1)
+            out["open_upper_bounds"] = {self.describe(int(i)): float(self.upper_bound[i]) for i in still.tolist()}
+        if self.certify_t > 0 and self.not_coverable.numel():
+            nc = self.not_coverable
+            proven = (nc >= self.certify_t).nonzero().squeeze(1)
+            examined = (nc >= 0).nonzero().squeeze(1)
+            out["not_coverable"] = {
+                "t": self.certify_t, "count": int(proven.numel()),
+                "neurons": [self.describe(int(i)) for i in proven.tolist()],
+                "examined": int(examined.numel()),
+                "uncovered_count": int(((nc >= self.certify_t) & ~self.after).sum()),
+                "largest_t": {self.describe(int(i)): int(nc[i]) for i in examined.tolist()},
+                **{k: v for k, v in self.proof_stats.items() if k != "crown_seconds"}}
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (no image tensors)."""
