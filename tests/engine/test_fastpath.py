@@ -86,6 +86,19 @@ def test_fast_path_identical_on_20_mnist_images(shared_data: object) -> None:
         assert torch.equal(res.found, base.found)
 
 
+def test_incremental_identical_on_paper_sdnn(shared_data: object) -> None:
+    """paper-sdnn (a leading SubtractImage, MATLAB's zerocenter), 20 mnist14 test images, t = 1
+    at ε = 0.25: the incremental chain (which now starts at the shift) gives the plain bounds."""
+    x = l0tre.load_data("mnist14:test", data_root=shared_data, limit=20).x  # type: ignore[arg-type]
+    clf = l0tre.load_model("paper-sdnn")
+    plain = l0tre.evaluate(clf, x, epsilon=0.25, t_max=1, mode="eager", incremental=False)
+    prep = l0tre.api.prepare(clf, x, epsilon=0.25, t_max=1, mode="eager", incremental=True)
+    assert prep.plan.incremental is not None and prep.plan.incremental.shift is not None
+    fast = list(prep.run())[-1]
+    assert torch.equal(fast.lower, plain.lower) and torch.equal(fast.upper, plain.upper)
+    assert torch.equal(fast.found, plain.found)
+
+
 @pytest.mark.parametrize("t_max", [1, 2])
 @pytest.mark.parametrize("features", ["pixel", "element"])
 def test_incremental_prefix_identical_to_plain(features: str, t_max: int) -> None:
@@ -159,6 +172,16 @@ def _spatial_net(seed: int, channels: int, layers: list[tuple[str, int, int, int
     return torch.nn.Sequential(*mods).double()
 
 
+def _shifted(net: torch.nn.Sequential, shape: tuple[int, int, int]) -> torch.nn.Sequential:
+    """``net`` behind a :class:`~l0tre.models.zoo.SubtractImage` with a random image (float64)."""
+    from l0tre.models.zoo import SubtractImage
+
+    sub = SubtractImage(shape).double()
+    with torch.no_grad():
+        sub.average.uniform_(0.0, 1.0, generator=torch.Generator().manual_seed(7))
+    return torch.nn.Sequential(sub, *net)
+
+
 @pytest.mark.parametrize(
     ("layers", "shape"),
     [
@@ -169,22 +192,27 @@ def _spatial_net(seed: int, channels: int, layers: list[tuple[str, int, int, int
     ],
 )
 @pytest.mark.parametrize("features", ["pixel", "element"])
+@pytest.mark.parametrize("shifted", [False, True])
 def test_incremental_windows_match_full_forward(
-    layers: list[tuple[str, int, int, int]], shape: tuple[int, int, int], features: str,
+    layers: list[tuple[str, int, int, int]], shape: tuple[int, int, int], features: str, shifted: bool,
 ) -> None:
     """Every pixel of the image (borders included) and random values: the windowed chain
-    (strides, padding, pooling, BatchNorm, normalisation) equals the plain forward pass.
-    Also for 2 and 3 changed features per row, neighbours (overlapping windows) included."""
+    (strides, padding, pooling, BatchNorm, normalisation, a leading per-pixel SubtractImage)
+    equals the plain forward pass. Also for 2 and 3 changed features per row, neighbours
+    (overlapping windows) included."""
     from l0tre.execution.incremental import IncrementalPrefix
 
     net = _spatial_net(len(layers), shape[0], layers)
     c, h, w = shape
     net(torch.zeros(1, *shape, dtype=torch.float64))  # materialise the lazy head
+    if shifted:
+        net = _shifted(net, shape)
     net.eval()
     pre = {"mean": [0.3] * c, "std": [0.7] * c}
     clf = l0tre.Classifier(net, preprocessing=pre)
     inc = IncrementalPrefix.build(clf, shape)
     assert inc is not None and len(inc.spatial) >= 1
+    assert (inc.shift is not None) == shifted
     gen = torch.Generator().manual_seed(1)
     x = torch.rand(3, *shape, generator=gen, dtype=torch.float64)
     rows = 3 * h * w

@@ -10,7 +10,7 @@ import l0tre
 from l0tre.execution.incremental import IncrementalPrefix
 from l0tre.execution.pairs import PairTable
 
-from .test_fastpath import _spatial_net
+from .test_fastpath import _shifted, _spatial_net
 
 
 @pytest.mark.parametrize(
@@ -19,17 +19,21 @@ from .test_fastpath import _spatial_net
         ([("conv", 3, 1, 0), ("conv", 3, 1, 0), ("max", 2, 2, 0), ("conv", 3, 1, 0)], (1, 16, 16)),
         ([("conv", 3, 1, 1), ("bn", 0, 0, 0), ("conv", 5, 2, 2), ("avg", 2, 2, 0), ("conv", 3, 1, 1)], (3, 19, 23)),
         ([("conv", 4, 3, 1), ("max", 3, 2, 0), ("conv", 2, 1, 0)], (2, 30, 27)),
+        ([("conv", 2, 1, 1), ("conv", 2, 1, 1), ("bn", 0, 0, 0)], (1, 9, 8)),
     ],
 )
 @pytest.mark.parametrize("conv", [-1, -2])
+@pytest.mark.parametrize("shifted", [False, True])
 def test_pair_table_matches_full_forward(
-    layers: list[tuple[str, int, int, int]], shape: tuple[int, int, int], conv: int,
+    layers: list[tuple[str, int, int, int]], shape: tuple[int, int, int], conv: int, shifted: bool,
 ) -> None:
     """Every pair of pixels the table calls disjoint (borders included), every colour pair of a
-    3-level grid: outputs equal the model's."""
+    3-level grid: outputs equal the model's (also behind a leading SubtractImage)."""
     net = _spatial_net(len(layers) + 10, shape[0], layers)
     c, h, w = shape
     net(torch.zeros(1, *shape, dtype=torch.float64))
+    if shifted:
+        net = _shifted(net, shape)
     net.eval()
     clf = l0tre.Classifier(net, preprocessing={"mean": [0.3] * c, "std": [0.7] * c})
     chain = IncrementalPrefix.build(clf, shape)
@@ -44,6 +48,13 @@ def test_pair_table_matches_full_forward(
         assert table is None
         return
     assert table is not None
+    # the sparse head applies where only ReLU/BatchNorm lie between L and Flatten → Linear
+    mods = list(net)
+    li = next(i for i, m in enumerate(mods) if m is chain.spatial[[
+        i for i, sp in enumerate(chain.spatial) if isinstance(sp.module, torch.nn.Conv2d)][conv]].module)
+    between = mods[li + 1 : next(i for i, m in enumerate(mods) if isinstance(m, torch.nn.Flatten))]
+    simple = all(isinstance(m, (torch.nn.ReLU, torch.nn.BatchNorm2d)) for m in between)
+    assert (table.head is not None) == simple
     n = h * w
     rows = 3000
     a = torch.randint(0, 2, (rows,), generator=gen)

@@ -27,6 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..classifier import Classifier, padded_index
+from ..models.zoo import SubtractImage
+from .sparse_head import SparseHead
 
 __all__ = ["BOUNDARY_TOL", "IncrementalPrefix", "IncrementalCaches", "Window", "paste_clipped", "window_cells"]
 
@@ -95,6 +97,7 @@ class IncrementalCaches:
     rest: torch.Tensor
     pixels: torch.Tensor
     rest_size: _Pair
+    head: SparseHead | None = None  # the rest on the windows' positions only, when it splits
 
 
 @dataclass
@@ -137,6 +140,24 @@ def paste_clipped(
     flat[rows, lin] = w.values.permute(0, 2, 3, 1).reshape(b, wh * ww, ch)
 
 
+def _through_head(head: SparseHead, a: torch.Tensor, wins: list[Window], size: _Pair) -> torch.Tensor:
+    """Model outputs ``(B, K)`` from the final windows ``wins`` through the sparse head. Where
+    windows meet they hold the same (combined) values; such a position counts once."""
+    lins: list[torch.Tensor] = []
+    zs: list[torch.Tensor] = []
+    owns: list[torch.Tensor] = []
+    for j, w in enumerate(wins):
+        b, ch, wh, ww = w.values.shape
+        lin = window_cells(w.r0, w.c0, (wh, ww), size)
+        own = torch.ones_like(lin, dtype=torch.bool)
+        for k in range(j):
+            own &= ~(lin.unsqueeze(2) == lins[k].unsqueeze(1)).any(2)
+        lins.append(lin)
+        zs.append(w.values.permute(0, 2, 3, 1).reshape(b, wh * ww, ch))
+        owns.append(own)
+    return head.outputs(a, torch.cat(lins, 1), torch.cat(zs, 1), torch.cat(owns, 1))
+
+
 def _spatial_params(layer: nn.Module) -> tuple[_Pair, _Pair, _Pair] | None:
     """(kernel, stride, padding) of a supported spatial layer, else ``None``."""
     if isinstance(layer, nn.Conv2d):
@@ -170,6 +191,7 @@ class IncrementalPrefix:
     rest: nn.Module
     channels: int  # input channels
     chunk: int = 0  # rows per call inside :meth:`outputs` (0: all at once)
+    shift: torch.Tensor | None = None  # (C, H·W) image a leading SubtractImage takes away
 
     @property
     def depth(self) -> int:
@@ -197,7 +219,14 @@ class IncrementalPrefix:
         size: _Pair = (h, w)
         lo: _Pair = (0, 0)  # smallest / largest window start (real-map coordinates)
         hi: _Pair = (h - 1, w - 1)
+        shift: torch.Tensor | None = None
         for i, layer in enumerate(seq):
+            if i == 0 and isinstance(layer, SubtractImage) and tuple(layer.average.shape) == (c, h, w):
+                # a position-dependent shift (MATLAB's zerocenter): applied to each changed value
+                # at its own pixel (see _normalise_values), so it keeps windows one pixel wide
+                shift = layer.average.detach().reshape(c, h * w).to(model.device, model.dtype)
+                mods.append(layer)
+                continue
             if isinstance(layer, _ELEMENTWISE):
                 mods.append(layer)
                 continue
@@ -227,7 +256,7 @@ class IncrementalPrefix:
         if not spatial:
             return None
         rest = nn.Sequential(*list(seq)[len(mods):])
-        return IncrementalPrefix(model=model, modules=mods, spatial=spatial, rest=rest, channels=c)
+        return IncrementalPrefix(model=model, modules=mods, spatial=spatial, rest=rest, channels=c, shift=shift)
 
     # -- base maps ------------------------------------------------------------------------------
     @torch.no_grad()
@@ -236,6 +265,8 @@ class IncrementalPrefix:
         (``(N, H, W, C)``) so that patches are gathered as whole rows of ``C`` values."""
         z = self.model._normalise(x0.to(self.model.device, self.model.dtype))
         pixels = z.reshape(z.shape[0], z.shape[1], -1)
+        if self.shift is not None:
+            pixels = pixels - self.shift
         inputs: list[torch.Tensor] = []
         si = 0
         for layer in self.modules:
@@ -248,7 +279,9 @@ class IncrementalPrefix:
         n, c = z.shape[0], z.shape[1]
         rest = torch.zeros(n, z.shape[2] * z.shape[3] + 1, c, dtype=z.dtype, device=z.device)
         rest[:, :-1] = z.permute(0, 2, 3, 1).reshape(n, -1, c)
-        return IncrementalCaches(inputs=inputs, rest=rest, pixels=pixels, rest_size=(z.shape[2], z.shape[3]))
+        size = (z.shape[2], z.shape[3])
+        return IncrementalCaches(inputs=inputs, rest=rest, pixels=pixels, rest_size=size,
+                                 head=SparseHead.build(self.rest, rest, size))
 
     # -- perturbed rows -------------------------------------------------------------------------
     @torch.no_grad()
@@ -292,6 +325,9 @@ class IncrementalPrefix:
         b, t = pixel.shape
         w_img = self.spatial[0].map_in[1]
         new = self._normalise_values(values, channel)  # (B, t, Cf)
+        if self.shift is not None:
+            new = new - (self.shift[:, pixel].permute(1, 2, 0) if channel is None
+                         else self.shift[channel, pixel].unsqueeze(2))
         wins: list[Window] = []
         for j in range(t):
             if channel is None:
@@ -303,6 +339,8 @@ class IncrementalPrefix:
                     v[hit, channel[hit, k]] = new[hit, k, 0]
             wins.append(Window(v.reshape(b, -1, 1, 1), pixel[:, j] // w_img, pixel[:, j] % w_img))
         wins = self.windows_through(caches, a, wins, len(self.modules))
+        if caches.head is not None:
+            return _through_head(caches.head, a, wins, caches.rest_size)
         out = caches.rest.index_select(0, a)  # (B, H·W + 1, C)
         hr, wr = caches.rest_size
         for w in wins:
@@ -318,6 +356,8 @@ class IncrementalPrefix:
         """Run the windows ``wins`` (at the input, normalised) through ``self.modules[:stop]``."""
         si = 0
         for layer in self.modules[:stop]:
+            if isinstance(layer, SubtractImage):
+                continue  # applied with the values (_outputs, pixel_windows)
             if si < len(self.spatial) and layer is self.spatial[si].module:
                 wins = self._spatial_step(self.spatial[si], caches.inputs[si], wins, a, first=si == 0)
                 si += 1
@@ -329,6 +369,8 @@ class IncrementalPrefix:
         """One-pixel input windows for ``pixel`` ``(B,)`` with pixel-space ``values`` ``(B, C)``."""
         w_img = self.spatial[0].map_in[1]
         v = self._normalise_values(values, None)
+        if self.shift is not None:
+            v = v - self.shift[:, pixel].t()
         return [Window(v.reshape(v.shape[0], -1, 1, 1), pixel // w_img, pixel % w_img)]
 
     @staticmethod

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..classifier import padded_index
 from .incremental import IncrementalPrefix, window_cells
+from .sparse_head import SparseHead
 
 __all__ = ["PairTable"]
 
@@ -39,6 +40,11 @@ class PairTable:
         lin: ``(n, wh·ww)`` where each window position of each pixel lands in ``base_out`` (the
             scratch slot for positions outside the map).
         in_r0, in_c0: ``(n,)`` window origin of each pixel at ``L``'s input; ``in_win`` its size.
+        head: ``after`` evaluated on the changed positions only (:mod:`.sparse_head`), or ``None``.
+        single: with ``head``: ``(Na·n·P1, K)`` the change of the head's linear output that each
+            pixel alone makes at each colour; two pixels whose windows at ``L``'s *output* are
+            apart change it by the sum of their two (a row then costs ``O(K)``).
+        out_r0, out_c0: ``(n,)`` window origin of each pixel at ``L``'s output (size ``wh × ww``).
     """
 
     after: nn.Module
@@ -49,6 +55,11 @@ class PairTable:
     in_r0: torch.Tensor
     in_c0: torch.Tensor
     in_win: tuple[int, int]
+    head: SparseHead | None = None
+    single: torch.Tensor | None = None
+    out_r0: torch.Tensor | None = None
+    out_c0: torch.Tensor | None = None
+    out_win: tuple[int, int] = (0, 0)
 
     @staticmethod
     @torch.no_grad()
@@ -98,10 +109,14 @@ class PairTable:
         in_r0, in_c0 = _origins(chain, torch.arange(n, device=dev), w, li)
         r0, c0 = out_r0[: n * p1 : p1], out_c0[: n * p1 : p1]  # per pixel (the same for every input)
         lin = window_cells(r0, c0, (wh, ww), (hl, wl))
+        after = nn.Sequential(*chain.modules[stop:], chain.rest)
+        delta_cl = delta.permute(0, 2, 3, 1).reshape(na, n, p1, wh * ww, c_out).contiguous()
+        head = SparseHead.build(after, base_out, (hl, wl))
+        single = None if head is None else _single(head, base_out, delta_cl, lin, rows)
         return PairTable(
-            after=nn.Sequential(*chain.modules[stop:], chain.rest), base_out=base_out, size=(hl, wl),
-            delta=delta.permute(0, 2, 3, 1).reshape(na, n, p1, wh * ww, c_out).contiguous(), lin=lin,
-            in_r0=in_r0, in_c0=in_c0, in_win=layer.win_in,
+            after=after, base_out=base_out, size=(hl, wl), delta=delta_cl, lin=lin,
+            in_r0=in_r0, in_c0=in_c0, in_win=layer.win_in, head=head, single=single, out_r0=r0, out_c0=c0,
+            out_win=(wh, ww),
         )
 
     def disjoint(self, pixel: torch.Tensor) -> torch.Tensor:
@@ -121,6 +136,8 @@ class PairTable:
         pad = padded_index(n_rows, a.device)  # few distinct shapes
         a, pixel, colour = a[pad], pixel[pad], colour[pad]
         b = a.shape[0]
+        if self.head is not None:
+            return self._from_head(self.head, a, pixel, colour)[:n_rows]
         na, n, p1, win, ch = self.delta.shape
         slots = self.base_out.shape[1]
         flat = self.base_out.index_select(0, a)
@@ -139,6 +156,67 @@ class PairTable:
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             raise ValueError("model output: expected shape (N, classes) from the pair table")
         return out[:n_rows]
+
+    def _from_head(self, head: SparseHead, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        """Rows whose windows at ``L``'s output are apart: the sum of the single-pixel changes;
+        the others: :meth:`_sparse`."""
+        if self.single is None or self.out_r0 is None or self.out_c0 is None or pixel.shape[1] != 2:
+            return head.finish(a, self._sparse(head, a, pixel, colour))
+        na, n, p1, win, ch = self.delta.shape
+        wh, ww = self.out_win
+        dr = (self.out_r0[pixel[:, 0]] - self.out_r0[pixel[:, 1]]).abs()
+        dc = (self.out_c0[pixel[:, 0]] - self.out_c0[pixel[:, 1]]).abs()
+        apart = (dr >= wh) | (dc >= ww)
+        key = (a.unsqueeze(1) * n + pixel) * p1 + colour  # (B, 2)
+        change = self.single.index_select(0, key[:, 0]) + self.single.index_select(0, key[:, 1])
+        near = (~apart).nonzero().squeeze(1)
+        if near.numel():
+            change[near] = self._sparse(head, a[near], pixel[near], colour[near])
+        return head.finish(a, change)
+
+    def _sparse(self, head: SparseHead, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        """:meth:`outputs` through the sparse head: only the windows' positions are evaluated.
+        Where windows share a position, each window's value there holds every change, and the
+        position counts once (for the first window that has it)."""
+        na, n, p1, win, ch = self.delta.shape
+        b, t = pixel.shape
+        scratch = self.base_out.shape[1] - 1
+        table = self.delta.view(na * n * p1, win, ch)
+        lins = [self.lin[pixel[:, j]] for j in range(t)]  # (B, win) each
+        ds = [table.index_select(0, (a * n + pixel[:, j]) * p1 + colour[:, j]) for j in range(t)]
+        zs, owns = [], []
+        for j in range(t):
+            z = self.base_out[a.view(b, 1), lins[j]] + ds[j]
+            own = torch.ones(b, win, dtype=torch.bool, device=a.device)
+            for k in range(t):
+                if k == j:
+                    continue
+                same = (lins[j].unsqueeze(2) == lins[k].unsqueeze(1)) & (lins[j] != scratch).unsqueeze(2)
+                z = z + torch.bmm(same.to(z.dtype), ds[k])
+                if k < j:
+                    own &= ~same.any(2)
+            zs.append(z)
+            owns.append(own)
+        return head.change(a, torch.cat(lins, 1), torch.cat(zs, 1), torch.cat(owns, 1))
+
+
+def _single(head: SparseHead, base_out: torch.Tensor, delta: torch.Tensor, lin: torch.Tensor,
+            rows: int) -> torch.Tensor:
+    """``(Na·n·P1, K)`` change of the head's linear output for every (input, pixel, colour) alone,
+    from ``delta`` ``(Na, n, P1, wh·ww, C)`` at the positions ``lin`` ``(n, wh·ww)``."""
+    na, n, p1, win, ch = delta.shape
+    dev = base_out.device
+    a_all = torch.arange(na, device=dev).repeat_interleave(n * p1)
+    pix_all = torch.arange(n, device=dev).repeat_interleave(p1).repeat(na)
+    flat = delta.view(na * n * p1, win, ch)
+    out = torch.empty(na * n * p1, head.weight.shape[2], dtype=delta.dtype, device=dev)
+    own = torch.ones(1, win, dtype=torch.bool, device=dev)
+    for i in range(0, a_all.shape[0], rows):
+        a, pix = a_all[i : i + rows], pix_all[i : i + rows]
+        pos = lin[pix]  # (B, win)
+        z = base_out[a.view(-1, 1), pos] + flat[i : i + rows]
+        out[i : i + rows] = head.change(a, pos, z, own.expand(a.shape[0], win))
+    return out
 
 
 def _crop(flat: torch.Tensor, a: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor,

@@ -118,6 +118,11 @@ class ExecutionPlan:
             return []
         if not self.pixel_features:
             return []
-        tables = [PairTable.build(self.incremental, x0, palette, conv=conv, max_bytes=self.max_memory // 8)
-                  for conv in (-1, -2)]
-        return [tab for tab in tables if tab is not None]
+        tables: list[PairTable] = []
+        for conv in (-1, -2):
+            tab = PairTable.build(self.incremental, x0, palette, conv=conv, max_bytes=self.max_memory // 8)
+            if tab is not None:
+                tables.append(tab)
+                if tab.head is not None:
+                    break  # the other rows: the chain, whose head is as sparse (no dense table after it)
+        return tables

@@ -1,0 +1,126 @@
+"""The dense head of a network, evaluated only where a perturbation changed its input map.
+
+When the layers after the incremental chain (or after a pair table's convolution) are
+elementwise layers ``g`` (BatchNorm2d in eval, ReLU, …), then ``Flatten`` and a ``Linear``
+layer, the linear output of a perturbed row is the base input's plus the change that the few
+changed positions make::
+
+    lin(x') = lin(x) + Σ_{changed p} W[:, p] · (g(z'_p) − g(z_p))
+
+where ``z_p`` ``(C,)`` is the map at position ``p``. A row then costs ``O(changed positions)``
+instead of the whole map (for the paper's sDNN: 2 × 16 of 289 positions at t = 2). Whatever
+follows the linear layer (``tail``: e.g. ReLU and another linear layer) runs on the ``(B, K)``
+result. The same function up to floating-point summation order; the engine re-checks every
+decision near the boundary with the plain forward pass (as for the chain and the pair table).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["SparseHead", "split_head"]
+
+_POINTWISE = (
+    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout, nn.GELU, nn.SiLU, nn.BatchNorm2d,
+)
+
+
+def _flat_modules(module: nn.Module) -> list[nn.Module]:
+    if isinstance(module, nn.Sequential):
+        return [m for child in module for m in _flat_modules(child)]
+    return [module]
+
+
+def split_head(after: nn.Module) -> tuple[nn.Sequential, nn.Linear, nn.Sequential] | None:
+    """``(pointwise, linear, tail)`` when ``after`` is elementwise layers → ``Flatten`` (dims
+    1 … −1) → ``Linear`` → anything; ``None`` otherwise (or in training mode)."""
+    mods = _flat_modules(after)
+    k = 0
+    while k < len(mods) and isinstance(mods[k], _POINTWISE):
+        k += 1
+    if k + 1 >= len(mods) or any(m.training for m in mods):
+        return None
+    flat, linear = mods[k], mods[k + 1]
+    if not isinstance(flat, nn.Flatten) or (flat.start_dim, flat.end_dim) != (1, -1):
+        return None
+    if not isinstance(linear, nn.Linear):
+        return None
+    return nn.Sequential(*mods[:k]), linear, nn.Sequential(*mods[k + 2 :])
+
+
+@dataclass
+class SparseHead:
+    """The head for the base maps of one shard.
+
+    Attributes:
+        pointwise: the elementwise layers ``g`` (may be empty).
+        tail: the layers after the linear one, on ``(B, K)``.
+        base_act: ``(N, H·W + 1, C)`` ``g`` of the base maps, channels-last (scratch slot last).
+        base_lin: ``(N, K)`` the linear layer's output for the base maps.
+        weight: ``(H·W + 1, C, K)`` the linear weight per map position (the scratch slot: 0).
+    """
+
+    pointwise: nn.Sequential
+    tail: nn.Sequential
+    base_act: torch.Tensor
+    base_lin: torch.Tensor
+    weight: torch.Tensor
+
+    @staticmethod
+    @torch.no_grad()
+    def build(after: nn.Module, base: torch.Tensor, size: tuple[int, int]) -> SparseHead | None:
+        """For ``after`` (see :func:`split_head`) and the channels-last base maps ``base``
+        ``(N, H·W + 1, C)`` of spatial ``size`` ``(H, W)``; ``None`` when ``after`` does not split
+        or the linear layer does not read a ``C·H·W`` map."""
+        parts = split_head(after)
+        if parts is None:
+            return None
+        pointwise, linear, tail = parts
+        n, slots, ch = base.shape
+        hw = size[0] * size[1]
+        if slots != hw + 1 or linear.in_features != ch * hw:
+            return None
+        act = _apply(pointwise, base)
+        act[:, -1] = 0
+        flat = act[:, :hw].permute(0, 2, 1).reshape(n, ch * hw)
+        base_lin = torch.nn.functional.linear(flat, linear.weight, linear.bias)
+        w = linear.weight.detach().view(-1, ch, hw).permute(2, 1, 0)  # (H·W, C, K)
+        weight = torch.cat([w, torch.zeros_like(w[:1])]).contiguous()
+        return SparseHead(pointwise=pointwise, tail=tail, base_act=act, base_lin=base_lin, weight=weight)
+
+    @torch.no_grad()
+    def outputs(self, a: torch.Tensor, lin: torch.Tensor, z: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """``(B, K')`` model outputs of rows of input ``a`` ``(B,)`` whose maps (before ``g``) are
+        ``z`` ``(B, M, C)`` at positions ``lin`` ``(B, M)`` (scratch slot allowed) and the base
+        elsewhere; ``own`` ``(B, M)`` bool marks the positions to count (each changed position
+        exactly once)."""
+        return self.finish(a, self.change(a, lin, z, own))
+
+    @torch.no_grad()
+    def change(self, a: torch.Tensor, lin: torch.Tensor, z: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """``(B, K)``: the change of the linear layer's output that those positions make."""
+        b, m, ch = z.shape
+        act = _apply(self.pointwise, z)
+        rows = a.view(b, 1).expand(b, m)
+        diff = (act - self.base_act[rows, lin]) * own.unsqueeze(2).to(act.dtype)  # (B, M, C)
+        w = self.weight.index_select(0, lin.reshape(-1)).view(b, m * ch, -1)  # (B, M·C, K)
+        return torch.bmm(diff.view(b, 1, m * ch), w).squeeze(1)
+
+    @torch.no_grad()
+    def finish(self, a: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
+        """``(B, K')`` model outputs from the linear layer's changes ``change`` ``(B, K)``."""
+        result = self.tail(self.base_lin.index_select(0, a) + change)
+        if not isinstance(result, torch.Tensor) or result.dim() != 2:
+            raise ValueError("model output: expected shape (N, classes) from the sparse head")
+        return result
+
+
+def _apply(pointwise: nn.Sequential, z: torch.Tensor) -> torch.Tensor:
+    """``g`` on channels-last values ``(B, M, C)`` (BatchNorm2d needs ``(B, C, M, 1)``)."""
+    if len(pointwise) == 0:
+        return z.clone()
+    out = pointwise(z.permute(0, 2, 1).unsqueeze(3))
+    return out.squeeze(3).permute(0, 2, 1).contiguous()

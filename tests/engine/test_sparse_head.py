@@ -1,0 +1,62 @@
+"""The sparse head (execution/sparse_head.py) equals the dense layers it replaces."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from l0tre.execution.sparse_head import SparseHead, split_head
+
+
+def _after(ch: int, h: int, w: int, tail: bool) -> nn.Sequential:
+    torch.manual_seed(3)
+    bn = nn.BatchNorm2d(ch)
+    with torch.no_grad():
+        bn.running_mean.uniform_(-0.5, 0.5)
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.uniform_(-1.5, 1.5)
+        bn.bias.uniform_(-0.5, 0.5)
+    mods: list[nn.Module] = [bn, nn.ReLU(), nn.Flatten(), nn.Linear(ch * h * w, 7)]
+    if tail:
+        mods += [nn.ReLU(), nn.Linear(7, 4)]
+    return nn.Sequential(nn.Sequential(*mods[:2]), *mods[2:]).double().eval()
+
+
+def test_split_head_refuses_what_it_cannot_split() -> None:
+    assert split_head(nn.Sequential(nn.ReLU(), nn.Flatten(), nn.Linear(4, 2)).eval()) is not None
+    assert split_head(nn.Sequential(nn.Conv2d(1, 1, 1), nn.Flatten(), nn.Linear(4, 2)).eval()) is None
+    assert split_head(nn.Sequential(nn.ReLU(), nn.Flatten(start_dim=2), nn.Linear(4, 2)).eval()) is None
+    assert split_head(nn.Sequential(nn.ReLU(), nn.Flatten()).eval()) is None
+    assert split_head(nn.Sequential(nn.ReLU(), nn.Flatten(), nn.Linear(4, 2)).train()) is None
+
+
+def test_sparse_head_equals_the_dense_layers() -> None:
+    """Random base maps, rows that change random (possibly repeated, possibly scratch) positions:
+    the sparse head's outputs equal the dense layers on the whole changed map (float64)."""
+    gen = torch.Generator().manual_seed(0)
+    for tail in (False, True):
+        n, ch, h, w = 3, 5, 6, 4
+        after = _after(ch, h, w, tail)
+        base = torch.zeros(n, h * w + 1, ch, dtype=torch.float64)
+        base[:, :-1] = torch.randn(n, h * w, ch, generator=gen, dtype=torch.float64)
+        head = SparseHead.build(after, base, (h, w))
+        assert head is not None
+        b, m = 200, 9
+        a = torch.randint(0, n, (b,), generator=gen)
+        lin = torch.randint(0, h * w + 1, (b, m), generator=gen)  # h·w: the scratch slot
+        z = torch.randn(b, m, ch, generator=gen, dtype=torch.float64)
+        # a repeated position carries the same value; count it once
+        lin[:, 1] = lin[:, 0]
+        z[:, 1] = z[:, 0]
+        own = torch.ones(b, m, dtype=torch.bool)
+        own[:, 1] = False
+        for j in range(2, m):  # other repeats (random collisions): keep the first, copy its value
+            for k in range(j):
+                same = (lin[:, j] == lin[:, k]) & own[:, j]
+                z[same, j] = z[same, k]
+                own[same, j] = False
+        maps = base[a].clone()
+        rows = torch.arange(b).view(b, 1).expand(b, m)
+        maps[rows, lin] = z
+        dense = after(maps[:, :-1].view(b, h, w, ch).permute(0, 3, 1, 2))
+        torch.testing.assert_close(head.outputs(a, lin, z, own), dense, rtol=1e-10, atol=1e-10)
