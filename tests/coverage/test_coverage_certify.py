@@ -94,14 +94,19 @@ def test_sabotaged_bounds_fall_back_to_unknown(monkeypatch: pytest.MonkeyPatch) 
         out = torch.full((lo.shape[0], self.num_classes), 1.0, dtype=self.graph.dtype)
         return out.scatter(1, labels.view(-1, 1).cpu(), float("inf"))
 
+    graph = build_graph(net, (1, 5, 5))
+    found = Neurons.discover(graph, "element")
+    cols = (~(found.values(seeds)[0] > 0).any(0)).nonzero().squeeze(1)
     monkeypatch.setattr(Target, "margin_bounds", sabotaged)
-    res = coverage(net, seeds, neurons="element", t_max=0, certify=True, certify_t=1)
-    examined = res.not_coverable >= 0
-    corner_fired = fired & examined
+    res = prove_not_coverable(graph, found, cols, seeds, 0.0, (0.0, 1.0), CertifyCoverage(prefilter=False))
+    corner_fired = fired[cols]
     assert bool(corner_fired.any())
-    # every examined neuron was "proven"; the spot check must have revoked the ones that fire
-    assert not bool((corner_fired & (res.not_coverable >= 1)).any())
-    assert res.proof_stats["revoked"] >= int(corner_fired.sum())
+    # every neuron was "proven"; the spot check must have revoked the ones a corner change fires
+    assert not bool((corner_fired & (res.largest_t >= 1)).any())
+    assert bool(res.revoked[corner_fired].all()) and bool((res.largest_t[res.revoked] == 0).all())
+    # with the prefilter, they are not even tried
+    res = prove_not_coverable(graph, found, cols, seeds, 0.0, (0.0, 1.0))
+    assert not bool((corner_fired & (res.largest_t >= 1)).any())
 
 
 def _difference_net() -> nn.Sequential:

@@ -15,8 +15,10 @@ proven is halved until single neurons, which get branch and bound. A neuron's *l
 largest level proven for every seed (levels are tried upwards; a neuron that fails at ``t``
 stays at ``t − 1``).
 
-Proofs are then spot-checked: random changes of at most ``t`` pixels of every seed are run
-through the model, and a neuron one of them fires has its proof revoked (reported ``0``,
+Before the proofs, random changes of at most ``t`` pixels of every seed are run through the
+model: a neuron one of them fires at ``t`` is not tried at ``t`` (it is coverable there, with
+real values). Proofs are then spot-checked the same way, with fresh changes: a neuron one of
+them fires has its proof revoked (reported ``0``,
 unknown; this only happens if the bounds are unsound, e.g. float32 rounding beyond the margin
 or a broken relaxation).
 """
@@ -44,14 +46,16 @@ class CertifyCoverage:
     """``t_max``: highest level tried; ``group_time`` / ``single_time``: seconds per level
     certification of a group / of a single neuron (the latter with branch and bound);
     ``time_limit``: seconds for the whole phase (``None``: no limit); ``check_samples``: random
-    changes per seed and level for the spot check; ``rng_seed``: of those changes."""
+    changes per seed and level for the spot check and the prefilter (``prefilter``: neurons a
+    random change fires are not tried); ``rng_seed``: of those changes."""
 
     t_max: int = 1
-    group_time: float = 60.0
+    group_time: float = 20.0
     single_time: float = 10.0
     time_limit: float | None = None
     check_samples: int = 256
     rng_seed: int = 0
+    prefilter: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.t_max, bool) or not isinstance(self.t_max, int) or self.t_max < 1:
@@ -106,8 +110,9 @@ class _Prover:
         if budget <= 0:
             return False
         target = neuron_target(self.graph, self.selections(cols), self.threshold, self.bounds)
-        settings = CertifySettings.build(LEVEL_SETTINGS, method="auto", time_limit=budget,
-                                         use_bab=cols.numel() == 1)
+        single = cols.numel() == 1  # groups: hybrid (cost independent of the rows); singles: CROWN where auto picks it
+        settings = CertifySettings.build(LEVEL_SETTINGS, method="auto" if single else "hybrid", time_limit=budget,
+                                         use_bab=single)
         self.calls += 1
         return certify_level(target, x0, 0, t, settings=settings).status is Status.PROVEN
 
@@ -147,7 +152,11 @@ def prove_not_coverable(graph: Graph, neurons: Neurons, cols: Tensor, seeds: Ten
         return NotCoverable(largest, torch.zeros(0, dtype=torch.bool), 0, True, time.monotonic() - start)
     with torch.no_grad():
         score = neurons.values(seeds, cols)[1].float().cpu()
+        # a neuron a random change of t pixels fires is not tried at t or above
+        fired = _first_fired(neurons, cols, torch.full_like(largest, s.t_max), seeds, threshold, bounds,
+                             s.check_samples if s.prefilter else 0, s.rng_seed)
     for t in range(1, s.t_max + 1):
+        alive &= (fired == 0) | (fired > t)
         ok = alive.clone()
         order = score.masked_fill(~alive.view(1, -1), float("-inf")).amax(dim=1).argsort(descending=True)
         for i in order.tolist():
@@ -162,37 +171,42 @@ def prove_not_coverable(graph: Graph, neurons: Neurons, cols: Tensor, seeds: Ten
         alive = ok
         if not bool(alive.any()):
             break
-    revoked = _spot_check(neurons, cols, largest, seeds, threshold, bounds, s)
+    with torch.no_grad():  # the spot check (fresh random changes)
+        revoked = _first_fired(neurons, cols, largest, seeds, threshold, bounds, s.check_samples,
+                               s.rng_seed + 1) > 0
     largest[revoked] = 0
     return NotCoverable(largest, revoked, prover.calls, complete, time.monotonic() - start)
 
 
-def _spot_check(neurons: Neurons, cols: Tensor, largest: Tensor, seeds: Tensor, threshold: float,
-                bounds: tuple[float, float], s: CertifyCoverage) -> Tensor:
-    """``(U,)`` bool: proven neurons that a random change of at most their ``t`` pixels of some
-    seed fires (values at the bounds or uniform inside, per channel); every single-pixel change
-    to a corner of the pixel box is tried too when there are at most ``check_samples`` of them."""
-    revoked = torch.zeros(cols.numel(), dtype=torch.bool)
-    if s.check_samples == 0 or not bool((largest > 0).any()):
-        return revoked
-    gen = torch.Generator().manual_seed(s.rng_seed)
+def _first_fired(neurons: Neurons, cols: Tensor, levels: Tensor, seeds: Tensor, threshold: float,
+                 bounds: tuple[float, float], samples: int, rng_seed: int) -> Tensor:
+    """``(U,)`` the smallest ``t ≤ levels[u]`` at which a random change of ``t`` pixels of some
+    seed fires neuron ``cols[u]`` (``0``: none found). Values per changed channel: a bound of
+    the pixel range (3 in 4) or uniform inside; every single-pixel change to a corner of the
+    pixel box is tried too when there are at most ``samples`` of them."""
+    first = torch.zeros(cols.numel(), dtype=torch.int64)
+    if samples == 0 or cols.numel() == 0:
+        return first
+    gen = torch.Generator().manual_seed(rng_seed)
     n, c, h, w = seeds.shape
     lo, hi = bounds
-    for t in range(1, int(largest.max()) + 1):
-        pick = (largest >= t).nonzero().squeeze(1)
+    for t in range(1, int(levels.max()) + 1):
+        pick = ((levels >= t) & (first == 0)).nonzero().squeeze(1)
+        if pick.numel() == 0:
+            continue
         for i in range(n):
-            m = s.check_samples
-            pix = torch.rand(m, h * w, generator=gen).argsort(dim=1)[:, :t]  # t distinct pixels
-            mask = torch.zeros(m, h * w, dtype=torch.bool).scatter_(1, pix, True).view(m, 1, h, w)
-            u = torch.rand(m, c, h, w, generator=gen)
-            corner = torch.rand(m, c, h, w, generator=gen) < 0.75
+            pix = torch.rand(samples, h * w, generator=gen).argsort(dim=1)[:, :t]  # t distinct pixels
+            mask = torch.zeros(samples, h * w, dtype=torch.bool).scatter_(1, pix, True).view(samples, 1, h, w)
+            u = torch.rand(samples, c, h, w, generator=gen)
+            corner = torch.rand(samples, c, h, w, generator=gen) < 0.75
             vals = torch.where(corner, torch.where(u < 0.5, lo, hi), lo + (hi - lo) * u).to(seeds)
             x = torch.where(mask.to(seeds.device), vals, seeds[i:i + 1])
-            if t == 1 and h * w * 2 ** c <= m:
+            if t == 1 and h * w * 2 ** c <= samples:
                 x = torch.cat([x, _corners(seeds[i], lo, hi)])
             value = neurons.values(x, cols[pick])[0]
-            revoked[pick[(value > threshold).any(dim=0).cpu()]] = True
-    return revoked
+            hit = pick[(value > threshold).any(dim=0).cpu()]
+            first[hit[first[hit] == 0]] = t
+    return first
 
 
 def _corners(x0: Tensor, lo: float, hi: float) -> Tensor:
