@@ -18,7 +18,7 @@ float64 forward pass is the re-check (:class:`~l0tre.certify.target.Target` with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -77,17 +77,27 @@ def neuron_graph(graph: Graph, selections: Sequence[tuple[int, Tensor]], thresho
         if len(shape) != 1:
             nodes.append(Node(f"objective_flatten_{k}", O.ReshapeOp((shape,), (size,)), (src,), (size,)))
             src = len(nodes) - 1
-        weight = torch.zeros((1 + m, size), dtype=graph.dtype, device=graph.device)
-        weight[torch.arange(row, row + el.numel()), el.to(graph.device)] = 1.0
         bias = torch.zeros(1 + m, dtype=graph.dtype, device=graph.device)
         if k == 0:
             bias[0] = float(threshold)
-        nodes.append(Node(f"objective_select_{k}", O.LinearOp(weight, bias, (size,), (1 + m,)), (src,), (1 + m,)))
+        op = O.FunctionOp(_selector(el.to(graph.device), row, 1 + m, bias), (size,), (1 + m,), bias,
+                          f"select {el.numel()} of {graph.nodes[node].name}")
+        nodes.append(Node(f"objective_select_{k}", op, (src,), (1 + m,)))
         heads.append(len(nodes) - 1)
         row += int(el.numel())
     if len(heads) > 1:
         nodes.append(Node("objective", O.AddOp(tuple(1.0 for _ in heads), (1 + m,)), tuple(heads), (1 + m,)))
     return Graph(nodes, graph.dtype, graph.device)
+
+
+def _selector(elements: Tensor, row: int, width: int, bias: Tensor) -> Callable[[Tensor], Tensor]:
+    """``x ↦ S x + bias`` with ``(S x)[row + i] = x[elements[i]]`` (a 0/1 matrix, kept implicit:
+    a dense ``(1 + M, size)`` matrix would need gigabytes for a few channels of a ResNet)."""
+    def fn(x: Tensor) -> Tensor:
+        out = x.new_zeros((x.shape[0], width))
+        out[:, row:row + elements.numel()] = x[:, elements]
+        return out + bias.to(x.dtype)
+    return fn
 
 
 def neuron_target(graph: Graph, selections: Sequence[tuple[int, Tensor]], threshold: float,
