@@ -47,7 +47,8 @@ class CertifyCoverage:
     certification of a group / of a single neuron (the latter with branch and bound);
     ``time_limit``: seconds for the whole phase (``None``: no limit); ``check_samples``: random
     changes per seed and level for the spot check and the prefilter (``prefilter``: neurons a
-    random change fires are not tried); ``rng_seed``: of those changes."""
+    random change fires are not tried); ``rng_seed``: of those changes; ``max_rows``: selected
+    pre-activation elements per group; ``max_memory``: bytes per bound pass."""
 
     t_max: int = 1
     group_time: float = 20.0
@@ -56,6 +57,8 @@ class CertifyCoverage:
     check_samples: int = 256
     rng_seed: int = 0
     prefilter: bool = True
+    max_rows: int = 2048
+    max_memory: int = 1 << 32
 
     def __post_init__(self) -> None:
         if isinstance(self.t_max, bool) or not isinstance(self.t_max, int) or self.t_max < 1:
@@ -102,6 +105,20 @@ class _Prover:
             out.append((layer.pre, local))
         return out
 
+    def groups(self, cols: Tensor) -> list[Tensor]:
+        """Positions in ``cols``, cut into groups of at most ``max_rows`` selected elements (the
+        objective's rows: a ResNet channel has up to ``H·W = 1024``), last group first."""
+        sizes = [sum(int(el.numel()) for _, el in self.selections(cols[i:i + 1])) for i in range(cols.numel())]
+        out: list[list[int]] = [[]]
+        rows = 0
+        for i, n in enumerate(sizes):
+            if out[-1] and rows + n > self.s.max_rows:
+                out.append([])
+                rows = 0
+            out[-1].append(i)
+            rows += n
+        return [torch.tensor(g, dtype=torch.int64) for g in reversed(out)]
+
     def proven(self, cols: Tensor, x0: Tensor, t: int) -> bool:
         """One level certification: no neuron of ``cols`` fires within ``t`` pixels of ``x0``."""
         budget = self.s.single_time if cols.numel() == 1 else self.s.group_time
@@ -112,7 +129,7 @@ class _Prover:
         target = neuron_target(self.graph, self.selections(cols), self.threshold, self.bounds)
         single = cols.numel() == 1  # groups: hybrid (cost independent of the rows); singles: CROWN where auto picks it
         settings = CertifySettings.build(LEVEL_SETTINGS, method="auto" if single else "hybrid", time_limit=budget,
-                                         use_bab=single)
+                                         use_bab=single, max_memory=self.s.max_memory)
         self.calls += 1
         return certify_level(target, x0, 0, t, settings=settings).status is Status.PROVEN
 
@@ -120,7 +137,7 @@ class _Prover:
         """``(U,)`` bool: the neurons of ``cols`` not proven at level ``t`` for seed ``x0`` (groups
         that fail are halved)."""
         out = torch.zeros(cols.numel(), dtype=torch.bool)
-        stack = [torch.arange(cols.numel())]
+        stack = self.groups(cols)
         while stack:
             part = stack.pop()
             if self.expired():
