@@ -26,7 +26,7 @@ or a broken relaxation).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -47,8 +47,10 @@ class CertifyCoverage:
     certification of a group / of a single neuron (the latter with branch and bound);
     ``time_limit``: seconds for the whole phase (``None``: no limit); ``check_samples``: random
     changes per seed and level for the spot check and the prefilter (``prefilter``: neurons a
-    random change fires are not tried); ``rng_seed``: of those changes; ``max_rows``: selected
-    pre-activation elements per group; ``max_memory``: bytes per bound pass."""
+    random change fires are not tried, nor those a change of one pixel of one of their
+    ``sweep_seeds`` closest seeds to 11 values / the corners fires); ``rng_seed``: of the
+    changes; ``max_rows``: selected pre-activation elements per group; ``max_memory``: bytes
+    per bound pass."""
 
     t_max: int = 1
     group_time: float = 20.0
@@ -58,6 +60,7 @@ class CertifyCoverage:
     rng_seed: int = 0
     prefilter: bool = True
     max_rows: int = 2048
+    sweep_seeds: int = 8
     max_memory: int = 1 << 32
 
     def __post_init__(self) -> None:
@@ -75,13 +78,16 @@ class NotCoverable:
     """Per neuron asked ``(U,)``: ``largest_t`` the largest level proven for every seed (``0``:
     none), ``revoked`` a proof the spot check contradicted (then ``largest_t`` is ``0``);
     ``calls`` level certifications run; ``complete`` ``False`` when the time limit cut the phase
-    short (the undecided neurons keep the levels proven before); ``seconds``."""
+    short (the undecided neurons keep the levels proven before); ``seconds``; ``fired`` the
+    smallest ``t`` at which the prefilter fired the neuron with real (not grid) values (``0``:
+    not fired), a witness that it is coverable within L0 ≤ ``t``."""
 
     largest_t: Tensor
     revoked: Tensor
     calls: int
     complete: bool
     seconds: float
+    fired: Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.int64))
 
 
 class _Prover:
@@ -166,12 +172,15 @@ def prove_not_coverable(graph: Graph, neurons: Neurons, cols: Tensor, seeds: Ten
     alive = torch.ones(cols.numel(), dtype=torch.bool)
     complete = True
     if cols.numel() == 0:
-        return NotCoverable(largest, torch.zeros(0, dtype=torch.bool), 0, True, time.monotonic() - start)
+        return NotCoverable(largest, torch.zeros(0, dtype=torch.bool), 0, True, time.monotonic() - start, largest)
     with torch.no_grad():
         score = neurons.values(seeds, cols)[1].float().cpu()
         # a neuron a random change of t pixels fires is not tried at t or above
         fired = _first_fired(neurons, cols, torch.full_like(largest, s.t_max), seeds, threshold, bounds,
                              s.check_samples if s.prefilter else 0, s.rng_seed)
+        if s.prefilter:
+            sweep = _single_pixel_sweep(neurons, cols, seeds, score, threshold, bounds, s.sweep_seeds)
+            fired = torch.where((fired == 0) | (sweep & (fired > 1)), sweep.long(), fired)
     for t in range(1, s.t_max + 1):
         alive &= (fired == 0) | (fired > t)
         ok = alive.clone()
@@ -192,7 +201,38 @@ def prove_not_coverable(graph: Graph, neurons: Neurons, cols: Tensor, seeds: Ten
         revoked = _first_fired(neurons, cols, largest, seeds, threshold, bounds, s.check_samples,
                                s.rng_seed + 1) > 0
     largest[revoked] = 0
-    return NotCoverable(largest, revoked, prover.calls, complete, time.monotonic() - start)
+    return NotCoverable(largest, revoked, prover.calls, complete, time.monotonic() - start, fired)
+
+
+def _single_pixel_sweep(neurons: Neurons, cols: Tensor, seeds: Tensor, score: Tensor, threshold: float,
+                        bounds: tuple[float, float], per_neuron: int) -> Tensor:
+    """``(U,)`` bool: fired by a change of one pixel of one of its ``per_neuron`` closest seeds
+    to one of 11 evenly spaced values (one channel) or to a corner of the pixel box (several)."""
+    out = torch.zeros(cols.numel(), dtype=torch.bool)
+    if per_neuron == 0:
+        return out
+    n, c, h, w = seeds.shape
+    lo, hi = bounds
+    top = score.topk(min(per_neuron, n), dim=0).indices  # (k, U)
+    values = torch.linspace(lo, hi, 11).view(-1, 1) if c == 1 else None
+    for i in torch.unique(top).tolist():
+        pick = (top == i).any(dim=0) & ~out
+        if not bool(pick.any()):
+            continue
+        x = _corners(seeds[i], lo, hi) if values is None else _pixel_values(seeds[i], values.to(seeds))
+        for r in range(0, len(x), 4096):
+            hit = (neurons.values(x[r:r + 4096], cols[pick])[0] > threshold).any(dim=0).cpu()
+            out[pick.nonzero().squeeze(1)[hit]] = True
+    return out
+
+
+def _pixel_values(x0: Tensor, values: Tensor) -> Tensor:
+    """``x0`` ``(1, H, W)`` with one pixel set to one of ``values`` ``(V, 1)``: ``(H·W·V, 1, H, W)``."""
+    _, h, w = x0.shape
+    out = x0.reshape(1, 1, h * w).repeat(h * w, len(values), 1)
+    pix = torch.arange(h * w, device=x0.device)
+    out[pix, :, pix] = values.view(1, -1).expand(h * w, -1)
+    return out.view(-1, 1, h, w)
 
 
 def _first_fired(neurons: Neurons, cols: Tensor, levels: Tensor, seeds: Tensor, threshold: float,

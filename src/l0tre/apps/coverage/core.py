@@ -259,7 +259,8 @@ def _result(clf: Classifier, x: Tensor, found: Neurons, search: Search, before: 
         cols, nc = extra.certified
         not_cov[cols] = nc.largest_t
         stats.update(certify_seconds=round(nc.seconds, 3), certify_calls=nc.calls, certify_complete=nc.complete,
-                     revoked=int(nc.revoked.sum()))
+                     revoked=int(nc.revoked.sum()),
+                     fired_real={int(t): int((nc.fired == t).sum()) for t in torch.unique(nc.fired[nc.fired > 0])})
     k = len(search.tests)
     seed = torch.tensor([s for s, _, _ in search.tests], dtype=torch.int64)
     tests = [search.grid.images(_one(s, p, c)) for s, p, c in search.tests]

@@ -44,7 +44,8 @@ class CoverageResult:
             (not covered within L0 ≤ ``certify_t``, not unreachable), the largest ``t`` at which
             it is proven that no change of ``t`` pixels of any seed fires it (``0``: none);
             ``-1`` for the neurons not examined. ``certify_t``: the level asked (``0``: not run).
-        proof_stats: seconds and counts of the proofs run after the search.
+        proof_stats: seconds and counts of the proofs run after the search (``fired_real``:
+            examined neurons a real-valued change of ``t`` pixels was seen to fire, per ``t``).
     """
 
     neurons: str
