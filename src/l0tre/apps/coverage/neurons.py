@@ -126,22 +126,36 @@ class Neurons:
         """
         with torch.no_grad():
             acts = self.graph.activations(x, {layer.pre for layer in self.layers})
-        vals, scores = [], []
-        for layer in self.layers:
+        picked = None if columns is None else columns.cpu()
+        which = None if picked is None else self.layer_of(picked)
+        vals, scores, order = [], [], []
+        for li, layer in enumerate(self.layers):
             z = acts[layer.pre]
+            if picked is not None and which is not None:  # only the requested neurons (maps are large)
+                pick = (which == li).nonzero().squeeze(1)
+                if pick.numel() == 0:
+                    continue
+                order.append(pick)
+                local = (picked[pick] - layer.offset).to(z.device)
             if self.kind is NeuronKind.CHANNEL and z.dim() == 4:
                 v = z.clamp(min=0).mean(dim=(2, 3))
                 s = torch.where(v > 0, v, z.amax(dim=(2, 3)))
+                if which is not None:
+                    v, s = v[:, local], s[:, local]
             else:
-                flat = z.flatten(1)
-                v = flat.clamp(min=0)
-                s = torch.where(v > 0, v, flat)
+                s = z.flatten(1) if which is None else z.flatten(1)[:, local]
+                v = s.clamp(min=0)
+                s = torch.where(v > 0, v, s)
             vals.append(v)
             scores.append(s)
+        if not vals:
+            empty = x.new_zeros((x.shape[0], 0), dtype=self.graph.dtype)
+            return empty, empty.clone()
         value, score = torch.cat(vals, dim=1), torch.cat(scores, dim=1)
-        if columns is not None:
-            cols = columns.to(value.device)
-            value, score = value[:, cols], score[:, cols]
+        if picked is not None:  # back to the order of ``columns``
+            inv = torch.empty(picked.numel(), dtype=torch.int64)
+            inv[torch.cat(order)] = torch.arange(picked.numel())
+            value, score = value[:, inv.to(value.device)], score[:, inv.to(value.device)]
         return value, score
 
 

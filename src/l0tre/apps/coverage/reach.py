@@ -28,10 +28,11 @@ import torch
 from torch import Tensor
 
 from .candidates import Candidates, Grid
+from .groups import GroupSettings, ascend, group_scores, lattice_groups
 from .neurons import NeuronKind, Neurons
 from .search import LevelRecord, Search, _Stop
 
-__all__ = ["ReachSettings", "firing_scores", "reach_phase"]
+__all__ = ["ReachSettings", "firing_scores", "group_phase", "group_seeds", "reach_phase"]
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ class ReachSettings:
     max_neurons: int = 256
     max_reverts: int = 512
     rng_seed: int = 0
+    groups: GroupSettings | None = GroupSettings()
 
 
 def firing_scores(neurons: Neurons, x: Tensor, cols: Tensor, *, grad: bool = False) -> tuple[Tensor, Tensor, Tensor]:
@@ -156,6 +158,8 @@ def reach_phase(search: Search, settings: ReachSettings, bounds: tuple[float, fl
     """Run the phase on ``search``'s open neurons; commits the re-checked tests and returns its
     record (``t`` = the largest L0 kept, ``0`` if none), or ``None`` if nothing is open. Raises
     ``_Stop`` after committing when the deadline passes."""
+    if settings.groups is not None:  # the batched phase first: cheap per neuron, many at once
+        group_phase(search, settings.groups, bounds)
     cols = search.open()
     if cols.numel() == 0:
         return None
@@ -218,3 +222,73 @@ def _commit(search: Search, tests: list[tuple[int, Tensor, Tensor]]) -> tuple[in
     search.covered[cols[hit]] = True
     search.test_of[cols[hit]] = remap[first[hit]]
     return int(hit.sum()), max((int(tests[r][1].numel()) for r in used.tolist()), default=0)
+
+
+def group_seeds(search: Search, cols: Tensor, groups: Tensor, rank: int, margin: float) -> Tensor:
+    """For each group ``(G, k)`` of open neurons ``cols`` (sorted), its ``rank``-th closest seed
+    ``(G,)`` by the sum of its targets' clipped closeness scores."""
+    n = search.grid.x.shape[0]
+    bs = search.settings.batch_size
+    scores = torch.cat([search.neurons.values(search.grid.x[i:i + bs], cols)[1].float().cpu()
+                        for i in range(0, n, bs)])  # (N, U)
+    where = torch.searchsorted(cols, groups.clamp(min=0))
+    per = scores[:, where].clamp(max=margin)  # (N, G, k)
+    total = torch.where(groups.unsqueeze(0) >= 0, per, 0).sum(dim=2)  # (N, G)
+    order = total.argsort(dim=0, descending=True, stable=True)
+    return order[rank % n]
+
+
+def _tests_of_batch(search: Search, groups: Tensor, seeds: Tensor, bounds: tuple[float, float], s: GroupSettings,
+                    ) -> list[tuple[int, Tensor, Tensor]]:
+    """Ascent for one batch of groups, then one sparse test per target the rounded point fires."""
+    grid, neurons, thr = search.grid, search.neurons, search.settings.threshold
+    dev = grid.x.device
+    sd = seeds.to(dev)
+    z, _ = ascend(neurons, grid.x[sd], groups, bounds, thr, s.ascent, search.settings.deadline)
+    col = _round(grid, z)
+    full = grid.valid[sd].gather(2, col.unsqueeze(2)).squeeze(2)
+    value, _, _ = group_scores(neurons, _images(grid, sd, full, col), groups, thr)
+    row, slot = (value > thr).nonzero(as_tuple=True)
+    tests: list[tuple[int, Tensor, Tensor]] = []
+    rs = ReachSettings(max_reverts=s.max_reverts, groups=None)
+    for r0 in range(0, row.numel(), s.sparse_rows):
+        r, j = row[r0:r0 + s.sparse_rows], slot[r0:r0 + s.sparse_rows]
+        mask = _sparsify(search, sd[r], col[r], groups.to(dev)[r, j], rs)
+        for i in range(len(r)):
+            if bool(mask[i].any()):
+                tests.append((int(sd[r[i]]), mask[i].nonzero().squeeze(1).cpu(), col[r[i]][mask[i]].cpu()))
+    return tests
+
+
+def group_phase(search: Search, s: GroupSettings, bounds: tuple[float, float]) -> LevelRecord | None:
+    """Run the batched phase on ``search``'s open neurons; commits the re-checked tests after
+    every round (:func:`.reach._commit`) and returns its record (``t`` = the largest L0 kept),
+    or ``None`` if nothing is open. Raises ``_Stop`` after committing when the deadline passes."""
+    if search.open().numel() == 0:
+        return None
+    start = time.monotonic()
+    found = longest = evaluated = 0
+    stop = False
+    for rnd in range(s.rounds):
+        cols = search.open()
+        if cols.numel() == 0:
+            break
+        groups = lattice_groups(search.neurons, cols, s.stride, s.max_group)
+        seeds = group_seeds(search, cols, groups, rnd, s.ascent.margin)
+        tests: list[tuple[int, Tensor, Tensor]] = []
+        for r0 in range(0, len(groups), s.rows):
+            tests += _tests_of_batch(search, groups[r0:r0 + s.rows], seeds[r0:r0 + s.rows], bounds, s)
+            evaluated += min(s.rows, len(groups) - r0)
+            if search.settings.deadline is not None and time.monotonic() > search.settings.deadline:
+                stop = True
+                break
+        got, lg = _commit(search, tests)
+        found, longest = found + got, max(longest, lg)
+        if stop:
+            break
+    record = LevelRecord(longest, "group" if not stop else "group (stopped)", evaluated, found,
+                         time.monotonic() - start)
+    search.levels.append(record)
+    if stop:
+        raise _Stop
+    return record
