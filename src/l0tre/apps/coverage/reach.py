@@ -1,6 +1,9 @@
 """The reachability phase: tests for the neurons the grid levels did not cover.
 
-For each open neuron (at most ``max_neurons``, closest to firing first):
+First the batched group phase (:func:`group_phase`, :mod:`.groups`): all open neurons in
+groups, one row per group, Adam ascent of the group's clipped firing scores from its closest
+seed, then a sparse test per fired target as in step 2 below; up to ``rounds`` passes. Then,
+for each neuron still open (at most ``max_neurons``, closest to firing first):
 
 1. **Ascent** (is it reachable at all?): projected sign-gradient ascent of the neuron's
    *firing score* over the whole input box — the largest pre-activation element of a conv
@@ -40,7 +43,7 @@ class ReachSettings:
     """``starts`` ascent starts per neuron (the closest seed and ``starts - 1`` random points);
     ``steps`` ascent steps of ``step_size`` (fraction of the input range); ``max_neurons`` open
     neurons handled (closest to firing first); ``max_reverts`` revert steps; ``rng_seed`` for
-    the random starts."""
+    the random starts; ``groups`` the batched group phase run first (``None``: not run)."""
 
     starts: int = 4
     steps: int = 40
