@@ -1,0 +1,52 @@
+"""Backward (CROWN) upper bounds of chosen coverage neurons over the whole input box.
+
+Usage (the three cifar10-resnet20 channels no search fires, issue 17)::
+
+    L0TRE_DATA=/path/to/shared/data OMP_NUM_THREADS=1 python benchmarks/coverage_unreachable.py \\
+        --model cifar10-resnet20 --neurons channel --names 'relu_5[11],relu_15[59],relu_17[31]' \\
+        --intermediate ibp --time-limit 900
+
+Prints, per neuron, the largest upper bound of its pre-activation elements, the bound of its
+value (channel mean of ``max(u, 0)``), whether it is proven unreachable, and seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+import l0tre
+from l0tre.apps.coverage.core import proof_graph
+from l0tre.apps.coverage.neurons import Neurons
+from l0tre.apps.coverage.proofs import ProofSettings, tighten_unreachable
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="cifar10-resnet20")
+    p.add_argument("--neurons", default="channel")
+    p.add_argument("--names", required=True, help="comma-separated layer[index] names")
+    p.add_argument("--intermediate", default="ibp", choices=["ibp", "crown"])
+    p.add_argument("--time-limit", type=float, default=900.0)
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    clf = l0tre.load_model(args.model)
+    shape = {"cifar10-resnet20": (3, 32, 32)}.get(args.model, (1, 28, 28))
+    from l0tre.certify.target import resolve
+
+    graph = resolve(clf, shape, dtype=clf.dtype).graph
+    found = Neurons.discover(graph, args.neurons)
+    proof = proof_graph(clf, found)
+    for name in args.names.split(","):
+        col = next(i for i in range(found.total) if found.describe(i) == name)
+        start = time.monotonic()
+        res = tighten_unreachable(proof, found, torch.tensor([col]), 0.0, clf.bounds,
+                                  ProofSettings(intermediate=args.intermediate, time_limit=args.time_limit))
+        print(f"{name}: value <= {float(res.upper[0]):.4g}, proven unreachable: {bool(res.proven[0])}, "
+              f"{time.monotonic() - start:.1f} s", flush=True)
+
+
+if __name__ == "__main__":
+    main()
