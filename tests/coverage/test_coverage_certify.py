@@ -175,3 +175,23 @@ def test_objective_graph_matches_the_model_and_rejects_bad_selections() -> None:
     res = prove_not_coverable(graph, Neurons.discover(graph, "element"), torch.zeros(0, dtype=torch.int64),
                               x[:2], 0.0, (0.0, 1.0))
     assert res.largest_t.numel() == 0 and res.complete
+
+
+def test_cli_certify(tmp_path: object, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from l0tre.cli import main
+
+    monkeypatch.delenv("L0TRE_DATA", raising=False)  # the embedded MNIST sample
+    out = f"{tmp_path}/c"
+    code = main(["coverage", "--model", "paper-mnist", "--data", "mnist:test", "--limit", "2", "--measure-only",
+                 "--layers", "14", "--certify", "--certify-time", "2s", "--out", out, "--quiet"])
+    assert code == 0
+    res = json.load(open(f"{out}/results.json"))
+    nc = res["coverage"]["not_coverable"]
+    assert res["config"]["certify"] is True and res["config"]["certify_t"] == 1
+    assert nc["t"] == 1 and nc["examined"] == res["coverage"]["total"] - round(res["coverage"]["before"] * 200)
+    assert len(nc["largest_t"]) == nc["examined"] and nc["count"] == len(nc["neurons"])
+    assert "Not coverable" in open(f"{out}/index.html").read()
+    code = main(["coverage", "--model", "paper-mnist", "--data", "mnist:test", "--limit", "2", "--measure-only",
+                 "--certify", "--certify-t", "0", "--out", f"{tmp_path}/bad", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "certify_t" in err[0]

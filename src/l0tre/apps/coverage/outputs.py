@@ -71,7 +71,9 @@ def _proofs_html(cov: dict[str, Any]) -> str:
                 f"not covered within L0 &le; {nc['t']} (and not unreachable) are <b>proven</b> not coverable: no "
                 f"change of at most {nc['t']} pixels of any seed, to any real values in the input range, makes "
                 f"them fire ({nc['uncovered_count']} of them are still uncovered; the others have a test of more "
-                f"pixels). {nc.get('revoked', 0)} proofs revoked by the spot check. {names}</p>")
+                f"pixels). {nc.get('revoked', 0)} proofs revoked by the spot check"
+                f"{'' if nc.get('certify_complete', True) else '; the time limit cut the proofs short'}. "
+                f"{names}</p>")
     return out
 
 
