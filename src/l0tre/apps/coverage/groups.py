@@ -154,7 +154,8 @@ def lattice_groups(neurons: Neurons, cols: Tensor, stride: int, max_group: int) 
 @dataclass(frozen=True)
 class GroupSettings:
     """The batched phase (:func:`group_phase`): ``rounds`` passes over the neurons still open
-    (round ``r`` starts each group from its ``r``-th closest seed); groups of at most
+    (round ``r`` starts each group from its ``r``-th closest seed, with groups of at most
+    ``max_group >> r`` targets and ``(r + 1)·ascent.steps`` steps); groups of at most
     ``max_group`` targets ``stride`` apart (:func:`lattice_groups`); ``rows`` groups per ascent
     batch; ``sparse_rows`` (seed, target) rows per sparsification batch with ``max_reverts``
     revert steps; ``ascent`` the optimiser."""

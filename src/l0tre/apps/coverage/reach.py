@@ -25,7 +25,7 @@ minimal: it is an upper bound found by a heuristic.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -276,11 +276,13 @@ def group_phase(search: Search, s: GroupSettings, bounds: tuple[float, float]) -
         cols = search.open()
         if cols.numel() == 0:
             break
-        groups = lattice_groups(search.neurons, cols, s.stride, s.max_group)
+        # later rounds: the harder neurons, in smaller groups, with longer ascents
+        rs = replace(s, ascent=replace(s.ascent, steps=s.ascent.steps * (1 + rnd)))
+        groups = lattice_groups(search.neurons, cols, s.stride, max(1, s.max_group >> rnd))
         seeds = group_seeds(search, cols, groups, rnd, s.ascent.margin)
         tests: list[tuple[int, Tensor, Tensor]] = []
         for r0 in range(0, len(groups), s.rows):
-            tests += _tests_of_batch(search, groups[r0:r0 + s.rows], seeds[r0:r0 + s.rows], bounds, s)
+            tests += _tests_of_batch(search, groups[r0:r0 + s.rows], seeds[r0:r0 + s.rows], bounds, rs)
             evaluated += min(s.rows, len(groups) - r0)
             if search.settings.deadline is not None and time.monotonic() > search.settings.deadline:
                 stop = True
