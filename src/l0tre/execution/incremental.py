@@ -40,6 +40,15 @@ _ELEMENTWISE = (
 _Pair = tuple[int, int]
 
 
+def _leaves(seq: nn.Sequential) -> list[nn.Module]:
+    """The modules of ``seq`` in order, nested ``nn.Sequential`` containers unrolled (the
+    composition is the same function)."""
+    out: list[nn.Module] = []
+    for layer in seq:
+        out.extend(_leaves(layer) if type(layer) is nn.Sequential else [layer])
+    return out
+
+
 def _pair(v: int | tuple[int, ...]) -> _Pair:
     if isinstance(v, int):
         return (v, v)
@@ -220,7 +229,8 @@ class IncrementalPrefix:
         lo: _Pair = (0, 0)  # smallest / largest window start (real-map coordinates)
         hi: _Pair = (h - 1, w - 1)
         shift: torch.Tensor | None = None
-        for i, layer in enumerate(seq):
+        layers = _leaves(seq)  # nested Sequentials (e.g. feature_extractor / classifier) unrolled
+        for i, layer in enumerate(layers):
             if i == 0 and isinstance(layer, SubtractImage) and tuple(layer.average.shape) == (c, h, w):
                 # a position-dependent shift (MATLAB's zerocenter): applied to each changed value
                 # at its own pixel (see _normalise_values), so it keeps windows one pixel wide
@@ -255,7 +265,7 @@ class IncrementalPrefix:
             lo, hi = (o_lo[0], o_lo[1]), (o_hi[0], o_hi[1])
         if not spatial:
             return None
-        rest = nn.Sequential(*list(seq)[len(mods):])
+        rest = nn.Sequential(*layers[len(mods):])
         return IncrementalPrefix(model=model, modules=mods, spatial=spatial, rest=rest, channels=c, shift=shift)
 
     # -- base maps ------------------------------------------------------------------------------
@@ -280,8 +290,9 @@ class IncrementalPrefix:
         rest = torch.zeros(n, z.shape[2] * z.shape[3] + 1, c, dtype=z.dtype, device=z.device)
         rest[:, :-1] = z.permute(0, 2, 3, 1).reshape(n, -1, c)
         size = (z.shape[2], z.shape[3])
+        head = SparseHead.build(self.rest, rest, size)
         return IncrementalCaches(inputs=inputs, rest=rest, pixels=pixels, rest_size=size,
-                                 head=SparseHead.build(self.rest, rest, size))
+                                 head=head if head is not None and head.cheap else None)
 
     # -- perturbed rows -------------------------------------------------------------------------
     @torch.no_grad()

@@ -31,8 +31,9 @@ from ...classifier import Classifier, ModelLike, as_classifier, ieee_float32
 from ...engine.features import FeatureKind, FeatureSpace
 from ...engine.grid import colours, grid_values
 from ...engine.options import check_inputs, check_labels
+from ...execution.incremental import IncrementalPrefix
 from ...execution.memory import DEFAULT_MAX_MEMORY, layer_output_bytes, plan_batch_size
-from ...execution.modes import tune
+from ...execution.modes import incremental_pays, tune
 from ...execution.precision import LowPrecisionModel, Precision, Rechecked, choose_precision
 from .result import AttackResult
 from .searcher import CountingObjective, Deadline, SearchContext
@@ -44,6 +45,7 @@ __all__ = ["EFFORTS", "SCREENS", "attack", "cpu_rows"]
 _FINE_MAX_COLOURS = 64
 _ANYTIME_ROUNDS = 32  # refinement rounds at most with a time budget (they stop at the deadline)
 _CPU_CACHE_BYTES = 6 << 20
+_CHAIN_ROWS = 512  # rows per call through the incremental chain (it splits them into cache-sized chunks)
 
 
 def cpu_rows(model: Classifier, shape: tuple[int, ...], cache_bytes: int = _CPU_CACHE_BYTES) -> int:
@@ -191,17 +193,36 @@ def attack(
     search_obj: CountingObjective | Rechecked = objective
     if prec is Precision.BF16:
         search_obj = Rechecked(objective, LowPrecisionModel(clf))
+    chain = _chain(clf, x, plan, opts, rows)
     ctx = SearchContext(clf, plan.space, plan.palette, plan.fine, plan.config, Deadline(opts.time_budget),
-                        batch_size=rows, grad_rows=max(1, rows // 2), differentiable=plan.differentiable)
+                        batch_size=rows, grad_rows=max(1, rows // 2), differentiable=plan.differentiable,
+                        chain=chain, chain_rows=rows if opts.batch_size is not None else max(rows, _CHAIN_ROWS))
     found = _search(ctx, x, lab, objective, search_obj, opts.shard_size, show_progress)
     config: dict[str, object] = {
         "screen": plan.config.screen.value, "effort": opts.effort.value, **opts.preset.as_dict(), "seed": opts.seed,
         "batch_size": rows, "fine_steps": plan.fine_steps, "device": str(clf.device), "mode": clf.mode,
-        "precision": prec.value, "anytime_rounds": plan.config.anytime_rounds,
+        "precision": prec.value, "anytime_rounds": plan.config.anytime_rounds, "incremental": chain is not None,
     }
     low_rows = search_obj.low_rows if isinstance(search_obj, Rechecked) else 0
     return _result(found, opts, config, objective.rows + low_rows, low_rows, start,
                    stopped="time_budget" if ctx.deadline.hit else "done")
+
+
+def _chain(clf: Classifier, x: torch.Tensor, plan: _Plan, opts: AttackSettings, rows: int) -> IncrementalPrefix | None:
+    """The engine's incremental chain for the exact screen and the tightening (pixel features),
+    when the model has one and it measures faster than plain forward passes (measured once per
+    model and shape, cached as in the engine), else ``None``.
+
+    Args:
+        x: ``(N, C, H, W)`` the checked inputs (the first 8 are the probe).
+    """
+    if opts.features is not FeatureKind.PIXEL or x.shape[0] == 0:
+        return None
+    inc = IncrementalPrefix.build(clf, _image_shape(x))
+    if inc is None:
+        return None
+    probe = x[:8].detach().to(device=clf.device, dtype=clf.dtype)
+    return inc if incremental_pays(clf, inc, probe, max(rows, _CHAIN_ROWS)) else None
 
 
 def _image_shape(x: torch.Tensor) -> tuple[int, int, int]:

@@ -38,9 +38,16 @@ def screen(s: Searcher) -> UnitResult:
         sel[row, feat, col] = True
         valid = valid & sel
     ctx = LevelContext.build(s.space, s.palette, 1, binomial_table(n, 1))
-    unit = evaluate_unit(
-        s.model, s.objective, s.x0, s.ref, valid, torch.arange(s.na), ctx, 0, n, batch_size=s.batch_size, k=n,
-    )
+    if s.chain is None:
+        unit = evaluate_unit(
+            s.model, s.objective, s.x0, s.ref, valid, torch.arange(s.na), ctx, 0, n, batch_size=s.batch_size, k=n,
+        )
+    else:  # full precision through the incremental chain (one pixel's window per row)
+        unit = evaluate_unit(
+            s.model, s.exact_objective, s.x0, s.ref, valid, torch.arange(s.na), ctx, 0, n,
+            batch_size=s.chain_rows, k=n, incremental=s.chain,
+        )
+        s.exact_objective.rows += int(unit.evaluations.sum())
     present = unit.rank >= 0
     score = torch.where(present, unit.score, torch.full_like(unit.score, INF))
     order = torch.argsort(torch.where(present, unit.rank, torch.full_like(unit.rank, BIG)), dim=1, stable=True)

@@ -21,9 +21,11 @@ import torch
 
 from ...classifier import Classifier
 from ...engine.features import FeatureSpace
+from ...engine.sensitivity import chain_values
 from ...engine.tighten import tighten as engine_tighten
+from ...execution.incremental import IncrementalPrefix
 from ...execution.precision import Rechecked
-from ...objectives import Misclassification, ObjectiveValues
+from ...objectives import Misclassification, ObjectiveValues, from_outputs_capability
 from .settings import SearchConfig
 
 __all__ = ["BIG", "INF", "CountingObjective", "Deadline", "SearchContext", "Searcher", "pick"]
@@ -100,6 +102,11 @@ class SearchContext:
         config: the search settings; deadline: the time budget.
         batch_size: rows per model call; grad_rows: rows per gradient call.
         differentiable: gradients of the model are available.
+        chain: the engine's incremental chain (:class:`~l0tre.execution.incremental.IncrementalPrefix`)
+            through which the exact screen and the tightening evaluate their one-feature changes in
+            full precision (rows near the decision boundary re-checked by a plain forward pass);
+            ``None``: plain forward passes with the search objective. chain_rows: rows per call
+            through it (cheaper rows, larger calls; 0: ``batch_size``).
     """
 
     model: Classifier
@@ -111,6 +118,8 @@ class SearchContext:
     batch_size: int
     grad_rows: int
     differentiable: bool
+    chain: IncrementalPrefix | None = None
+    chain_rows: int = 0  # rows per call through the chain (0: batch_size)
 
 
 class Searcher:
@@ -134,6 +143,10 @@ class Searcher:
         self.palette, self.fine, self.objective = ctx.palette, ctx.fine, objective
         self.batch_size, self.grad_rows = ctx.batch_size, ctx.grad_rows
         self.differentiable, self.cfg, self.deadline = ctx.differentiable, ctx.config, ctx.deadline
+        self.chain, self.chain_rows = ctx.chain, ctx.chain_rows or ctx.batch_size
+        # full precision, for the chain's rows (a Rechecked objective wraps the counting one)
+        inner = objective.objective if isinstance(objective, Rechecked) else objective
+        self.exact_objective = inner if isinstance(inner, CountingObjective) else CountingObjective()
         self.na = x0.shape[0]
         self.dev = x0.device
         self.orig = self.space.values(x0)  # (A, n, Cf)
@@ -162,7 +175,12 @@ class Searcher:
 
         Returns:
             score ``(R,)`` (float64), success ``(R,)`` bool, label ``(R,)``.
+
+        One-feature edits with an ``index`` go through the incremental ``chain`` when there is one
+        (full precision; rows near the boundary re-checked by a plain forward pass).
         """
+        if self.chain is not None and index is not None and feat.shape[1] == 1 and owner.shape[0]:
+            return self._chain_edits(base, owner, feat, val, index, self.chain)
         scores, succ, labels = [], [], []
         r_count = owner.shape[0]
         for b0 in range(0, r_count, self.batch_size):
@@ -177,6 +195,26 @@ class Searcher:
         if not scores:
             empty = torch.zeros(0, device=self.dev)
             return empty.double(), empty.bool(), empty.long()
+        return torch.cat(scores), torch.cat(succ), torch.cat(labels)
+
+    def _chain_edits(self, base: torch.Tensor, owner: torch.Tensor, feat: torch.Tensor, val: torch.Tensor,
+                     index: torch.Tensor, chain: IncrementalPrefix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`evaluate_edits` of one-feature edits (``feat`` ``(R, 1)``) through ``chain``."""
+        fast = from_outputs_capability(self.exact_objective)
+        if fast is None:
+            raise RuntimeError("the incremental chain needs an objective with from_outputs")
+        base_ref = torch.zeros(base.shape[0], dtype=self.ref.dtype, device=self.dev)
+        base_ref[index] = self.ref[owner]
+        caches = chain.base(base)
+        scores, succ, labels = [], [], []
+        for b0 in range(0, owner.shape[0], self.chain_rows):
+            sl = slice(b0, b0 + self.chain_rows)
+            ov = chain_values(self.model, self.exact_objective, fast, chain, caches, base, base_ref, self.space,
+                              index[sl], feat[sl], val[sl])
+            self.exact_objective.rows += int(feat[sl].shape[0])
+            scores.append(ov.score.to(self.dev, torch.float64))
+            succ.append(ov.success.to(self.dev))
+            labels.append(ov.label.to(self.dev))
         return torch.cat(scores), torch.cat(succ), torch.cat(labels)
 
     def margins_of(self, rows: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,6 +267,11 @@ class Searcher:
         """The engine's greedy single reverts of adversarial rows ``x`` ``(R, C, H, W)``."""
         if x.shape[0] == 0:
             return x
-        xt, _ = engine_tighten(self.model, self.objective, self.space, self.x0[owner], self.ref[owner], x,
-                               batch_size=self.batch_size)
+        if self.chain is None:
+            xt, _ = engine_tighten(self.model, self.objective, self.space, self.x0[owner], self.ref[owner], x,
+                                   batch_size=self.batch_size)
+            return xt
+        xt, rows = engine_tighten(self.model, self.exact_objective, self.space, self.x0[owner], self.ref[owner], x,
+                                  batch_size=self.chain_rows, incremental=self.chain)
+        self.exact_objective.rows += rows
         return xt
