@@ -60,7 +60,7 @@ class CertifyCoverage:
     rng_seed: int = 0
     prefilter: bool = True
     max_rows: int = 2048
-    sweep_seeds: int = 8
+    sweep_seeds: int = 2
     max_memory: int = 1 << 32
 
     def __post_init__(self) -> None:
