@@ -135,8 +135,7 @@ class _Prover:
         target = neuron_target(self.graph, self.selections(cols), self.threshold, self.bounds)
         single = cols.numel() == 1  # groups: hybrid (cost independent of the rows); singles: CROWN where auto picks it
         settings = CertifySettings.build(LEVEL_SETTINGS, method="auto" if single else "hybrid", time_limit=budget,
-                                         use_bab=single, max_memory=self.s.max_memory,
-                                         batch_size=32)  # small waves: the time limit is checked between them
+                                         use_bab=single, max_memory=self.s.max_memory)
         self.calls += 1
         return certify_level(target, x0, 0, t, settings=settings).status is Status.PROVEN
 
