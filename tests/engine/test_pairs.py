@@ -114,3 +114,36 @@ def test_engine_same_results_with_and_without_pair_table(monkeypatch: pytest.Mon
         assert torch.equal(getattr(on, name), getattr(off, name)), name
     assert on.evaluations == off.evaluations
     assert built and all(built)  # the table was in use (one per level-2 shard of the first run)
+
+
+def test_pair_table_with_a_wide_head_matches_full_forward() -> None:
+    """A head with many outputs (K = 40 > CHEAP_MAX_OUTPUTS): rows apart from the single-pixel
+    sums, the others through the dense layers — all equal to the plain forward pass."""
+    from l0tre.execution.sparse_head import CHEAP_MAX_OUTPUTS
+
+    torch.manual_seed(5)
+    shape = (1, 9, 9)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Conv2d(3, 4, 2, padding=1), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 40), torch.nn.ReLU(), torch.nn.Linear(40, 3),
+    ).double().eval()
+    clf = l0tre.Classifier(net)
+    chain = IncrementalPrefix.build(clf, shape)
+    assert chain is not None
+    gen = torch.Generator().manual_seed(6)
+    x = torch.rand(2, *shape, generator=gen, dtype=torch.float64)
+    palette = torch.tensor([[0.0], [0.5], [1.0]], dtype=torch.float64)
+    table = PairTable.build(chain, x, palette, max_bytes=1 << 30)
+    assert table is not None and table.head is not None and not table.head.cheap
+    assert table.head.weight.shape[2] == 40 > CHEAP_MAX_OUTPUTS
+    n = 81
+    i, j = torch.triu_indices(n, n, 1)
+    pix = torch.stack([i, j], dim=1)
+    pix = pix[table.disjoint(pix)]
+    rows = pix.shape[0]
+    a = torch.randint(0, 2, (rows,), generator=gen)
+    col = torch.randint(0, 3, (rows, 2), generator=gen)
+    xb = x[a].clone()
+    for k in range(2):
+        xb.view(rows, 1, -1)[torch.arange(rows), :, pix[:, k]] = palette[col[:, k]]
+    torch.testing.assert_close(table.outputs(a, pix, col), clf(xb), rtol=1e-10, atol=1e-10)

@@ -201,6 +201,7 @@ class IncrementalPrefix:
     channels: int  # input channels
     chunk: int = 0  # rows per call inside :meth:`outputs` (0: all at once)
     shift: torch.Tensor | None = None  # (C, H·W) image a leading SubtractImage takes away
+    head_weight: torch.Tensor | None = None  # the sparse head's weight, once built (see base())
 
     @property
     def depth(self) -> int:
@@ -290,9 +291,10 @@ class IncrementalPrefix:
         rest = torch.zeros(n, z.shape[2] * z.shape[3] + 1, c, dtype=z.dtype, device=z.device)
         rest[:, :-1] = z.permute(0, 2, 3, 1).reshape(n, -1, c)
         size = (z.shape[2], z.shape[3])
-        head = SparseHead.build(self.rest, rest, size)
-        return IncrementalCaches(inputs=inputs, rest=rest, pixels=pixels, rest_size=size,
-                                 head=head if head is not None and head.cheap else None)
+        head = SparseHead.build(self.rest, rest, size, cheap_only=True, weight=self.head_weight)
+        if head is not None:
+            self.head_weight = head.weight  # the same for every shard
+        return IncrementalCaches(inputs=inputs, rest=rest, pixels=pixels, rest_size=size, head=head)
 
     # -- perturbed rows -------------------------------------------------------------------------
     @torch.no_grad()

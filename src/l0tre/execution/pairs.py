@@ -135,9 +135,13 @@ class PairTable:
             raise ValueError("pairs: expected at least one row")
         pad = padded_index(n_rows, a.device)  # few distinct shapes
         a, pixel, colour = a[pad], pixel[pad], colour[pad]
-        b = a.shape[0]
-        if self.head is not None:
+        if self.head is not None and self.single is not None and pixel.shape[1] == 2:
             return self._from_head(self.head, a, pixel, colour)[:n_rows]
+        return self._dense(a, pixel, colour)[:n_rows]
+
+    def _dense(self, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        """:meth:`outputs` through ``after`` on whole maps (the windows added to the base map)."""
+        b = a.shape[0]
         na, n, p1, win, ch = self.delta.shape
         slots = self.base_out.shape[1]
         flat = self.base_out.index_select(0, a)
@@ -155,13 +159,13 @@ class PairTable:
         out = self.after(flat[:, : hl * wl].view(b, hl, wl, -1).permute(0, 3, 1, 2))
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
             raise ValueError("model output: expected shape (N, classes) from the pair table")
-        return out[:n_rows]
+        return out
 
     def _from_head(self, head: SparseHead, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
-        """Rows whose windows at ``L``'s output are apart: the sum of the single-pixel changes;
-        the others: :meth:`_sparse`."""
-        if self.single is None or self.out_r0 is None or self.out_c0 is None or pixel.shape[1] != 2:
-            return head.finish(a, self._sparse(head, a, pixel, colour))
+        """Rows whose windows at ``L``'s output are apart: the sum of the single-pixel changes
+        (``O(K)`` a row); the others: :meth:`_sparse` when the head's gathers are cheap (few
+        outputs ``K``), else :meth:`_dense`."""
+        assert self.single is not None and self.out_r0 is not None and self.out_c0 is not None  # by the caller
         na, n, p1, win, ch = self.delta.shape
         wh, ww = self.out_win
         dr = (self.out_r0[pixel[:, 0]] - self.out_r0[pixel[:, 1]]).abs()
@@ -170,6 +174,10 @@ class PairTable:
         key = (a.unsqueeze(1) * n + pixel) * p1 + colour  # (B, 2)
         change = self.single.index_select(0, key[:, 0]) + self.single.index_select(0, key[:, 1])
         near = (~apart).nonzero().squeeze(1)
+        if near.numel() and not head.cheap:
+            out = head.finish(a, change)
+            out[near] = self._dense(a[near], pixel[near], colour[near])
+            return out
         if near.numel():
             change[near] = self._sparse(head, a[near], pixel[near], colour[near])
         return head.finish(a, change)

@@ -98,6 +98,10 @@ class ExecutionPlan:
             return inc
         if t > 1 and not self._pays.get(1, (True, 0))[0]:
             return None  # it did not pay at t=1: it will not with more windows
+        if t == 2 and 1 in self._pays and self.use_pairs and self.pixel_features:
+            # it paid at t = 1, and level 2 takes most rows from the pair tables, whose rows cost
+            # less than a level-1 chain row (measuring the chain alone would underrate it)
+            self._pays[2] = (True, self._pays[1][1])
         if t not in self._pays:
             rows = min(self.inc_batch, MEASURE_ROWS)
             if self.work_rows is not None:  # ≈ 16 calls of ``rows`` rows: a small share of the work

@@ -23,7 +23,11 @@ import torch
 from ..atomic import atomic_write_text
 from ..classifier import Classifier
 
-__all__ = ["cache_path", "context_key", "lookup", "store"]
+__all__ = ["REVISION", "cache_path", "context_key", "lookup", "store"]
+
+# Bump when an execution path changes what a stored measurement would decide (2: the sparse
+# head made incremental rows far cheaper for conv → Flatten → Linear models).
+REVISION = 2
 
 _FILE = "tuning.json"
 _MAX_ENTRIES = 256
@@ -47,7 +51,7 @@ def context_key(model: Classifier, *parts: object) -> str:
         hw = torch.cuda.get_device_name(model.device)
     else:
         hw = f"{platform.machine()}-{platform.processor()}-{os.cpu_count()}cpu-{torch.get_num_threads()}thr"
-    return json.dumps([torch.__version__, hw, str(model.device), model.fingerprint(), *map(str, parts)])
+    return json.dumps([REVISION, torch.__version__, hw, str(model.device), model.fingerprint(), *map(str, parts)])
 
 
 def _read(path: Path) -> dict[str, Any]:
