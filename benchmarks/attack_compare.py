@@ -123,6 +123,13 @@ class PixelSpaceNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net((x - self.mean) / self.std)
 
+    def plain(self) -> nn.Module:
+        """The wrapped network itself when the normalisation is the identity (the MNIST models:
+        the same function, and ``l0tre.attack`` then sees the layers, e.g. for its incremental
+        chain, as a user who passes the loaded model does), else this wrapper."""
+        identity = bool((self.mean == 0).all() and (self.std == 1).all())
+        return self.net if identity else self
+
 
 @dataclass
 class Chunked:
@@ -147,7 +154,8 @@ def build_method(name: str, net: nn.Module, shape: tuple[int, int, int], device:
                  workload: str, seed: int, batch: int) -> Chunked:
     """Import and configure a method (raises ImportError when it is not installed)."""
     if name in L0TRE_VARIANTS:
-        clf = l0tre.Classifier(net, device=device, input_shape=shape, name="benchmark")
+        plain = net.plain() if isinstance(net, PixelSpaceNet) else net
+        clf = l0tre.Classifier(plain, device=device, input_shape=shape, name="benchmark")
         settings = l0tre_settings(name, workload)
 
         def run_l0tre(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 cpu = time.process_time() - t0
                 ok, l0 = ac.score(net, xb, yb, adv, args.device)
                 row[n] = {"cpu_s": cpu, "success": float(ok.mean()),
-                          "mean_l0": float(l0[ok].mean()) if ok.any() else None}
+                          "mean_l0": float(l0[ok].mean()) if ok.any() else None,
+                          "l0": [int(v) if bool(o) else None for v, o in zip(l0.tolist(), ok.tolist(), strict=True)]}
                 cpu_total[n] += cpu
             row["ratio"] = row[names[0]]["cpu_s"] / max(row[names[1]]["cpu_s"], 1e-9)
             images += int(xb.shape[0])
