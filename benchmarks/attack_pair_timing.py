@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workload", choices=list(ac.WORKLOADS), default="cifar")
     ap.add_argument("--methods", default="l0tre-fast,ta-Pixle", help="two methods of attack_compare.py, A,B")
     ap.add_argument("--limit", type=int, default=None, help="images loaded (default: the workload's)")
+    ap.add_argument("--start", type=int, default=0, help="first test image loaded (default 0)")
     ap.add_argument("--chunk", type=int, default=20, help="images per call and per timed pair")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threads", type=int, default=1)
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     import l0tre
 
     clf = l0tre.load_model(spec["model"], device=args.device, data_root=args.data_root)
-    data = l0tre.load_data(spec["data"], data_root=args.data_root, limit=limit)
+    data = l0tre.load_data(spec["data"], data_root=args.data_root, limit=limit, start=args.start)
     if data.y is None:
         raise ValueError(f"{spec['data']}: labels are needed")
     keep = clf.predict(data.x) == data.y
