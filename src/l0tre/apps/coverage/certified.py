@@ -135,7 +135,8 @@ class _Prover:
         target = neuron_target(self.graph, self.selections(cols), self.threshold, self.bounds)
         single = cols.numel() == 1  # groups: hybrid (cost independent of the rows); singles: CROWN where auto picks it
         settings = CertifySettings.build(LEVEL_SETTINGS, method="auto" if single else "hybrid", time_limit=budget,
-                                         use_bab=single, max_memory=self.s.max_memory)
+                                         use_bab=single, max_memory=self.s.max_memory,
+                                         attack_steps=10 if single else 0)  # a failed group is halved: no search
         self.calls += 1
         return certify_level(target, x0, 0, t, settings=settings).status is Status.PROVEN
 
