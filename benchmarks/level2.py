@@ -24,6 +24,7 @@ HERE = Path(__file__).resolve().parent
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="paper-mnist")
+    p.add_argument("--data", default="mnist:test", help="data spec (paper-sdnn: mnist14:test)")
     p.add_argument("--images", type=int, default=1)
     p.add_argument("--start", type=int, default=0)
     p.add_argument("--epsilon", type=float, default=0.5)
@@ -32,7 +33,7 @@ def main() -> None:
     args = p.parse_args()
     root = os.environ.get("L0TRE_DATA", str(HERE.parent.parent / "shared" / "data"))
     clf = l0tre.load_model(args.model, data_root=root)
-    x = l0tre.load_data("mnist:test", data_root=root, start=args.start, limit=args.images).x
+    x = l0tre.load_data(args.data, data_root=root, start=args.start, limit=args.images).x
     rows = []
     for i in range(x.shape[0]):
         t0 = time.perf_counter()
