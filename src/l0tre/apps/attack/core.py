@@ -150,7 +150,9 @@ def attack(
             within a calibrated tolerance of the boundary is re-checked in full precision, the
             returned examples are verified in full precision, and an input whose example does
             not verify is searched again in full precision. The search path (hence the
-            examples found) can differ between precisions.
+            examples found) can differ between precisions. Independently of it, the exact screen,
+            the tightening and one-pixel edits go through the engine's incremental chain in full
+            precision where the model has one and it measures faster (``config["incremental"]``).
 
     Returns:
         an :class:`~l0tre.apps.attack.AttackResult`: ``x_adv`` ``(N, C, H, W)``, ``success``
