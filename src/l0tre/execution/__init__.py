@@ -4,7 +4,9 @@
 - :mod:`.tuning_cache` — those measurements remembered per machine and model;
 - :mod:`.memory` — rows per model call within a memory budget;
 - :mod:`.incremental` — recompute only the windows of feature maps that changed pixels reach;
+- :mod:`.windows` — the geometry of those windows;
 - :mod:`.pairs` — level-2 rows from level-1 window tables where two pixels never meet;
+- :mod:`.sparse_head` — a dense head evaluated on the changed positions only;
 - :mod:`.precision` — reduced-precision screening with exact float32 re-checks.
 """
 

@@ -21,8 +21,9 @@ import torch
 from torch import nn
 
 from ..classifier import padded_index
-from .incremental import IncrementalPrefix, window_cells
+from .incremental import IncrementalPrefix
 from .sparse_head import SparseHead
+from .windows import window_cells
 
 __all__ = ["PairTable"]
 
