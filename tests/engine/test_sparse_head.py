@@ -60,3 +60,19 @@ def test_sparse_head_equals_the_dense_layers() -> None:
         maps[rows, lin] = z
         dense = after(maps[:, :-1].view(b, h, w, ch).permute(0, 3, 1, 2))
         torch.testing.assert_close(head.outputs(a, lin, z, own), dense, rtol=1e-10, atol=1e-10)
+
+
+def test_shared_positions_give_the_per_row_change() -> None:
+    """Rows that change the same positions: the one-product path equals the per-row path."""
+    gen = torch.Generator().manual_seed(1)
+    n, ch, h, w = 4, 3, 5, 5
+    after = _after(ch, h, w, tail=True)
+    base = torch.zeros(n, h * w + 1, ch, dtype=torch.float64)
+    base[:, :-1] = torch.randn(n, h * w, ch, generator=gen, dtype=torch.float64)
+    head = SparseHead.build(after, base, (h, w))
+    assert head is not None
+    lin = torch.tensor([0, 1, 5, 6, h * w])  # a 2×2 window and one position outside the map
+    a = torch.tensor([0, 0, 1, 2, 3, 3])
+    z = torch.randn(a.shape[0], lin.shape[0], ch, generator=gen, dtype=torch.float64)
+    per_row = head.change(a, lin.expand(a.shape[0], -1), z, torch.ones(a.shape[0], lin.shape[0], dtype=torch.bool))
+    torch.testing.assert_close(head.change_shared(a, lin, z), per_row, rtol=1e-12, atol=1e-12)

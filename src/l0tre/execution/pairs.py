@@ -113,7 +113,7 @@ class PairTable:
         after = nn.Sequential(*chain.modules[stop:], chain.rest)
         delta_cl = delta.permute(0, 2, 3, 1).reshape(na, n, p1, wh * ww, c_out).contiguous()
         head = SparseHead.build(after, base_out, (hl, wl))
-        single = None if head is None else _single(head, base_out, delta_cl, lin, rows)
+        single = None if head is None else _single(head, base_out, delta_cl, lin)
         return PairTable(
             after=after, base_out=base_out, size=(hl, wl), delta=delta_cl, lin=lin,
             in_r0=in_r0, in_c0=in_c0, in_win=layer.win_in, head=head, single=single, out_r0=r0, out_c0=c0,
@@ -209,23 +209,17 @@ class PairTable:
         return head.change(a, torch.cat(lins, 1), torch.cat(zs, 1), torch.cat(owns, 1))
 
 
-def _single(head: SparseHead, base_out: torch.Tensor, delta: torch.Tensor, lin: torch.Tensor,
-            rows: int) -> torch.Tensor:
+def _single(head: SparseHead, base_out: torch.Tensor, delta: torch.Tensor, lin: torch.Tensor) -> torch.Tensor:
     """``(Na·n·P1, K)`` change of the head's linear output for every (input, pixel, colour) alone,
-    from ``delta`` ``(Na, n, P1, wh·ww, C)`` at the positions ``lin`` ``(n, wh·ww)``."""
+    from ``delta`` ``(Na, n, P1, wh·ww, C)`` at the positions ``lin`` ``(n, wh·ww)``. The rows of
+    one pixel share its positions, so they share its weights: one product per pixel."""
     na, n, p1, win, ch = delta.shape
-    dev = base_out.device
-    a_all = torch.arange(na, device=dev).repeat_interleave(n * p1)
-    pix_all = torch.arange(n, device=dev).repeat_interleave(p1).repeat(na)
-    flat = delta.view(na * n * p1, win, ch)
-    out = torch.empty(na * n * p1, head.weight.shape[2], dtype=delta.dtype, device=dev)
-    own = torch.ones(1, win, dtype=torch.bool, device=dev)
-    for i in range(0, a_all.shape[0], rows):
-        a, pix = a_all[i : i + rows], pix_all[i : i + rows]
-        pos = lin[pix]  # (B, win)
-        z = base_out[a.view(-1, 1), pos] + flat[i : i + rows]
-        out[i : i + rows] = head.change(a, pos, z, own.expand(a.shape[0], win))
-    return out
+    out = torch.empty(na, n, p1, head.weight.shape[2], dtype=delta.dtype, device=base_out.device)
+    a = torch.arange(na, device=base_out.device).repeat_interleave(p1)  # (Na·P1,)
+    for pix in range(n):
+        z = base_out[:, lin[pix]].unsqueeze(1) + delta[:, pix]  # (Na, P1, win, C)
+        out[:, pix] = head.change_shared(a, lin[pix], z.view(na * p1, win, ch)).view(na, p1, -1)
+    return out.view(na * n * p1, -1)
 
 
 def _crop(flat: torch.Tensor, a: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor,

@@ -133,6 +133,14 @@ class SparseHead:
         return out
 
     @torch.no_grad()
+    def change_shared(self, a: torch.Tensor, lin: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """:meth:`change` for rows that all change the same positions ``lin`` ``(M,)`` (distinct in
+        the map, scratch slot allowed): ``z`` ``(B, M, C)``; one matrix product."""
+        b, m, ch = z.shape
+        diff = _apply(self.pointwise, z) - self.base_act[:, lin].index_select(0, a)  # (B, M, C)
+        return diff.reshape(b, m * ch) @ self.weight[lin].reshape(m * ch, -1)
+
+    @torch.no_grad()
     def finish(self, a: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
         """``(B, K')`` model outputs from the linear layer's changes ``change`` ``(B, K)``."""
         result = self.tail(self.base_lin.index_select(0, a) + change)
