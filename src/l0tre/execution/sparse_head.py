@@ -98,7 +98,7 @@ class SparseHead:
             return None
         if cheap_only and linear.out_features > CHEAP_MAX_OUTPUTS:
             return None
-        act = _apply(pointwise, base)
+        act = _apply(pointwise, base).clone()  # a copy: its scratch slot is set below
         act[:, -1] = 0
         flat = act[:, :hw].permute(0, 2, 1).reshape(n, ch * hw)
         base_lin = torch.nn.functional.linear(flat, linear.weight, linear.bias)
@@ -150,8 +150,9 @@ class SparseHead:
 
 
 def _apply(pointwise: nn.Sequential, z: torch.Tensor) -> torch.Tensor:
-    """``g`` on channels-last values ``(B, M, C)`` (BatchNorm2d needs ``(B, C, M, 1)``)."""
+    """``g`` on channels-last values ``(B, M, C)`` (BatchNorm2d needs ``(B, C, M, 1)``); ``z`` itself
+    when ``g`` is empty."""
     if len(pointwise) == 0:
-        return z.clone()
+        return z
     out = pointwise(z.permute(0, 2, 1).unsqueeze(3))
     return out.squeeze(3).permute(0, 2, 1).contiguous()
