@@ -177,7 +177,8 @@ def build_method(name: str, net: nn.Module, shape: tuple[int, int, int], device:
         if name == "fb-L0BB":
             import numba  # noqa: F401 - foolbox's L0 Brendel-Bethge solver needs it
 
-            return Chunked(_bb_from_fmn(fb, fmodel, net, device), batch, fb.__version__)
+            # small chunks: several CPU seconds per image, and the budget is checked between chunks
+            return Chunked(_bb_from_fmn(fb, fmodel, net, device), min(batch, 5), fb.__version__)
         atk = fb.attacks.L0FMNAttack() if name == "fb-L0FMN" else fb.attacks.PointwiseAttack()
 
         def run_fb(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -261,21 +262,36 @@ def _bb_from_fmn(fb: Any, fmodel: Any, net: nn.Module, device: str) -> Callable[
 
 
 def per_image_best(methods: dict[str, Any]) -> dict[str, Any]:
-    """The smallest L0 any method found per image (``None`` where none succeeded) and each method's
-    mean gap to it over the images it fooled (``l0 − best``, 0 where it is the best)."""
+    """The smallest L0 any method found per image and each method's mean gap to it.
+
+    Methods stopped by the time budget attack a prefix of the images, so two views are given:
+    ``l0`` / ``mean_l0`` / ``gap_to_best`` / ``is_best_on``: per image, over the methods that
+    reached it (``None`` where none of them fooled it); ``common``: the same over the
+    ``common["attempted"]`` first images that **every** method that ran attacked, with each
+    method's ``gap_to_best_common`` / ``is_best_on_common`` there. A gap is the mean of
+    ``l0 − best`` over the images the method fooled (0 where it is the best); ``reached_by``
+    is, per image, how many methods attacked it.
+    """
     ran = [r for r in methods.values() if r.get("attempted")]
     n = max((r["attempted"] for r in ran), default=0)
+    n_common = min((r["attempted"] for r in ran), default=0)
     best: list[int | None] = []
     for i in range(n):
         found = [r["l0"][i] for r in ran if i < r["attempted"] and r["success"][i]]
         best.append(min(found) if found else None)
     for r in ran:
-        gaps = [r["l0"][i] - best[i] for i in range(r["attempted"]) if r["success"][i] and best[i] is not None]
-        r["gap_to_best"] = float(np.mean(gaps)) if gaps else None
-        r["is_best_on"] = sum(1 for g in gaps if g == 0)
+        for suffix, m in (("", r["attempted"]), ("_common", n_common)):
+            gaps = [r["l0"][i] - best[i] for i in range(m) if r["success"][i] and best[i] is not None]
+            r["gap_to_best" + suffix] = float(np.mean(gaps)) if gaps else None
+            r["is_best_on" + suffix] = sum(1 for g in gaps if g == 0)
     vals = [b for b in best if b is not None]
+    common = [b for b in best[:n_common] if b is not None]
     return {"l0": best, "mean_l0": float(np.mean(vals)) if vals else None,
-            "median_l0": float(np.median(vals)) if vals else None, "images": len(vals)}
+            "median_l0": float(np.median(vals)) if vals else None, "images": len(vals),
+            "reached_by": [sum(1 for r in ran if i < r["attempted"]) for i in range(n)],
+            "common": {"attempted": n_common, "images": len(common),
+                       "mean_l0": float(np.mean(common)) if common else None,
+                       "median_l0": float(np.median(common)) if common else None}}
 
 
 def score(net: nn.Module, x: torch.Tensor, y: torch.Tensor, x_adv: torch.Tensor,
@@ -385,9 +401,11 @@ def _loadavg() -> float | None:
         return None
 
 
-def run_workload(workload: str, args: argparse.Namespace, previous: dict[str, Any] | None = None) -> dict[str, Any]:
+def run_workload(workload: str, args: argparse.Namespace, previous: dict[str, Any] | None = None,
+                 save: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
     """Run ``args.methods`` on a workload; methods of ``previous`` (the same workload, images and
-    limit, from an earlier run) that were not re-run are kept."""
+    limit, from an earlier run) that were not re-run are kept. ``save`` is called with the
+    workload's results so far after each method, so that a long run loses nothing it computed."""
     spec = WORKLOADS[workload]
     limit = args.limit if args.limit is not None else spec["default_limit"]
     clf = l0tre.load_model(spec["model"], device=args.device, data_root=args.data_root)
@@ -415,7 +433,16 @@ def run_workload(workload: str, args: argparse.Namespace, previous: dict[str, An
         r = methods[name]
         print(f"[{workload}] {name}: {r['status']}; success {r.get('success_rate')}, mean L0 {r.get('mean_l0')}, "
               f"s/img {r.get('seconds_per_image')}, CPU s/img {r.get('cpu_seconds_per_image')}", flush=True)
-    methods = {k: (methods[k] if k in methods else kept[k]) for k in ALL_METHODS if k in methods or k in kept}
+        if save is not None:
+            save(_assemble(spec, limit, data, keep, {**kept, **methods}, args))
+    return _assemble(spec, limit, data, keep, {**kept, **methods}, args)
+
+
+def _assemble(spec: dict[str, Any], limit: int, data: Any, keep: torch.Tensor, ran: dict[str, Any],
+              args: argparse.Namespace) -> dict[str, Any]:
+    """A workload's results: the methods in ``ALL_METHODS`` order, head-to-head figures against
+    ``l0tre`` and the per-image best."""
+    methods = {k: ran[k] for k in ALL_METHODS if k in ran}
     # head-to-head: l0tre's mean L0 on the images each peer attacked successfully
     if "l0tre" in methods and methods["l0tre"].get("attempted"):
         ours = methods["l0tre"]
@@ -490,19 +517,33 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{_fmt(r.get('seconds_per_image'), 3)} | {_fmt(r.get('cpu_seconds_per_image'), 3)} | "
                 f"{h2h} | {r['status']} |"
             )
-        best = w.get("best")
-        if best and best.get("images"):
-            gaps = ", ".join(f"{k} {_fmt(r.get('gap_to_best'))} (best on {r.get('is_best_on', 0)})"
-                             for k, r in w["methods"].items() if r.get("gap_to_best") is not None)
-            lines.append("")
-            lines.append(f"Per-image best over all methods (the smallest L0 any method found, {best['images']} "
-                         f"images): mean **{_fmt(best['mean_l0'])}**, median {_fmt(best['median_l0'], 1)}. "
-                         f"Mean gap to it over the images each method fooled (images where it is the best): "
-                         f"{gaps}.")
+        lines.extend(_best_lines(w))
         lines.append("")
         lines.append(_verdict(w))
         lines.append("")
     return "\n".join(lines)
+
+
+def _best_lines(w: dict[str, Any]) -> list[str]:
+    """The per-image best paragraph(s) of a workload: over the methods that reached each image, and
+    (when some method stopped early) over the first images that every method attacked."""
+    best = w.get("best")
+    if not best or not best.get("images"):
+        return []
+    ms = w["methods"]
+    gaps = ", ".join(f"{k} {_fmt(r.get('gap_to_best'))} (best on {r.get('is_best_on', 0)})"
+                     for k, r in ms.items() if r.get("gap_to_best") is not None)
+    lines = ["", f"Per-image best over all methods (the smallest L0 any method that reached the image found, "
+                 f"{best['images']} images): mean **{_fmt(best['mean_l0'])}**, median {_fmt(best['median_l0'], 1)}. "
+                 f"Mean gap to it over the images each method fooled (images where it is the best): {gaps}."]
+    common = best.get("common")
+    if common and common["attempted"] < w["n_correct"]:
+        gaps_c = ", ".join(f"{k} {_fmt(r.get('gap_to_best_common'))} (best on {r.get('is_best_on_common', 0)})"
+                           for k, r in ms.items() if r.get("gap_to_best_common") is not None)
+        lines += ["", f"On the first **{common['attempted']}** images, the ones every method attacked within its "
+                      f"budget ({common['images']} fooled by some method): per-image best mean "
+                      f"**{_fmt(common['mean_l0'])}**, median {_fmt(common['median_l0'], 1)}; gaps: {gaps_c}."]
+    return lines
 
 
 def _verdict(w: dict[str, Any]) -> str:
@@ -581,6 +622,14 @@ def figures(results: dict[str, Any], img_dir: Path) -> list[Path]:
     return paths
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def write_doc(path: Path, table: str) -> None:
     begin, end = "<!-- BEGIN attack_compare -->", "<!-- END attack_compare -->"
     block = f"{begin}\n{table}\n{end}"
@@ -592,8 +641,7 @@ def write_doc(path: Path, table: str) -> None:
             text = text.rstrip() + "\n\n" + block + "\n"
     else:
         text = "# L0 attack comparison\n\n" + block + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    _write_atomic(path, text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -623,6 +671,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--methods: unknown {bad}; expected some of {ALL_METHODS}")
     if args.render:
         results = json.loads(args.json.read_text())
+        for w in results["workloads"].values():  # recomputed: older files lack the common-images view
+            w["best"] = per_image_best(w["methods"])
         table = markdown(results)
         write_doc(args.doc, table)
         figures(results, args.img_dir)
@@ -654,10 +704,12 @@ def main(argv: list[str] | None = None) -> int:
         "l0tre_source": _source_state(),
     }
     for workload in workloads:
-        res = run_workload(workload, args, results["workloads"].get(workload))
-        results["workloads"][workload] = res
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=1))
+
+        def save(res: dict[str, Any], workload: str = workload) -> None:
+            results["workloads"][workload] = res
+            _write_atomic(args.json, json.dumps(results, indent=1))
+
+        save(run_workload(workload, args, results["workloads"].get(workload), save))
     table = markdown(results)
     write_doc(args.doc, table)
     figures(results, args.img_dir)
