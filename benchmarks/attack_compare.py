@@ -328,11 +328,13 @@ def run_method(name: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, shap
     elapsed = 0.0
     cpu = 0.0
     load_before = _loadavg()
+    budget = float(args.method_budget.get(name, args.budget))
+    out["budget_s"] = budget
     status = "ok"
     n = x.shape[0]
     for c0 in range(0, n, method.chunk):
-        if elapsed >= args.budget:
-            status = f"time budget {args.budget:.0f}s: {c0}/{n} images attempted"
+        if elapsed >= budget:
+            status = f"time budget {budget:.0f}s: {c0}/{n} images attempted"
             break
         xb, yb = x[c0 : c0 + method.chunk], y[c0 : c0 + method.chunk]
         seed_all(args.seed + c0)
@@ -357,8 +359,8 @@ def run_method(name: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, shap
                   f"success {success.mean():.3f}, "
                   f"mean L0 {l0[success].mean() if success.any() else float('nan'):.2f}", flush=True)
     m = int(success.size)
-    if status == "ok" and elapsed > args.budget:
-        status = f"ok (all attempted; the last chunk ended past the {args.budget:.0f}s budget, at {elapsed:.0f}s)"
+    if status == "ok" and elapsed > budget:
+        status = f"ok (all attempted; the last chunk ended past the {budget:.0f}s budget, at {elapsed:.0f}s)"
     ok_l0 = l0[success].astype(np.float64)
     out.update({
         "status": status,
@@ -459,7 +461,8 @@ def _assemble(spec: dict[str, Any], limit: int, data: Any, keep: torch.Tensor, r
         "best": best,
         "model": spec["model"], "data": spec["data"], "limit": limit, "n_loaded": len(data),
         "n_correct": int(keep.sum()), "indices": data.indices[keep].tolist(), "methods": methods,
-        "run": {"command": args.command_line, "budget_s": args.budget, "batch": args.batch,
+        "run": {"command": args.command_line, "budget_s": args.budget, "method_budget_s": args.method_budget,
+                "batch": args.batch,
                 "threads": args.threads, "device": args.device,
                 "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")},
     }
@@ -489,7 +492,9 @@ def markdown(results: dict[str, Any]) -> str:
             run = w.get("run")
             if run:
                 lines.append(f"Last run {run['date']}: {run['threads']} torch thread(s), device {run['device']}, "
-                             f"budget {run['budget_s']:.0f} s per method (checked between chunks), "
+                             f"budget {run['budget_s']:.0f} s per method (checked between chunks"
+                             + "".join(f"; {k} {v:.0f} s" for k, v in (run.get("method_budget_s") or {}).items())
+                             + "), "
                              f"{run['batch']} images per call for batched methods.")
             lines.append("")
         lines.append("| method | success (images attempted) | mean L0 | median L0 | std L0 | s / image (wall) | "
@@ -644,6 +649,22 @@ def write_doc(path: Path, table: str) -> None:
     _write_atomic(path, text)
 
 
+def _parse_method_budget(ap: argparse.ArgumentParser, text: str) -> dict[str, float]:
+    """``'name=seconds,...'`` → ``{name: seconds}`` (names from ``ALL_METHODS``, seconds > 0)."""
+    out: dict[str, float] = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        name, _, value = item.partition("=")
+        try:
+            seconds = float(value)
+        except ValueError:
+            seconds = float("nan")
+        if name not in ALL_METHODS or not seconds > 0:
+            ap.error(f"--method-budget: expected NAME=SECONDS with NAME in {ALL_METHODS} and SECONDS > 0, "
+                     f"got {item!r}")
+        out[name] = seconds
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--workload", choices=["mnist", "cifar", "trades", "all"], default="all")
@@ -652,6 +673,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(ALL_METHODS),
                     help="comma-separated subset of: " + ", ".join(ALL_METHODS))
     ap.add_argument("--budget", type=float, default=600.0, help="seconds per method and workload (checked per chunk)")
+    ap.add_argument("--method-budget", default="",
+                    help="per-method budgets overriding --budget, e.g. 'fb-L0BB=900,art-CWL0=150' (seconds)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--batch", type=int, default=100, help="images per call for batched methods")
@@ -669,6 +692,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in args.methods if m not in ALL_METHODS]
     if bad:
         ap.error(f"--methods: unknown {bad}; expected some of {ALL_METHODS}")
+    args.method_budget = _parse_method_budget(ap, args.method_budget)
     if args.render:
         results = json.loads(args.json.read_text())
         for w in results["workloads"].values():  # recomputed: older files lack the common-images view
