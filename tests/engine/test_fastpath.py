@@ -125,6 +125,37 @@ def test_incremental_prefix_identical_to_plain(features: str, t_max: int) -> Non
     assert fast.t == plain.t == t_max or bool((plain.lower == plain.upper).all())
 
 
+@pytest.mark.parametrize("t_max", [1, 2])
+def test_incremental_wide_head_identical_to_plain(t_max: int) -> None:
+    """A dense head with many outputs (K = 40) after the chain: rows grouped by their windows
+    through the sparse head (level 1 and 2, with and without pair tables) give the plain path's
+    results."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 5, 3), torch.nn.BatchNorm2d(5),
+        torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(5 * 7 * 7, 40), torch.nn.ReLU(),
+        torch.nn.Linear(40, 4),
+    ).double()
+    with torch.no_grad():
+        net[3].running_mean.uniform_(-0.2, 0.2)
+        net[3].running_var.uniform_(0.5, 2.0)
+    net.eval()
+    clf = l0tre.Classifier(net)
+    x = torch.rand(5, 1, 11, 11, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    plain = l0tre.evaluate(clf, x, epsilon=0.5, t_max=t_max, mode="eager")
+    counts = []
+    for pairs in (True, False):
+        prep = l0tre.api.prepare(clf, x, epsilon=0.5, t_max=t_max, incremental=True)
+        prep.plan.use_pairs = pairs
+        caches = prep.plan.incremental.base(x) if prep.plan.incremental is not None else None
+        assert caches is not None and caches.head is not None and not caches.head.cheap
+        fast = list(prep.run())[-1]
+        assert torch.equal(fast.lower, plain.lower) and torch.equal(fast.upper, plain.upper)
+        assert torch.equal(fast.adversarial, plain.adversarial)
+        counts.append(fast.evaluations)
+    assert counts[0] == counts[1]
+
+
 def test_incremental_outputs_match_full_forward(shared_data: object) -> None:
     from l0tre.execution.incremental import IncrementalPrefix
 

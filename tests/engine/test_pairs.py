@@ -3,6 +3,8 @@ gives the same results with and without it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -66,12 +68,16 @@ def test_pair_table_matches_full_forward(
     assert int(far.sum()) > 0
     # neighbours meet before the last conv unless that conv reads the pixels themselves
     assert bool(far[4:100].all()) == (table.in_win == (1, 1))
-    a, pix = a[far], pix[far]
     col = torch.randint(0, palette.shape[0], (a.shape[0], 2), generator=gen)
     xb = x[a].clone()
     for j in range(2):
         xb.view(a.shape[0], c, -1)[torch.arange(a.shape[0]), :, pix[:, j]] = palette[col[:, j]]
-    torch.testing.assert_close(table.outputs(a, pix, col), clf(xb), rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(table.outputs(a[far], pix[far], col[far]), clf(xb[far]), rtol=1e-10, atol=1e-10)
+    if table.head is not None and bool((~far).any()):
+        # the rows whose windows meet before L: the chain up to L, then the overlap correction
+        meet = ~far
+        got = table.chain_outputs(a[meet], pix[meet], col[meet], palette[col[meet]])
+        torch.testing.assert_close(got, clf(xb[meet]), rtol=1e-10, atol=1e-10)
 
 
 def test_pair_table_respects_its_memory_limit() -> None:
@@ -86,7 +92,26 @@ def test_pair_table_respects_its_memory_limit() -> None:
     assert PairTable.build(chain, x, palette, max_bytes=1 << 30) is not None
 
 
-def test_engine_same_results_with_and_without_pair_table(monkeypatch: pytest.MonkeyPatch) -> None:
+def _pooled_net() -> torch.nn.Sequential:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 6, 3), torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(6 * 5 * 5, 3),
+    )
+
+
+def _wide_head_net() -> torch.nn.Sequential:
+    """Conv → Flatten → a 40-output layer: the table has a sparse head that is not cheap."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 6, 3), torch.nn.BatchNorm2d(6),
+        torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(6 * 10 * 10, 40), torch.nn.ReLU(),
+        torch.nn.Linear(40, 3),
+    )
+
+
+@pytest.mark.parametrize("make", [_pooled_net, _wide_head_net])
+def test_engine_same_results_with_and_without_pair_table(
+    monkeypatch: pytest.MonkeyPatch, make: Callable[[], torch.nn.Sequential],
+) -> None:
     built: list[int] = []
     orig = PairTable.build
 
@@ -97,10 +122,12 @@ def test_engine_same_results_with_and_without_pair_table(monkeypatch: pytest.Mon
 
     monkeypatch.setattr(PairTable, "build", staticmethod(build))
     torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 6, 3), torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2), torch.nn.Flatten(), torch.nn.Linear(6 * 5 * 5, 3),
-    ).double().eval()
+    net = make().double()
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):  # non-trivial statistics
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    net.eval()
     clf = l0tre.Classifier(net)
     x = torch.rand(3, 1, 14, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     results = []
@@ -117,8 +144,9 @@ def test_engine_same_results_with_and_without_pair_table(monkeypatch: pytest.Mon
 
 
 def test_pair_table_with_a_wide_head_matches_full_forward() -> None:
-    """A head with many outputs (K = 40 > CHEAP_MAX_OUTPUTS): rows apart from the single-pixel
-    sums, the others through the dense layers — all equal to the plain forward pass."""
+    """A head with many outputs (K = 40 > CHEAP_MAX_OUTPUTS): every pair of pixels, from the
+    single-pixel sums plus the correction on shared cells (through the chain where windows meet
+    before the last convolution) — all equal to the plain forward pass."""
     from l0tre.execution.sparse_head import CHEAP_MAX_OUTPUTS
 
     torch.manual_seed(5)
@@ -139,11 +167,15 @@ def test_pair_table_with_a_wide_head_matches_full_forward() -> None:
     n = 81
     i, j = torch.triu_indices(n, n, 1)
     pix = torch.stack([i, j], dim=1)
-    pix = pix[table.disjoint(pix)]
     rows = pix.shape[0]
     a = torch.randint(0, 2, (rows,), generator=gen)
     col = torch.randint(0, 3, (rows, 2), generator=gen)
     xb = x[a].clone()
     for k in range(2):
         xb.view(rows, 1, -1)[torch.arange(rows), :, pix[:, k]] = palette[col[:, k]]
-    torch.testing.assert_close(table.outputs(a, pix, col), clf(xb), rtol=1e-10, atol=1e-10)
+    far = table.disjoint(pix)
+    assert 0 < int(far.sum()) < rows
+    torch.testing.assert_close(table.outputs(a[far], pix[far], col[far]), clf(xb[far]), rtol=1e-10, atol=1e-10)
+    meet = ~far  # windows meet before the last convolution: the chain, then the shared cells
+    got = table.chain_outputs(a[meet], pix[meet], col[meet], palette[col[meet]])
+    torch.testing.assert_close(got, clf(xb[meet]), rtol=1e-10, atol=1e-10)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -76,3 +77,30 @@ def test_shared_positions_give_the_per_row_change() -> None:
     z = torch.randn(a.shape[0], lin.shape[0], ch, generator=gen, dtype=torch.float64)
     per_row = head.change(a, lin.expand(a.shape[0], -1), z, torch.ones(a.shape[0], lin.shape[0], dtype=torch.bool))
     torch.testing.assert_close(head.change_shared(a, lin, z), per_row, rtol=1e-12, atol=1e-12)
+
+
+def test_grouped_rows_give_the_per_row_change(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows in groups of different sizes that share positions within a group: the grouped
+    product (weights gathered once per group, rows padded to the largest group, gathered in
+    several slices) equals the per-row path."""
+    import l0tre.execution.sparse_head as sh
+
+    gen = torch.Generator().manual_seed(2)
+    n, ch, h, w = 3, 4, 6, 5
+    after = _after(ch, h, w, tail=True)
+    base = torch.zeros(n, h * w + 1, ch, dtype=torch.float64)
+    base[:, :-1] = torch.randn(n, h * w, ch, generator=gen, dtype=torch.float64)
+    head = SparseHead.build(after, base, (h, w))
+    assert head is not None
+    groups, m = 9, 6
+    pos = torch.randint(0, h * w + 1, (groups, m), generator=gen)  # h·w: the scratch slot
+    group = torch.tensor([4, 0, 0, 7, 4, 4, 1, 8, 0, 2, 3, 5, 6, 4, 8, 8, 8])
+    b = group.shape[0]
+    lin = pos[group]
+    a = torch.randint(0, n, (b,), generator=gen)
+    z = torch.randn(b, m, ch, generator=gen, dtype=torch.float64)
+    own = torch.rand(groups, m, generator=gen)[group] > 0.3
+    per_row = head.change(a, lin, z, own)
+    for budget in (sh.GATHER_BYTES, m * ch * 7 * 8 * 2):  # all groups at once; two per slice
+        monkeypatch.setattr(sh, "GATHER_BYTES", budget)
+        torch.testing.assert_close(head.change_grouped(a, lin, z, own, group), per_row, rtol=1e-12, atol=1e-12)

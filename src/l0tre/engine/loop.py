@@ -155,7 +155,8 @@ class Engine:
                     if t > t_stop or active.numel() == 0:
                         stopped = "converged" if active.numel() == 0 else "t_max"
                         break
-                    self.state.level = plan_level(self.problem, t, active, self.plan.batch_size, self._now(),
+                    rows = self.plan.rows(self.plan.chain_for(t, self.problem.x0), t)  # per call on its path
+                    self.state.level = plan_level(self.problem, t, active, rows, self._now(),
                                                   executor_parallelism(self.executor))
                 yield from self._level(self.state.level)
         except _OutOfTime:
@@ -238,7 +239,7 @@ def _shard_task(engine: Engine, t: int, inputs: torch.Tensor, chain: Incremental
     """What every work unit of the shard of ``inputs`` at level ``t`` needs."""
     p, plan, dev = engine.problem, engine.plan, inputs.to(engine.problem.x0.device)
     return ShardTask(model=p.model, objective=p.objective, x0=p.x0[dev], ref=p.ref[dev], valid=p.valid[dev],
-                     inputs=inputs, ctx=p.context(t), batch_size=plan.rows(chain), k=p.top_k, incremental=chain,
+                     inputs=inputs, ctx=p.context(t), batch_size=plan.rows(chain, t), k=p.top_k, incremental=chain,
                      pairs=plan.pair_tables(t, chain, p.x0[dev], p.palette), on_batch=engine.progress.advance)
 
 

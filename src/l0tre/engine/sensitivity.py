@@ -204,16 +204,15 @@ def evaluate_unit(
     w_pos = torch.full((na,), -1, dtype=torch.int64, device=dev)
     evals = torch.zeros(na, dtype=torch.int64, device=dev)
     fast = from_outputs_capability(objective)
-    caches = incremental.base(x0) if incremental is not None and fast is not None else None
+    raw_all = None
+    if incremental is not None and fast is not None:
+        raw_all = _unit_raw(incremental, incremental.base(x0), pairs, cand, subsets, ctx, batch_size)
     for b0 in range(0, cand.shape[0], batch_size):
         c = cand[b0 : b0 + batch_size]
         a, s, p = c[:, 0], c[:, 1], c[:, 2]
-        if caches is not None and incremental is not None and fast is not None and pairs and ctx.t == 2:
-            raw = _pair_outputs(pairs, incremental, caches, a, ctx.space.full_index(subsets[s]), p, ctx)
-            ov = checked_values(model, objective, fast, raw, x0, ref, ctx.space, a, subsets[s], ctx.values(p))
-        elif caches is not None and incremental is not None and fast is not None:
-            ov = chain_values(model, objective, fast, incremental, caches, x0, ref, ctx.space, a, subsets[s],
-                              ctx.values(p))
+        if raw_all is not None and fast is not None:
+            ov = checked_values(model, objective, fast, raw_all[b0 : b0 + batch_size], x0, ref, ctx.space, a,
+                                subsets[s], ctx.values(p))
         else:
             x = x0[a].clone()
             ctx.space.scatter(x, subsets[s], ctx.values(p))
@@ -263,12 +262,37 @@ def evaluate_unit(
     return _pad(result, k)
 
 
+def _unit_raw(
+    inc: IncrementalPrefix, caches: IncrementalCaches, pairs: Sequence[PairTable], cand: torch.Tensor,
+    subsets: torch.Tensor, ctx: LevelContext, rows: int,
+) -> torch.Tensor:
+    """Raw outputs ``(M, K)`` of a unit's candidate rows ``cand`` ``(M, 3)`` through the chain (and
+    at ``t = 2`` the pair tables), ``rows`` per call, in cand's order. They are computed subset by
+    subset (every input and colour of a subset together), so that a head that multiplies the
+    weights of shared positions once (:meth:`~l0tre.execution.sparse_head.SparseHead.change_grouped`)
+    does it for all of them; the order of computation changes no value."""
+    order = torch.argsort(cand[:, 1], stable=True)
+    parts = []
+    for b0 in range(0, order.shape[0], rows):
+        c = cand[order[b0 : b0 + rows]]
+        a, s, p = c[:, 0], c[:, 1], c[:, 2]
+        if pairs and ctx.t == 2:
+            parts.append(_pair_outputs(pairs, inc, caches, a, ctx.space.full_index(subsets[s]), p, ctx))
+        else:
+            parts.append(chain_raw(inc, caches, ctx.space, a, subsets[s], ctx.values(p)))
+    raw = torch.cat(parts)
+    out = torch.empty_like(raw)
+    out[order] = raw
+    return out
+
+
 def _pair_outputs(
     pairs: Sequence[PairTable], inc: IncrementalPrefix, caches: IncrementalCaches, a: torch.Tensor,
     feat: torch.Tensor, p: torch.Tensor, ctx: LevelContext,
 ) -> torch.Tensor:
     """Raw outputs ``(B, K)`` of level-2 rows: each from the first pair table that covers it
-    (deepest first), the rest through the chain."""
+    (deepest first), the rest through the chain (up to the table's convolution when the table
+    has a sparse head: :meth:`~l0tre.execution.pairs.PairTable.chain_outputs`)."""
     parts = []
     left = torch.arange(a.shape[0], device=a.device)
     for table in pairs:
@@ -276,7 +300,9 @@ def _pair_outputs(
         rows, left = left[far], left[~far]
         if rows.numel():
             parts.append((rows, table.outputs(a[rows], feat[rows], ctx.digits[p[rows]])))
-    if left.numel():
+    if left.numel() and pairs and pairs[0].head is not None:
+        parts.append((left, pairs[0].chain_outputs(a[left], feat[left], ctx.digits[p[left]], ctx.values(p[left]))))
+    elif left.numel():
         parts.append((left, inc.outputs(caches, a[left], feat[left], ctx.values(p[left]))))
     raw = parts[0][1].new_empty((a.shape[0], parts[0][1].shape[1]))
     for rows, out in parts:
@@ -297,13 +323,18 @@ def chain_values(
         caches: ``inc.base(base)``; base: ``(Na, C, H, W)`` images; ref: ``(Na,)`` references.
         a: ``(B,)`` row → image; feat: ``(B, t)`` feature indices; vals: ``(B, t, Cf)`` values.
     """
+    raw = chain_raw(inc, caches, space, a, feat, vals)
+    return checked_values(model, objective, fast, raw, base, ref, space, a, feat, vals)
+
+
+def chain_raw(inc: IncrementalPrefix, caches: IncrementalCaches, space: FeatureSpace, a: torch.Tensor,
+              feat: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
+    """Raw outputs ``(B, K)`` through the incremental chain (arguments as :func:`chain_values`)."""
     full = space.full_index(feat)
     if space.kind is FeatureKind.PIXEL:
-        raw = inc.outputs(caches, a, full, vals)
-    else:
-        hw = space.shape[1] * space.shape[2]
-        raw = inc.outputs(caches, a, full % hw, vals, channel=full // hw)
-    return checked_values(model, objective, fast, raw, base, ref, space, a, feat, vals)
+        return inc.outputs(caches, a, full, vals)
+    hw = space.shape[1] * space.shape[2]
+    return inc.outputs(caches, a, full % hw, vals, channel=full // hw)
 
 
 def checked_values(

@@ -69,9 +69,11 @@ class IncrementalCaches:
 
 
 
-def _through_head(head: SparseHead, a: torch.Tensor, wins: list[Window], size: _Pair) -> torch.Tensor:
-    """Model outputs ``(B, K)`` from the final windows ``wins`` through the sparse head. Where
-    windows meet they hold the same (combined) values; such a position counts once."""
+def _through_head(head: SparseHead, a: torch.Tensor, wins: list[Window], size: _Pair) -> torch.Tensor | None:
+    """Model outputs ``(B, K)`` from the final windows ``wins`` through the sparse head (where
+    windows meet they hold the same, combined, values; such a position counts once), or ``None``
+    when the dense layers are cheaper. A head with many outputs multiplies the weights of each
+    distinct set of window positions once for all rows that share it."""
     lins: list[torch.Tensor] = []
     zs: list[torch.Tensor] = []
     owns: list[torch.Tensor] = []
@@ -84,8 +86,14 @@ def _through_head(head: SparseHead, a: torch.Tensor, wins: list[Window], size: _
         lins.append(lin)
         zs.append(w.values.permute(0, 2, 3, 1).reshape(b, wh * ww, ch))
         owns.append(own)
-    return head.outputs(a, torch.cat(lins, 1), torch.cat(zs, 1), torch.cat(owns, 1))
-
+    lin, z, own = torch.cat(lins, 1), torch.cat(zs, 1), torch.cat(owns, 1)
+    if head.cheap:
+        return head.outputs(a, lin, z, own)
+    origin = torch.stack([w.r0 for w in wins] + [w.c0 for w in wins], 1)  # rows with equal origins share lin
+    _, group = torch.unique(origin, dim=0, return_inverse=True)
+    if not head.grouped_pays(int(group.max()) + 1, lin.shape[0], lin.shape[1], size[0] * size[1]):
+        return None
+    return head.finish(a, head.change_grouped(a, lin, z, own, group))
 
 
 @dataclass
@@ -189,7 +197,7 @@ class IncrementalPrefix:
         rest = torch.zeros(n, z.shape[2] * z.shape[3] + 1, c, dtype=z.dtype, device=z.device)
         rest[:, :-1] = z.permute(0, 2, 3, 1).reshape(n, -1, c)
         size = (z.shape[2], z.shape[3])
-        head = SparseHead.build(self.rest, rest, size, cheap_only=True, weight=self.head_weight)
+        head = SparseHead.build(self.rest, rest, size, weight=self.head_weight)
         if head is not None:
             self.head_weight = head.weight  # the same for every shard
         return IncrementalCaches(inputs=inputs, rest=rest, pixels=pixels, rest_size=size, head=head)
@@ -251,7 +259,9 @@ class IncrementalPrefix:
             wins.append(Window(v.reshape(b, -1, 1, 1), pixel[:, j] // w_img, pixel[:, j] % w_img))
         wins = self.windows_through(caches, a, wins, len(self.modules))
         if caches.head is not None:
-            return _through_head(caches.head, a, wins, caches.rest_size)
+            result = _through_head(caches.head, a, wins, caches.rest_size)
+            if result is not None:
+                return result
         out = caches.rest.index_select(0, a)  # (B, H·W + 1, C)
         hr, wr = caches.rest_size
         for w in wins:

@@ -21,11 +21,13 @@ import torch
 from torch import nn
 
 from ..classifier import padded_index
-from .incremental import IncrementalPrefix
-from .sparse_head import SparseHead
+from .incremental import IncrementalCaches, IncrementalPrefix
+from .sparse_head import SparseHead, grouped_product
 from .windows import window_cells
 
-__all__ = ["PairTable"]
+__all__ = ["DENSE_BYTES", "PairTable"]
+
+DENSE_BYTES = 64 << 20  # maps after ``L`` evaluated at once on the dense path
 
 
 @dataclass
@@ -61,6 +63,9 @@ class PairTable:
     out_r0: torch.Tensor | None = None
     out_c0: torch.Tensor | None = None
     out_win: tuple[int, int] = (0, 0)
+    chain: IncrementalPrefix | None = None
+    caches: IncrementalCaches | None = None
+    stop: int = 0
 
     @staticmethod
     @torch.no_grad()
@@ -117,7 +122,7 @@ class PairTable:
         return PairTable(
             after=after, base_out=base_out, size=(hl, wl), delta=delta_cl, lin=lin,
             in_r0=in_r0, in_c0=in_c0, in_win=layer.win_in, head=head, single=single, out_r0=r0, out_c0=c0,
-            out_win=(wh, ww),
+            out_win=(wh, ww), chain=chain, caches=caches, stop=stop,
         )
 
     def disjoint(self, pixel: torch.Tensor) -> torch.Tensor:
@@ -141,7 +146,14 @@ class PairTable:
         return self._dense(a, pixel, colour)[:n_rows]
 
     def _dense(self, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
-        """:meth:`outputs` through ``after`` on whole maps (the windows added to the base map)."""
+        """:meth:`outputs` through ``after`` on whole maps (the windows added to the base map),
+        at most ``DENSE_BYTES`` of maps at a time."""
+        step = max(1, DENSE_BYTES // (self.base_out[0].numel() * self.base_out.element_size()))
+        parts = [self._dense_rows(a[i : i + step], pixel[i : i + step], colour[i : i + step])
+                 for i in range(0, a.shape[0], step)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _dense_rows(self, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
         b = a.shape[0]
         na, n, p1, win, ch = self.delta.shape
         slots = self.base_out.shape[1]
@@ -164,49 +176,81 @@ class PairTable:
 
     def _from_head(self, head: SparseHead, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
         """Rows whose windows at ``L``'s output are apart: the sum of the single-pixel changes
-        (``O(K)`` a row); the others: :meth:`_sparse` when the head's gathers are cheap (few
-        outputs ``K``), else :meth:`_dense`."""
-        assert self.single is not None and self.out_r0 is not None and self.out_c0 is not None  # by the caller
-        na, n, p1, win, ch = self.delta.shape
+        (``O(K)`` a row); the others add :meth:`near_change`'s correction on the shared cells."""
+        assert self.out_r0 is not None and self.out_c0 is not None  # with a head (build)
         wh, ww = self.out_win
         dr = (self.out_r0[pixel[:, 0]] - self.out_r0[pixel[:, 1]]).abs()
         dc = (self.out_c0[pixel[:, 0]] - self.out_c0[pixel[:, 1]]).abs()
-        apart = (dr >= wh) | (dc >= ww)
-        key = (a.unsqueeze(1) * n + pixel) * p1 + colour  # (B, 2)
-        change = self.single.index_select(0, key[:, 0]) + self.single.index_select(0, key[:, 1])
-        near = (~apart).nonzero().squeeze(1)
-        if near.numel() and not head.cheap:
-            out = head.finish(a, change)
-            out[near] = self._dense(a[near], pixel[near], colour[near])
-            return out
+        near = ((dr < wh) & (dc < ww)).nonzero().squeeze(1)
+        change = self._singles(a, pixel, colour)
         if near.numel():
-            change[near] = self._sparse(head, a[near], pixel[near], colour[near])
+            change[near] += self.overlap_change(head, a[near], pixel[near], colour[near])
         return head.finish(a, change)
 
-    def _sparse(self, head: SparseHead, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
-        """:meth:`outputs` through the sparse head: only the windows' positions are evaluated.
-        Where windows share a position, each window's value there holds every change, and the
-        position counts once (for the first window that has it)."""
+    def _singles(self, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
+        """``(B, K)``: the sum of the rows' two single-pixel changes of the head's linear output."""
+        assert self.single is not None  # with a head (build)
         na, n, p1, win, ch = self.delta.shape
-        b, t = pixel.shape
-        scratch = self.base_out.shape[1] - 1
+        key = (a.unsqueeze(1) * n + pixel) * p1 + colour  # (B, 2)
+        return self.single.index_select(0, key[:, 0]) + self.single.index_select(0, key[:, 1])
+
+    @torch.no_grad()
+    def chain_outputs(self, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor,
+                      values: torch.Tensor) -> torch.Tensor:
+        """Raw outputs ``(B, K)`` of pair rows whose windows meet *before* ``L`` (not
+        :meth:`disjoint`): the chain computes ``L``'s output in the first pixel's window with both
+        changes; outside the cells both windows cover, each window holds its own pixel's change
+        only, so the single-pixel changes plus :meth:`overlap_change` give the head's input.
+        ``values`` ``(B, 2, C)``: the pixel-space colours (``palette[colour]``)."""
+        chain, caches = self.chain, self.caches
+        if self.head is None or self.single is None or chain is None or caches is None:
+            raise ValueError("pairs: chain_outputs needs a table with a sparse head")
+        wins = [chain.pixel_windows(pixel[:, j], values[:, j])[0] for j in range(2)]
+        first = chain.windows_through(caches, a, wins, self.stop)[0]
+        b, ch, wh, ww = first.values.shape
+        joint = first.values.permute(0, 2, 3, 1).reshape(b, wh * ww, ch)
+        change = self._singles(a, pixel, colour) + self.overlap_change(self.head, a, pixel, colour, joint)
+        return self.head.finish(a, change)
+
+    def overlap_change(self, head: SparseHead, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor,
+                       joint: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, K)``: what the rows' linear output differs from the sum of their two single
+        changes, from the cells of ``L``'s output both windows cover (``g``: the head's
+        elementwise layers, ``b`` the base map, ``D`` the single changes)::
+
+            W · (g(z) − g(b + D_p) − g(b + D_q) + g(b))   on the shared cells
+
+        where ``z`` is ``b + D_p + D_q`` (``joint=None``: the changes are apart at ``L``'s input and
+        ``L`` is linear) or ``joint`` ``(B, wh·ww, C)``, the first pixel's window with both changes.
+        Rows are grouped by the shape of the shared cells; the weights of a pair's cells are
+        gathered once for all its rows (:func:`.sparse_head.grouped_product`)."""
+        assert self.out_r0 is not None and self.out_c0 is not None  # with a head (build)
+        na, n, p1, win, ch = self.delta.shape
+        wh, ww = self.out_win
+        dev = a.device
+        key = (a.unsqueeze(1) * n + pixel) * p1 + colour  # (B, 2)
+        r0, c0 = self.out_r0[pixel], self.out_c0[pixel]  # (B, 2)
+        orr, occ = r0.amax(1), c0.amax(1)
+        oh, ow = wh - (r0[:, 0] - r0[:, 1]).abs(), ww - (c0[:, 0] - c0[:, 1]).abs()
+        shape = oh * (ww + 1) + ow
         table = self.delta.view(na * n * p1, win, ch)
-        lins = [self.lin[pixel[:, j]] for j in range(t)]  # (B, win) each
-        ds = [table.index_select(0, (a * n + pixel[:, j]) * p1 + colour[:, j]) for j in range(t)]
-        zs, owns = [], []
-        for j in range(t):
-            z = self.base_out[a.view(b, 1), lins[j]] + ds[j]
-            own = torch.ones(b, win, dtype=torch.bool, device=a.device)
-            for k in range(t):
-                if k == j:
-                    continue
-                same = (lins[j].unsqueeze(2) == lins[k].unsqueeze(1)) & (lins[j] != scratch).unsqueeze(2)
-                z = z + torch.bmm(same.to(z.dtype), ds[k])
-                if k < j:
-                    own &= ~same.any(2)
-            zs.append(z)
-            owns.append(own)
-        return head.change(a, torch.cat(lins, 1), torch.cat(zs, 1), torch.cat(owns, 1))
+        out = torch.zeros(a.shape[0], head.weight.shape[2], dtype=self.delta.dtype, device=dev)
+        for code in torch.unique(shape).tolist():
+            rows = (shape == code).nonzero().squeeze(1)
+            h, w = divmod(int(code), ww + 1)
+            lin = window_cells(orr[rows], occ[rows], (h, w), self.size)  # (R, h·w)
+            cells = (torch.arange(h, device=dev).view(h, 1) * ww + torch.arange(w, device=dev)).view(1, -1)
+            top = (orr[rows].unsqueeze(1) - r0[rows]) * ww + occ[rows].unsqueeze(1) - c0[rows]  # (R, 2)
+            cp, cq = top[:, :1] + cells, top[:, 1:] + cells  # (R, h·w) cells in each window
+            dp = table[key[rows, 0].unsqueeze(1), cp]
+            dq = table[key[rows, 1].unsqueeze(1), cq]
+            ar = a[rows].unsqueeze(1)
+            base = self.base_out[ar, lin]
+            z = base + dp + dq if joint is None else joint[rows.unsqueeze(1), cp]
+            e = head.activation(z) - head.activation(base + dp) - head.activation(base + dq) + head.base_act[ar, lin]
+            group = pixel[rows, 0] * n + pixel[rows, 1]
+            out[rows] = grouped_product(head.weight, lin, e.reshape(rows.shape[0], -1), group)
+        return out
 
 
 def _single(head: SparseHead, base_out: torch.Tensor, delta: torch.Tensor, lin: torch.Tensor) -> torch.Tensor:

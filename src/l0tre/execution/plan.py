@@ -25,6 +25,9 @@ MAX_INCREMENTAL_T = 4
 #: rows of the measurement whether the chain pays: at 64k rows per call (GPU) the measurement
 #: itself took ≈ 15 s on an H200 (8 timed variants); 8k rows keep it under a second
 MEASURE_ROWS = 8192
+#: the fewest rows per call at level 2 with pair tables (their rows cost O(K) each, apart from
+#: the few whose windows meet)
+PAIR_ROWS = 4096
 #: the fewest rows that measurement uses; a run with less work does not measure (no chain)
 MIN_MEASURE_ROWS = 64
 
@@ -80,9 +83,15 @@ class ExecutionPlan:
         self.batch_size = tuner()
         self.inc_batch = self._inc_rows()
 
-    def rows(self, chain: IncrementalPrefix | None) -> int:
-        """Rows per model call on the path ``chain`` (``None``: plain forward passes)."""
-        return self.batch_size if chain is None else self.inc_batch
+    def rows(self, chain: IncrementalPrefix | None, t: int = 1) -> int:
+        """Rows per model call on the path ``chain`` (``None``: plain forward passes) at level
+        ``t``: at ``t = 2`` most rows come from the pair tables at ``O(K)`` each, so calls take at
+        least ``PAIR_ROWS`` rows (the tables bound their own memory; a user batch size is kept)."""
+        if chain is None:
+            return self.batch_size
+        if t == 2 and self.use_pairs and self.pixel_features and self.user_batch is None:
+            return max(self.inc_batch, PAIR_ROWS)
+        return self.inc_batch
 
     def chain_for(self, t: int, probe: torch.Tensor) -> IncrementalPrefix | None:
         """The incremental chain when it is on and pays at level ``t`` (measured once per level

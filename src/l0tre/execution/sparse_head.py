@@ -21,13 +21,15 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["CHEAP_MAX_OUTPUTS", "GATHER_BYTES", "SparseHead", "split_head"]
+__all__ = ["CHEAP_MAX_OUTPUTS", "GATHER_BYTES", "SparseHead", "grouped_product", "split_head"]
 
 GATHER_BYTES = 32 << 20  # per-row weights gathered at once (bounds the head's memory)
 # Gathering each row's weights is a memory-bound product: it beats the dense layers only while
 # the linear layer has few outputs (measured on 28×28 MNIST CNNs, one thread: 7–12× faster than
 # dense with 10 outputs, 1.2–3× slower with 128 or 256).
 CHEAP_MAX_OUTPUTS = 32
+GATHER_COST = 10.0  # a gathered weight, in dense multiply-adds (grouped_pays)
+BMM_COST = 0.2  # a multiply-add of the grouped batched product, in dense multiply-adds
 
 _POINTWISE = (
     nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout, nn.GELU, nn.SiLU, nn.BatchNorm2d,
@@ -83,11 +85,11 @@ class SparseHead:
     @staticmethod
     @torch.no_grad()
     def build(after: nn.Module, base: torch.Tensor, size: tuple[int, int], *,
-              cheap_only: bool = False, weight: torch.Tensor | None = None) -> SparseHead | None:
+              weight: torch.Tensor | None = None) -> SparseHead | None:
         """For ``after`` (see :func:`split_head`) and the channels-last base maps ``base``
         ``(N, H·W + 1, C)`` of spatial ``size`` ``(H, W)``; ``None`` when ``after`` does not split,
-        the linear layer does not read a ``C·H·W`` map, or (``cheap_only``) the head is not
-        :attr:`cheap`. ``weight``: a :attr:`weight` built before for the same layers and sizes."""
+        or the linear layer does not read a ``C·H·W`` map. ``weight``: a :attr:`weight` built
+        before for the same layers and sizes."""
         parts = split_head(after)
         if parts is None:
             return None
@@ -95,8 +97,6 @@ class SparseHead:
         n, slots, ch = base.shape
         hw = size[0] * size[1]
         if slots != hw + 1 or linear.in_features != ch * hw:
-            return None
-        if cheap_only and linear.out_features > CHEAP_MAX_OUTPUTS:
             return None
         act = _apply(pointwise, base).clone()  # a copy: its scratch slot is set below
         act[:, -1] = 0
@@ -132,6 +132,26 @@ class SparseHead:
             out[i:j] = torch.bmm(diff[i:j].reshape(j - i, 1, m * ch), w).squeeze(1)
         return out
 
+    def grouped_pays(self, groups: int, rows: int, positions: int, map_positions: int) -> bool:
+        """Whether :meth:`change_grouped` for ``rows`` rows in ``groups`` groups of ``positions``
+        changed positions each beats the dense layers on maps of ``map_positions`` positions.
+        Cost model in units of a dense multiply-add, measured on a 2-core x86 host (one thread,
+        ``K`` = 128 … 256): a gathered weight ≈ 10, a batched-product multiply-add ≈ 0.2."""
+        return groups * positions * GATHER_COST + rows * positions * BMM_COST < rows * map_positions
+
+    @torch.no_grad()
+    def change_grouped(self, a: torch.Tensor, lin: torch.Tensor, z: torch.Tensor, own: torch.Tensor,
+                       group: torch.Tensor) -> torch.Tensor:
+        """:meth:`change` for rows in groups that share their positions: rows with equal ``group``
+        ``(B,)`` have equal ``lin`` ``(B, M)`` and ``own`` ``(B, M)``. The weights of a group's
+        positions are gathered once and multiply all its rows (one batched product), so wide
+        linear layers (many outputs ``K``) cost ``M·C·K`` reads per group rather than per row."""
+        b, m, ch = z.shape
+        act = _apply(self.pointwise, z)
+        rows = a.view(b, 1).expand(b, m)
+        diff = (act - self.base_act[rows, lin]) * own.unsqueeze(2).to(act.dtype)  # (B, M, C)
+        return grouped_product(self.weight, lin, diff.reshape(b, m * ch), group)
+
     @torch.no_grad()
     def change_shared(self, a: torch.Tensor, lin: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """:meth:`change` for rows that all change the same positions ``lin`` ``(M,)`` (distinct in
@@ -140,6 +160,10 @@ class SparseHead:
         diff = _apply(self.pointwise, z) - self.base_act[:, lin].index_select(0, a)  # (B, M, C)
         return diff.reshape(b, m * ch) @ self.weight[lin].reshape(m * ch, -1)
 
+    def activation(self, z: torch.Tensor) -> torch.Tensor:
+        """``g`` (the elementwise layers before ``Flatten``) on channels-last values ``(B, M, C)``."""
+        return _apply(self.pointwise, z)
+
     @torch.no_grad()
     def finish(self, a: torch.Tensor, change: torch.Tensor) -> torch.Tensor:
         """``(B, K')`` model outputs from the linear layer's changes ``change`` ``(B, K)``."""
@@ -147,6 +171,31 @@ class SparseHead:
         if not isinstance(result, torch.Tensor) or result.dim() != 2:
             raise ValueError("model output: expected shape (N, classes) from the sparse head")
         return result
+
+
+def grouped_product(weight: torch.Tensor, lin: torch.Tensor, diff: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """``(B, K)``: row ``i`` is ``diff[i] @ weight[lin[i]].reshape(M·C, K)``, for ``weight``
+    ``(S, C, K)``, positions ``lin`` ``(B, M)`` and ``diff`` ``(B, M·C)``, where rows with equal
+    ``group`` ``(B,)`` have equal ``lin``: each group's weights are gathered once (at most
+    ``GATHER_BYTES`` of them at a time) and multiply its rows, padded to the largest group."""
+    b, mc = diff.shape
+    k = weight.shape[2]
+    _, inv, counts = torch.unique(group, return_inverse=True, return_counts=True)
+    order = torch.argsort(inv, stable=True)
+    starts = torch.cumsum(counts, 0) - counts
+    slot = torch.empty_like(inv)
+    slot[order] = torch.arange(b, device=diff.device) - starts.repeat_interleave(counts)
+    first = order[starts]  # one row per group: its positions stand for the group's
+    g, r = counts.shape[0], int(counts.max())
+    x = diff.new_zeros(g, r, mc)
+    x[inv, slot] = diff
+    out = diff.new_empty(g, r, k)
+    step = max(1, GATHER_BYTES // (mc * k * weight.element_size()))
+    for i in range(0, g, step):
+        j = min(g, i + step)
+        w = weight.index_select(0, lin[first[i:j]].reshape(-1)).view(j - i, mc, k)
+        torch.bmm(x[i:j], w, out=out[i:j])
+    return out[inv, slot]
 
 
 def _apply(pointwise: nn.Sequential, z: torch.Tensor) -> torch.Tensor:
