@@ -47,6 +47,7 @@ Carlini-L0 count channel elements, not pixels; they are scored with the pixel ru
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
@@ -313,7 +314,9 @@ def run_method(name: str, net: nn.Module, x: torch.Tensor, y: torch.Tensor, shap
     out: dict[str, Any] = {"settings": PEERS[name], "attempted": 0}
     try:
         seed_all(args.seed)
-        method = build_method(name, net, shape, args.device, workload, args.seed, args.batch)
+        # a copy per method: l0tre.attack may switch the module it is given to channels_last
+        # (Classifier.set_mode converts in place), which would change what the next methods run
+        method = build_method(name, copy.deepcopy(net), shape, args.device, workload, args.seed, args.batch)
     except ImportError as exc:
         out["status"] = f"not installed ({exc.name or exc})"
         return out
