@@ -36,16 +36,18 @@ def _whole_test_set(model: str, kind: str) -> float | None:
     return l0tre.coverage(clf, x, neurons=kind, t_max=0, batch_size=500).coverage_before
 
 
-def _run(model: str, kind: str, t_max: int, budget: str | None, extra: list[str]) -> dict[str, object]:
+def _run(model: str, kind: str, t_max: int, budget: str | None, extra: list[str], keep: str | None = None,
+         ) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
+        out = f"{keep}/{model}_{kind}" if keep else f"{tmp}/out"
         cmd = [sys.executable, "-m", "l0tre", "coverage", "--model", model, "--data", DATA[model], "--limit", "100",
-               "--neurons", kind, "--t-max", str(t_max), "--out", f"{tmp}/out", "--quiet", *extra]
+               "--neurons", kind, "--t-max", str(t_max), "--out", out, "--quiet", *extra]
         if budget:
             cmd += ["--time-budget", budget]
         start = time.perf_counter()
         subprocess.run(cmd, check=True)
         wall = time.perf_counter() - start
-        res = json.loads(Path(f"{tmp}/out/results.json").read_text())
+        res = json.loads(Path(f"{out}/results.json").read_text())
     cov, tests = res["coverage"], res["tests"]
     return {"model": model, "neurons": kind, "total": cov["total"], "before": cov["before"], "after": cov["after"],
             "unreachable": cov["unreachable"], "after_of_reachable": cov["after_of_reachable"],
@@ -61,6 +63,7 @@ def main() -> int:
     p.add_argument("--whole-test-set", action="store_true", help="also measure the 10k MNIST test set")
     p.add_argument("--extra", default="", help="more l0tre coverage options, space separated")
     p.add_argument("--out", default="benchmarks/results/coverage.json")
+    p.add_argument("--keep", default=None, help="keep each run's output folder under this folder")
     args = p.parse_args()
     if not os.environ.get("L0TRE_DATA"):
         print("set L0TRE_DATA to the shared data folder", file=sys.stderr)
@@ -69,7 +72,7 @@ def main() -> int:
     rows = []
     for spec in args.runs.split(","):
         model, kind = spec.split(":")
-        row = _run(model, kind, args.t_max, args.time_budget, args.extra.split())
+        row = _run(model, kind, args.t_max, args.time_budget, args.extra.split(), args.keep)
         if args.whole_test_set:
             row["whole_test_set"] = _whole_test_set(model, kind)
         rows.append(row)

@@ -8,6 +8,12 @@ Usage (the three cifar10-resnet20 channels no search fires, issue 17)::
 
 Prints, per neuron, the largest upper bound of its pre-activation elements, the bound of its
 value (channel mean of ``max(u, 0)``), whether it is proven unreachable, and seconds.
+
+With ``--cone 'h,w;h,w'``, bounds single elements of each (channel) neuron on their cone
+(:mod:`l0tre.apps.coverage.cone`: CROWN with CROWN intermediates on the receptive field), and
+with ``--lp`` also by the LP relaxation of the cone (:mod:`l0tre.apps.coverage.cone_lp`)::
+
+    python benchmarks/coverage_unreachable.py --names 'relu_5[11]' --cone '0,0;16,16' --lp
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ def main() -> None:
     p.add_argument("--names", required=True, help="comma-separated layer[index] names")
     p.add_argument("--intermediate", default="ibp", choices=["ibp", "crown"])
     p.add_argument("--time-limit", type=float, default=900.0)
+    p.add_argument("--cone", default="", help="element positions 'h,w;h,w' to bound on their cone")
+    p.add_argument("--lp", action="store_true", help="with --cone, also the LP of the cone")
     args = p.parse_args()
     torch.set_num_threads(1)
     clf = l0tre.load_model(args.model)
@@ -41,11 +49,35 @@ def main() -> None:
     proof = proof_graph(clf, found)
     for name in args.names.split(","):
         col = next(i for i in range(found.total) if found.describe(i) == name)
+        if args.cone:
+            _cone(proof, found, col, name, args.cone, args.lp, clf.bounds)
+            continue
         start = time.monotonic()
         res = tighten_unreachable(proof, found, torch.tensor([col]), 0.0, clf.bounds,
                                   ProofSettings(intermediate=args.intermediate, time_limit=args.time_limit))
         print(f"{name}: value <= {float(res.upper[0]):.4g}, proven unreachable: {bool(res.proven[0])}, "
               f"{time.monotonic() - start:.1f} s", flush=True)
+
+
+def _cone(graph: object, found: Neurons, col: int, name: str, spec: str, lp: bool,
+          bounds: tuple[float, float]) -> None:
+    """Cone bounds of single elements of channel neuron ``col``."""
+    from l0tre.apps.coverage.cone import build_cone, cone_bounds
+    from l0tre.apps.coverage.cone_lp import lp_upper
+
+    layer = found.layers[int(found.layer_of(torch.tensor([col])))]
+    c, (_, h, w) = col - layer.offset, layer.shape
+    for item in spec.split(";"):
+        i, j = (int(v) for v in item.split(","))
+        start = time.monotonic()
+        cone = build_cone(graph, layer.pre, torch.tensor([c * h * w + i * w + j]))  # type: ignore[arg-type]
+        u, pre = cone_bounds(cone, bounds)
+        line = f"{name} element ({i},{j}): cone CROWN <= {float(u[0]):.4g} ({time.monotonic() - start:.1f} s)"
+        if lp:
+            start = time.monotonic()
+            bound = lp_upper(cone, bounds, pre, time_limit=600.0)
+            line += f", cone LP <= {bound:.4g} ({time.monotonic() - start:.1f} s)"
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

@@ -27,17 +27,21 @@ from torch import Tensor
 
 from .neurons import NeuronKind, Neurons
 
-__all__ = ["AscentSettings", "GroupSettings", "ascend", "group_scores", "lattice_groups"]
+__all__ = ["AscentSettings", "GroupSettings", "ascend", "group_scores", "lattice_groups", "snap"]
 
 
 @dataclass(frozen=True)
 class AscentSettings:
     """``steps`` Adam steps of learning rate ``lr`` on the logits of the box; ``margin`` the
-    clip of each target's term (pre-activation units)."""
+    clip of each target's term (pre-activation units); ``grid_steps`` further steps on the
+    grid (straight-through: the objective and its gradient are taken at the point rounded to
+    the ε-grid, the update goes to the continuous logits), which repair what rounding breaks
+    for barely firing targets (``0``: none)."""
 
     steps: int = 60
     lr: float = 0.1
     margin: float = 0.05
+    grid_steps: int = 0
 
 
 def group_scores(neurons: Neurons, x: Tensor, targets: Tensor, threshold: float = 0.0, *,
@@ -84,32 +88,53 @@ def group_scores(neurons: Neurons, x: Tensor, targets: Tensor, threshold: float 
     return value, score, torch.zeros_like(x) if g is None else g.detach()
 
 
+def snap(x: Tensor, values: Tensor) -> Tensor:
+    """Each coordinate of ``x`` rounded to the nearest of the sorted grid ``values`` ``(G,)``."""
+    v = values.to(device=x.device, dtype=x.dtype)
+    i = torch.bucketize(x, ((v[1:] + v[:-1]) / 2).contiguous())
+    return v[i]
+
+
 def ascend(neurons: Neurons, x0: Tensor, targets: Tensor, bounds: tuple[float, float], threshold: float,
-           s: AscentSettings, deadline: float | None = None) -> tuple[Tensor, Tensor]:
-    """Adam ascent of each row's objective over the box from ``x0`` ``(R, C, H, W)``.
+           s: AscentSettings, deadline: float | None = None, grid: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Adam ascent of each row's objective over the box from ``x0`` ``(R, C, H, W)``; with
+    ``grid`` (sorted per-coordinate grid values ``(G,)``) and ``s.grid_steps``, then
+    straight-through steps on the grid from the best continuous point.
 
     Returns:
         the best point per row ``(R, C, H, W)`` (most targets with ``value > threshold``, then
-        the highest clipped objective) and its number of firing targets ``(R,)``.
+        the highest clipped objective; with grid steps, the best point *on the grid*) and its
+        number of firing targets ``(R,)``.
     """
+    best, best_n = _adam(neurons, x0, targets, bounds, threshold, s, s.steps, deadline, None)
+    if grid is None or s.grid_steps <= 0:
+        return best, best_n
+    return _adam(neurons, best, targets, bounds, threshold, s, s.grid_steps, deadline, grid)
+
+
+def _adam(neurons: Neurons, x0: Tensor, targets: Tensor, bounds: tuple[float, float], threshold: float,
+          s: AscentSettings, steps: int, deadline: float | None, grid: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``steps`` Adam steps from ``x0``; with ``grid``, evaluated at the rounded points."""
     lo, hi = bounds
     span = hi - lo
     eps = 1e-4
     w = torch.logit(((x0 - lo) / span).clamp(eps, 1 - eps)).detach()
     m, v = torch.zeros_like(w), torch.zeros_like(w)
     b1, b2 = 0.9, 0.999
-    best = x0.clone()
+    best = x0.clone() if grid is None else snap(x0, grid)
     best_key = torch.full((x0.shape[0],), float("-inf"), dtype=torch.float64, device=x0.device)
     best_n = torch.zeros(x0.shape[0], dtype=torch.int64, device=x0.device)
-    for step in range(s.steps + 1):
+    for step in range(steps + 1):
         x = lo + span * torch.sigmoid(w)
+        if grid is not None:
+            x = snap(x, grid) if step > 0 else best
         value, score, g = group_scores(neurons, x, targets, threshold, margin=s.margin, grad=True)
         n_fire = (value > threshold).sum(dim=1)
         obj = torch.where(torch.isfinite(score), (score - threshold).clamp(max=s.margin), 0).sum(dim=1)
         key = n_fire.double() * 1e6 + obj.double().clamp(-1e5, 1e5)
         better = key > best_key
         best[better], best_key[better], best_n[better] = x[better].detach(), key[better], n_fire[better]
-        if step == s.steps or (deadline is not None and time.monotonic() > deadline):
+        if step == steps or (deadline is not None and time.monotonic() > deadline):
             break
         sg = torch.sigmoid(w)
         gw = g * span * sg * (1 - sg)  # chain rule through the sigmoid
@@ -158,7 +183,8 @@ class GroupSettings:
     ``max_group >> r`` targets and ``(r + 1)·ascent.steps`` steps); groups of at most
     ``max_group`` targets ``stride`` apart (:func:`lattice_groups`); ``rows`` groups per ascent
     batch; ``sparse_rows`` (seed, target) rows per sparsification batch with ``max_reverts``
-    revert steps; ``ascent`` the optimiser."""
+    revert steps; ``ascent`` the optimiser; ``from_tests``: the tests kept so far are starting
+    points too (:func:`.reach.group_starts`)."""
 
     rounds: int = 5
     stride: int = 4
@@ -166,5 +192,6 @@ class GroupSettings:
     rows: int = 64
     sparse_rows: int = 256
     max_reverts: int = 24
-    ascent: AscentSettings = AscentSettings()
+    ascent: AscentSettings = AscentSettings(grid_steps=15)
+    from_tests: bool = True
 

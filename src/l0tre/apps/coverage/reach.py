@@ -33,9 +33,12 @@ from torch import Tensor
 from .candidates import Candidates, Grid
 from .groups import GroupSettings, ascend, group_scores, lattice_groups
 from .neurons import NeuronKind, Neurons
+from .polish import PolishSettings, greedy_grid, grid_point
 from .search import LevelRecord, Search, _Stop
 
-__all__ = ["ReachSettings", "firing_scores", "group_phase", "group_seeds", "reach_phase"]
+__all__ = [
+    "ReachSettings", "firing_scores", "group_phase", "group_seeds", "group_starts", "polish_phase", "reach_phase",
+]
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,8 @@ class ReachSettings:
     """``starts`` ascent starts per neuron (the closest seed and ``starts - 1`` random points);
     ``steps`` ascent steps of ``step_size`` (fraction of the input range); ``max_neurons`` open
     neurons handled (closest to firing first); ``max_reverts`` revert steps; ``rng_seed`` for
-    the random starts; ``groups`` the batched group phase run first (``None``: not run)."""
+    the random starts; ``groups`` the batched group phase run first (``None``: not run);
+    ``polish`` the grid polish run last (:mod:`.polish`; ``None``: not run)."""
 
     starts: int = 4
     steps: int = 40
@@ -52,6 +56,7 @@ class ReachSettings:
     max_reverts: int = 512
     rng_seed: int = 0
     groups: GroupSettings | None = GroupSettings()
+    polish: PolishSettings | None = PolishSettings()
 
 
 def firing_scores(neurons: Neurons, x: Tensor, cols: Tensor, *, grad: bool = False) -> tuple[Tensor, Tensor, Tensor]:
@@ -200,6 +205,45 @@ def reach_phase(search: Search, settings: ReachSettings, bounds: tuple[float, fl
     search.levels.append(record)
     if stop:
         raise _Stop
+    if settings.polish is not None:
+        polish_phase(search, settings.polish, bounds)
+    return record
+
+
+def polish_phase(search: Search, s: PolishSettings, bounds: tuple[float, float]) -> LevelRecord | None:
+    """The grid polish (:mod:`.polish`) of the ``s.neurons`` open neurons closest to firing;
+    commits the re-checked tests (level mode ``polish``) and returns the record, or ``None`` if
+    nothing is open. Raises ``_Stop`` after committing when the deadline passes."""
+    cols = search.open()
+    if cols.numel() == 0 or s.neurons <= 0:
+        return None
+    start = time.monotonic()
+    limit = start + s.time_limit
+    deadline = limit if search.settings.deadline is None else min(limit, search.settings.deadline)
+    n = search.grid.x.shape[0]
+    scores = torch.cat([search.neurons.values(search.grid.x[i:i + search.settings.batch_size], cols)[1].float().cpu()
+                        for i in range(0, n, search.settings.batch_size)])  # (N, U)
+    pick = scores.max(dim=0).values.argsort(descending=True)[:s.neurons]
+    tests: list[tuple[int, Tensor, Tensor]] = []
+    thr = search.settings.threshold
+    for u in pick.tolist():
+        if time.monotonic() > deadline or bool(search.covered[cols[u]]):
+            break
+        near = scores[:, u].argsort(descending=True)[:max(1, s.starts // 2)]
+        z, score = grid_point(search.neurons, search.grid, int(cols[u]), near, bounds, thr, s, deadline)
+        if score < -s.gap:
+            continue
+        z, score = greedy_grid(search.neurons, search.grid, int(cols[u]), z, thr, s, deadline)
+        sd = near[:1].to(search.grid.x.device)
+        col = _round(search.grid, z.unsqueeze(0))
+        mask = _sparsify(search, sd, col, cols[u:u + 1].to(sd.device), ReachSettings(groups=None, polish=None))
+        if bool(mask[0].any()):
+            tests.append((int(sd[0]), mask[0].nonzero().squeeze(1).cpu(), col[0][mask[0]].cpu()))
+    found, longest = _commit(search, tests)
+    record = LevelRecord(longest, "polish", len(tests), found, time.monotonic() - start)
+    search.levels.append(record)
+    if search.settings.deadline is not None and time.monotonic() > search.settings.deadline:
+        raise _Stop
     return record
 
 
@@ -230,30 +274,60 @@ def _commit(search: Search, tests: list[tuple[int, Tensor, Tensor]]) -> tuple[in
 def group_seeds(search: Search, cols: Tensor, groups: Tensor, rank: int, margin: float) -> Tensor:
     """For each group ``(G, k)`` of open neurons ``cols`` (sorted), its ``rank``-th closest seed
     ``(G,)`` by the sum of its targets' clipped closeness scores."""
-    n = search.grid.x.shape[0]
+    return group_starts(search, cols, groups, rank, margin, tests=False)[0]
+
+
+def group_starts(search: Search, cols: Tensor, groups: Tensor, rank: int, margin: float, *,
+                 tests: bool = True) -> tuple[Tensor, Tensor]:
+    """For each group ``(G, k)`` of open neurons ``cols`` (sorted), its ``rank``-th closest
+    starting point among the seeds and (with ``tests``) the tests kept so far, by the sum of
+    its targets' clipped closeness scores: the seed it belongs to ``(G,)`` and the start image
+    ``(G, C, H, W)`` (a test is a valid start for its seed: its changes count in the L0 of
+    what is derived from it, which is measured from the seed)."""
+    grid = search.grid
     bs = search.settings.batch_size
-    scores = torch.cat([search.neurons.values(search.grid.x[i:i + bs], cols)[1].float().cpu()
-                        for i in range(0, n, bs)])  # (N, U)
+    pool_seed = torch.arange(grid.x.shape[0])
+    if tests and search.tests:
+        pool_seed = torch.cat([pool_seed, torch.tensor([sd for sd, _, _ in search.tests], dtype=torch.int64)])
     where = torch.searchsorted(cols, groups.clamp(min=0))
-    per = scores[:, where].clamp(max=margin)  # (N, G, k)
-    total = torch.where(groups.unsqueeze(0) >= 0, per, 0).sum(dim=2)  # (N, G)
-    order = total.argsort(dim=0, descending=True, stable=True)
-    return order[rank % n]
+    used = groups.unsqueeze(0) >= 0
+    totals = []
+    for i in range(0, pool_seed.numel(), bs):
+        imgs = _pool_images(search, i, min(pool_seed.numel(), i + bs))
+        sc = search.neurons.values(imgs, cols)[1].float().cpu().clamp(max=margin)  # (b, U)
+        totals.append(torch.where(used, sc[:, where], 0).sum(dim=2))  # (b, G)
+    total = torch.cat(totals)
+    pick = total.argsort(dim=0, descending=True, stable=True)[rank % total.shape[0]]  # (G,)
+    starts = torch.cat([_pool_images(search, int(p), int(p) + 1) for p in pick]) if pick.numel() else grid.x[:0]
+    return pool_seed[pick], starts
 
 
-def _tests_of_batch(search: Search, groups: Tensor, seeds: Tensor, bounds: tuple[float, float], s: GroupSettings,
-                    ) -> list[tuple[int, Tensor, Tensor]]:
-    """Ascent for one batch of groups, then one sparse test per target the rounded point fires."""
+def _pool_images(search: Search, a: int, b: int) -> Tensor:
+    """Images ``a … b-1`` of the pool seeds + tests ``(b − a, C, H, W)``."""
+    n = search.grid.x.shape[0]
+    parts = [search.grid.x[a:min(b, n)]]
+    for k in range(max(a, n), b):
+        sd, pos, col = search.tests[k - n]
+        parts.append(search.grid.images(Candidates(torch.tensor([sd]), torch.tensor([pos], dtype=torch.int64),
+                                                   torch.tensor([col], dtype=torch.int64))))
+    return torch.cat(parts)
+
+
+def _tests_of_batch(search: Search, groups: Tensor, seeds: Tensor, starts: Tensor, bounds: tuple[float, float],
+                    s: GroupSettings) -> list[tuple[int, Tensor, Tensor]]:
+    """Ascent for one batch of groups from ``starts`` ``(G, C, H, W)`` (a seed, or a test of
+    seed ``seeds[g]``), then one sparse test (from the seed) per target the rounded point fires."""
     grid, neurons, thr = search.grid, search.neurons, search.settings.threshold
     dev = grid.x.device
     sd = seeds.to(dev)
-    z, _ = ascend(neurons, grid.x[sd], groups, bounds, thr, s.ascent, search.settings.deadline)
+    values = torch.unique(grid.palette.flatten())
+    z, _ = ascend(neurons, starts.to(dev), groups, bounds, thr, s.ascent, search.settings.deadline, values)
     col = _round(grid, z)
     full = grid.valid[sd].gather(2, col.unsqueeze(2)).squeeze(2)
     value, _, _ = group_scores(neurons, _images(grid, sd, full, col), groups, thr)
     row, slot = (value > thr).nonzero(as_tuple=True)
     tests: list[tuple[int, Tensor, Tensor]] = []
-    rs = ReachSettings(max_reverts=s.max_reverts, groups=None)
+    rs = ReachSettings(max_reverts=s.max_reverts, groups=None, polish=None)
     for r0 in range(0, row.numel(), s.sparse_rows):
         r, j = row[r0:r0 + s.sparse_rows], slot[r0:r0 + s.sparse_rows]
         mask = _sparsify(search, sd[r], col[r], groups.to(dev)[r, j], rs)
@@ -279,10 +353,11 @@ def group_phase(search: Search, s: GroupSettings, bounds: tuple[float, float]) -
         # later rounds: the harder neurons, in smaller groups, with longer ascents
         rs = replace(s, ascent=replace(s.ascent, steps=s.ascent.steps * (1 + rnd)))
         groups = lattice_groups(search.neurons, cols, s.stride, max(1, s.max_group >> rnd))
-        seeds = group_seeds(search, cols, groups, rnd, s.ascent.margin)
+        seeds, starts = group_starts(search, cols, groups, rnd, s.ascent.margin, tests=s.from_tests)
         tests: list[tuple[int, Tensor, Tensor]] = []
         for r0 in range(0, len(groups), s.rows):
-            tests += _tests_of_batch(search, groups[r0:r0 + s.rows], seeds[r0:r0 + s.rows], bounds, rs)
+            tests += _tests_of_batch(search, groups[r0:r0 + s.rows], seeds[r0:r0 + s.rows], starts[r0:r0 + s.rows],
+                                     bounds, rs)
             evaluated += min(s.rows, len(groups) - r0)
             if search.settings.deadline is not None and time.monotonic() > search.settings.deadline:
                 stop = True
