@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
 import torch
 from torch import nn
 
@@ -79,12 +78,9 @@ def test_shared_positions_give_the_per_row_change() -> None:
     torch.testing.assert_close(head.change_shared(a, lin, z), per_row, rtol=1e-12, atol=1e-12)
 
 
-def test_grouped_rows_give_the_per_row_change(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rows in groups of different sizes that share positions within a group: the grouped
-    product (weights gathered once per group, rows padded to the largest group, gathered in
-    several slices) equals the per-row path."""
-    import l0tre.execution.sparse_head as sh
-
+def test_positional_product_gives_the_per_row_change() -> None:
+    """Rows that share some positions and not others, entries masked out, positions outside
+    the map: the position-by-position product equals the per-row path."""
     gen = torch.Generator().manual_seed(2)
     n, ch, h, w = 3, 4, 6, 5
     after = _after(ch, h, w, tail=True)
@@ -92,15 +88,13 @@ def test_grouped_rows_give_the_per_row_change(monkeypatch: pytest.MonkeyPatch) -
     base[:, :-1] = torch.randn(n, h * w, ch, generator=gen, dtype=torch.float64)
     head = SparseHead.build(after, base, (h, w))
     assert head is not None
-    groups, m = 9, 6
-    pos = torch.randint(0, h * w + 1, (groups, m), generator=gen)  # h·w: the scratch slot
-    group = torch.tensor([4, 0, 0, 7, 4, 4, 1, 8, 0, 2, 3, 5, 6, 4, 8, 8, 8])
-    b = group.shape[0]
-    lin = pos[group]
+    b, m = 40, 6
+    lin = torch.randint(0, h * w + 1, (b, m), generator=gen)  # h·w: the scratch slot
+    lin[10:20] = lin[0]  # rows with the same positions
     a = torch.randint(0, n, (b,), generator=gen)
     z = torch.randn(b, m, ch, generator=gen, dtype=torch.float64)
-    own = torch.rand(groups, m, generator=gen)[group] > 0.3
+    own = torch.rand(b, m, generator=gen) > 0.3
+    for j in range(1, m):  # a repeated position within a row counts once
+        own[:, j] &= ~(lin[:, :j] == lin[:, j : j + 1]).any(1)
     per_row = head.change(a, lin, z, own)
-    for budget in (sh.GATHER_BYTES, m * ch * 7 * 8 * 2):  # all groups at once; two per slice
-        monkeypatch.setattr(sh, "GATHER_BYTES", budget)
-        torch.testing.assert_close(head.change_grouped(a, lin, z, own, group), per_row, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(head.change_positional(a, lin, z, own), per_row, rtol=1e-12, atol=1e-12)

@@ -268,9 +268,10 @@ def _unit_raw(
 ) -> torch.Tensor:
     """Raw outputs ``(M, K)`` of a unit's candidate rows ``cand`` ``(M, 3)`` through the chain (and
     at ``t = 2`` the pair tables), ``rows`` per call, in cand's order. They are computed subset by
-    subset (every input and colour of a subset together), so that a head that multiplies the
-    weights of shared positions once (:meth:`~l0tre.execution.sparse_head.SparseHead.change_grouped`)
-    does it for all of them; the order of computation changes no value."""
+    subset (every input and colour of a subset together), so that a head that multiplies each
+    position's weights once for all rows that change it
+    (:func:`~l0tre.execution.sparse_head.positional_product`) shares them among many; the order
+    of computation changes no value."""
     order = torch.argsort(cand[:, 1], stable=True)
     parts = []
     for b0 in range(0, order.shape[0], rows):

@@ -72,8 +72,8 @@ class IncrementalCaches:
 def _through_head(head: SparseHead, a: torch.Tensor, wins: list[Window], size: _Pair) -> torch.Tensor | None:
     """Model outputs ``(B, K)`` from the final windows ``wins`` through the sparse head (where
     windows meet they hold the same, combined, values; such a position counts once), or ``None``
-    when the dense layers are cheaper. A head with many outputs multiplies the weights of each
-    distinct set of window positions once for all rows that share it."""
+    when the dense layers are cheaper. A head with many outputs multiplies each map position's
+    weights once for all rows that change it (:meth:`.SparseHead.change_positional`)."""
     lins: list[torch.Tensor] = []
     zs: list[torch.Tensor] = []
     owns: list[torch.Tensor] = []
@@ -89,11 +89,9 @@ def _through_head(head: SparseHead, a: torch.Tensor, wins: list[Window], size: _
     lin, z, own = torch.cat(lins, 1), torch.cat(zs, 1), torch.cat(owns, 1)
     if head.cheap:
         return head.outputs(a, lin, z, own)
-    origin = torch.stack([w.r0 for w in wins] + [w.c0 for w in wins], 1)  # rows with equal origins share lin
-    _, group = torch.unique(origin, dim=0, return_inverse=True)
-    if not head.grouped_pays(int(group.max()) + 1, lin.shape[0], lin.shape[1], size[0] * size[1]):
+    if lin.shape[1] > size[0] * size[1]:  # more entries per row than the dense map has positions
         return None
-    return head.finish(a, head.change_grouped(a, lin, z, own, group))
+    return head.finish(a, head.change_positional(a, lin, z, own))
 
 
 @dataclass

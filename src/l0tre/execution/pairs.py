@@ -22,7 +22,7 @@ from torch import nn
 
 from ..classifier import padded_index
 from .incremental import IncrementalCaches, IncrementalPrefix
-from .sparse_head import SparseHead, grouped_product
+from .sparse_head import SparseHead, entry_product
 from .windows import window_cells
 
 __all__ = ["DENSE_BYTES", "PairTable"]
@@ -222,35 +222,30 @@ class PairTable:
 
         where ``z`` is ``b + D_p + D_q`` (``joint=None``: the changes are apart at ``L``'s input and
         ``L`` is linear) or ``joint`` ``(B, wh·ww, C)``, the first pixel's window with both changes.
-        Rows are grouped by the shape of the shared cells; the weights of a pair's cells are
-        gathered once for all its rows (:func:`.sparse_head.grouped_product`)."""
+        Only the shared in-map cells are computed (as entries of the first pixel's window); each
+        map position's weights multiply all rows' cells there at once
+        (:func:`.sparse_head.entry_product`)."""
         assert self.out_r0 is not None and self.out_c0 is not None  # with a head (build)
         na, n, p1, win, ch = self.delta.shape
         wh, ww = self.out_win
         dev = a.device
         key = (a.unsqueeze(1) * n + pixel) * p1 + colour  # (B, 2)
         r0, c0 = self.out_r0[pixel], self.out_c0[pixel]  # (B, 2)
-        orr, occ = r0.amax(1), c0.amax(1)
-        oh, ow = wh - (r0[:, 0] - r0[:, 1]).abs(), ww - (c0[:, 0] - c0[:, 1]).abs()
-        shape = oh * (ww + 1) + ow
+        rr = (r0[:, :1] - r0[:, 1:]) + torch.arange(wh, device=dev)  # (B, wh) rows in q's window
+        cc = (c0[:, :1] - c0[:, 1:]) + torch.arange(ww, device=dev)  # (B, ww)
+        inside = ((rr >= 0) & (rr < wh)).unsqueeze(2) & ((cc >= 0) & (cc < ww)).unsqueeze(1)  # (B, wh, ww)
+        cq = (rr.clamp(0, wh - 1).unsqueeze(2) * ww + cc.clamp(0, ww - 1).unsqueeze(1)).view(-1, win)
         table = self.delta.view(na * n * p1, win, ch)
-        out = torch.zeros(a.shape[0], head.weight.shape[2], dtype=self.delta.dtype, device=dev)
-        for code in torch.unique(shape).tolist():
-            rows = (shape == code).nonzero().squeeze(1)
-            h, w = divmod(int(code), ww + 1)
-            lin = window_cells(orr[rows], occ[rows], (h, w), self.size)  # (R, h·w)
-            cells = (torch.arange(h, device=dev).view(h, 1) * ww + torch.arange(w, device=dev)).view(1, -1)
-            top = (orr[rows].unsqueeze(1) - r0[rows]) * ww + occ[rows].unsqueeze(1) - c0[rows]  # (R, 2)
-            cp, cq = top[:, :1] + cells, top[:, 1:] + cells  # (R, h·w) cells in each window
-            dp = table[key[rows, 0].unsqueeze(1), cp]
-            dq = table[key[rows, 1].unsqueeze(1), cq]
-            ar = a[rows].unsqueeze(1)
-            base = self.base_out[ar, lin]
-            z = base + dp + dq if joint is None else joint[rows.unsqueeze(1), cp]
-            e = head.activation(z) - head.activation(base + dp) - head.activation(base + dq) + head.base_act[ar, lin]
-            group = pixel[rows, 0] * n + pixel[rows, 1]
-            out[rows] = grouped_product(head.weight, lin, e.reshape(rows.shape[0], -1), group)
-        return out
+        lin = self.lin.index_select(0, pixel[:, 0])  # (B, win) positions of p's window
+        keep = inside.view(-1, win) & (lin < self.base_out.shape[1] - 1)
+        idx = keep.view(-1).nonzero().squeeze(1)  # the shared in-map cells, as entries
+        r, cell = idx // win, idx % win
+        pos, ar, cell_q = lin.view(-1)[idx], a[r], cq.view(-1)[idx]
+        dp, dq = table[key[r, 0], cell], table[key[r, 1], cell_q]  # (E, C)
+        base = self.base_out[ar, pos]
+        z = base + dp + dq if joint is None else joint[r, cell]
+        e = head.activation(z) - head.activation(base + dp) - head.activation(base + dq) + head.base_act[ar, pos]
+        return entry_product(head.weight, r, pos, e, a.shape[0])
 
 
 def _single(head: SparseHead, base_out: torch.Tensor, delta: torch.Tensor, lin: torch.Tensor) -> torch.Tensor:

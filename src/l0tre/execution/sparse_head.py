@@ -21,15 +21,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["CHEAP_MAX_OUTPUTS", "GATHER_BYTES", "SparseHead", "grouped_product", "split_head"]
+__all__ = ["CHEAP_MAX_OUTPUTS", "GATHER_BYTES", "SparseHead", "entry_product", "positional_product", "split_head"]
 
 GATHER_BYTES = 32 << 20  # per-row weights gathered at once (bounds the head's memory)
 # Gathering each row's weights is a memory-bound product: it beats the dense layers only while
 # the linear layer has few outputs (measured on 28×28 MNIST CNNs, one thread: 7–12× faster than
 # dense with 10 outputs, 1.2–3× slower with 128 or 256).
 CHEAP_MAX_OUTPUTS = 32
-GATHER_COST = 10.0  # a gathered weight, in dense multiply-adds (grouped_pays)
-BMM_COST = 0.2  # a multiply-add of the grouped batched product, in dense multiply-adds
 
 _POINTWISE = (
     nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout, nn.GELU, nn.SiLU, nn.BatchNorm2d,
@@ -132,25 +130,14 @@ class SparseHead:
             out[i:j] = torch.bmm(diff[i:j].reshape(j - i, 1, m * ch), w).squeeze(1)
         return out
 
-    def grouped_pays(self, groups: int, rows: int, positions: int, map_positions: int) -> bool:
-        """Whether :meth:`change_grouped` for ``rows`` rows in ``groups`` groups of ``positions``
-        changed positions each beats the dense layers on maps of ``map_positions`` positions.
-        Cost model in units of a dense multiply-add, measured on a 2-core x86 host (one thread,
-        ``K`` = 128 … 256): a gathered weight ≈ 10, a batched-product multiply-add ≈ 0.2."""
-        return groups * positions * GATHER_COST + rows * positions * BMM_COST < rows * map_positions
-
     @torch.no_grad()
-    def change_grouped(self, a: torch.Tensor, lin: torch.Tensor, z: torch.Tensor, own: torch.Tensor,
-                       group: torch.Tensor) -> torch.Tensor:
-        """:meth:`change` for rows in groups that share their positions: rows with equal ``group``
-        ``(B,)`` have equal ``lin`` ``(B, M)`` and ``own`` ``(B, M)``. The weights of a group's
-        positions are gathered once and multiply all its rows (one batched product), so wide
-        linear layers (many outputs ``K``) cost ``M·C·K`` reads per group rather than per row."""
-        b, m, ch = z.shape
-        act = _apply(self.pointwise, z)
+    def change_positional(self, a: torch.Tensor, lin: torch.Tensor, z: torch.Tensor, own: torch.Tensor) -> torch.Tensor:
+        """:meth:`change` position by position (:func:`positional_product`): for linear layers
+        with many outputs ``K``, whose per-row weight gathers cost more than the dense layers."""
+        b, m, _ = z.shape
         rows = a.view(b, 1).expand(b, m)
-        diff = (act - self.base_act[rows, lin]) * own.unsqueeze(2).to(act.dtype)  # (B, M, C)
-        return grouped_product(self.weight, lin, diff.reshape(b, m * ch), group)
+        diff = self.activation(z) - self.base_act[rows, lin]
+        return positional_product(self.weight, lin, diff, own & (lin < self.weight.shape[0] - 1))
 
     @torch.no_grad()
     def change_shared(self, a: torch.Tensor, lin: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -173,35 +160,65 @@ class SparseHead:
         return result
 
 
-def grouped_product(weight: torch.Tensor, lin: torch.Tensor, diff: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
-    """``(B, K)``: row ``i`` is ``diff[i] @ weight[lin[i]].reshape(M·C, K)``, for ``weight``
-    ``(S, C, K)``, positions ``lin`` ``(B, M)`` and ``diff`` ``(B, M·C)``, where rows with equal
-    ``group`` ``(B,)`` have equal ``lin``: each group's weights are gathered once (at most
-    ``GATHER_BYTES`` of them at a time) and multiply its rows, padded to the largest group."""
-    b, mc = diff.shape
-    k = weight.shape[2]
-    _, inv, counts = torch.unique(group, return_inverse=True, return_counts=True)
-    order = torch.argsort(inv, stable=True)
-    starts = torch.cumsum(counts, 0) - counts
-    slot = torch.empty_like(inv)
-    slot[order] = torch.arange(b, device=diff.device) - starts.repeat_interleave(counts)
-    first = order[starts]  # one row per group: its positions stand for the group's
-    g, r = counts.shape[0], int(counts.max())
-    x = diff.new_zeros(g, r, mc)
-    x[inv, slot] = diff
-    out = diff.new_empty(g, r, k)
-    step = max(1, GATHER_BYTES // (mc * k * weight.element_size()))
-    for i in range(0, g, step):
-        j = min(g, i + step)
-        w = weight.index_select(0, lin[first[i:j]].reshape(-1)).view(j - i, mc, k)
-        torch.bmm(x[i:j], w, out=out[i:j])
-    return out[inv, slot]
+def positional_product(weight: torch.Tensor, lin: torch.Tensor, diff: torch.Tensor,
+                       keep: torch.Tensor | None = None) -> torch.Tensor:
+    """``(B, K)`` where row ``i`` is ``Σ_j diff[i, j] @ weight[lin[i, j]]`` over the entries ``j``
+    with ``keep[i, j]`` (all when ``None``), for ``weight`` ``(S, C, K)``, ``lin`` ``(B, M)`` and
+    ``diff`` ``(B, M, C)`` (see :func:`entry_product`)."""
+    b, m, ch = diff.shape
+    pos = lin.reshape(-1)
+    rows = torch.arange(b, device=lin.device).repeat_interleave(m)
+    entries = diff.reshape(b * m, ch)
+    if keep is not None:
+        idx = keep.reshape(-1).nonzero().squeeze(1)
+        pos, rows, entries = pos[idx], rows[idx], entries[idx]
+    return entry_product(weight, rows, pos, entries, b)
+
+
+def entry_product(weight: torch.Tensor, rows: torch.Tensor, pos: torch.Tensor, entries: torch.Tensor,
+                  b: int) -> torch.Tensor:
+    """``(b, K)``: the sum over entries ``e`` of ``entries[e] @ weight[pos[e]]`` into row
+    ``rows[e]``, for ``weight`` ``(S, C, K)`` and ``entries`` ``(E, C)``. The entries of all rows at
+    one map position multiply that position's ``(C, K)`` weights (a contiguous slice, never
+    copied) in one product, so rows that share positions (one pixel's colours, neighbouring
+    pixels) share every weight read."""
+    order = torch.argsort(pos)
+    uniq, counts = torch.unique_consecutive(pos[order], return_counts=True)
+    rows, entries = rows[order], entries[order]
+    out = entries.new_zeros(b, weight.shape[2])
+    start = 0
+    for p, c in zip(uniq.tolist(), counts.tolist(), strict=True):
+        out.index_add_(0, rows[start : start + c], entries[start : start + c] @ weight[p])
+        start += c
+    return out
 
 
 def _apply(pointwise: nn.Sequential, z: torch.Tensor) -> torch.Tensor:
-    """``g`` on channels-last values ``(B, M, C)`` (BatchNorm2d needs ``(B, C, M, 1)``); ``z`` itself
-    when ``g`` is empty."""
+    """``g`` on channels-last values ``(..., C)``: BatchNorm2d (eval) as a per-channel affine map,
+    ReLU, Identity and Dropout (eval) directly; any other layer through ``(B, C, M, 1)`` maps."""
     if len(pointwise) == 0:
         return z
-    out = pointwise(z.permute(0, 2, 1).unsqueeze(3))
-    return out.squeeze(3).permute(0, 2, 1).contiguous()
+    if all(isinstance(m, (nn.ReLU, nn.Identity, nn.Dropout))
+           or (isinstance(m, nn.BatchNorm2d) and m.running_mean is not None and m.running_var is not None)
+           for m in pointwise):
+        for m in pointwise:
+            if isinstance(m, nn.BatchNorm2d):
+                z = _batch_norm_last(m, z)
+            elif isinstance(m, nn.ReLU):
+                z = torch.relu(z)
+        return z
+    flat = z.reshape(-1, z.shape[-2], z.shape[-1])
+    out = pointwise(flat.permute(0, 2, 1).unsqueeze(3))
+    return out.squeeze(3).permute(0, 2, 1).reshape(z.shape).contiguous()
+
+
+def _batch_norm_last(bn: nn.BatchNorm2d, z: torch.Tensor) -> torch.Tensor:
+    """An eval-mode BatchNorm2d with running statistics on channels-last values ``(..., C)``."""
+    assert bn.running_mean is not None and bn.running_var is not None  # checked by the caller
+    scale = torch.rsqrt(bn.running_var.to(z.dtype) + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight.to(z.dtype)
+    shift = -bn.running_mean.to(z.dtype) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.to(z.dtype)
+    return torch.addcmul(shift, z, scale)

@@ -27,7 +27,7 @@ __all__ = ["REVISION", "cache_path", "context_key", "lookup", "store"]
 
 # Bump when an execution path changes what a stored measurement would decide (2: the sparse
 # head made incremental rows far cheaper for conv → Flatten → Linear models).
-REVISION = 2
+REVISION = 3
 
 _FILE = "tuning.json"
 _MAX_ENTRIES = 256
