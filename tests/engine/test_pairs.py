@@ -143,17 +143,27 @@ def test_engine_same_results_with_and_without_pair_table(
     assert built and all(built)  # the table was in use (one per level-2 shard of the first run)
 
 
-def test_pair_table_with_a_wide_head_matches_full_forward() -> None:
+@pytest.mark.parametrize(
+    "last",
+    [
+        lambda: torch.nn.Conv2d(3, 4, 2, padding=1),
+        lambda: torch.nn.Conv2d(3, 4, 3, stride=2, padding=1),
+        lambda: torch.nn.Conv2d(3, 6, 3, padding=1, groups=3),
+    ],
+)
+def test_pair_table_with_a_wide_head_matches_full_forward(last: Callable[[], torch.nn.Conv2d]) -> None:
     """A head with many outputs (K = 40 > CHEAP_MAX_OUTPUTS): every pair of pixels, from the
     single-pixel sums plus the correction on shared cells (through the chain where windows meet
-    before the last convolution) — all equal to the plain forward pass."""
+    before the last convolution: strided and grouped last convolutions too) — all equal to the
+    plain forward pass."""
     from l0tre.execution.sparse_head import CHEAP_MAX_OUTPUTS
 
     torch.manual_seed(5)
     shape = (1, 9, 9)
+    convs = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), last(), torch.nn.ReLU())
+    features = convs(torch.zeros(1, *shape)).numel()
     net = torch.nn.Sequential(
-        torch.nn.Conv2d(1, 3, 3), torch.nn.ReLU(), torch.nn.Conv2d(3, 4, 2, padding=1), torch.nn.ReLU(),
-        torch.nn.Flatten(), torch.nn.Linear(4 * 8 * 8, 40), torch.nn.ReLU(), torch.nn.Linear(40, 3),
+        *convs, torch.nn.Flatten(), torch.nn.Linear(features, 40), torch.nn.ReLU(), torch.nn.Linear(40, 3),
     ).double().eval()
     clf = l0tre.Classifier(net)
     chain = IncrementalPrefix.build(clf, shape)

@@ -323,19 +323,38 @@ class IncrementalPrefix:
         out: list[Window] = []
         for j, wj in enumerate(masked):
             o_r, o_c = sp.origin(wj.r0, wj.c0)
-            p_r, p_c = o_r * sh - ph, o_c * sw - pw  # patch origin (real-map coordinates)
-            rows = (p_r + sp.margin_lo[0]).unsqueeze(1) + torch.arange(hp, device=dev)  # (B, hp)
-            cols = (p_c + sp.margin_lo[1]).unsqueeze(1) + torch.arange(wp, device=dev)
-            lin = ((a.view(b, 1, 1) * hm + rows.unsqueeze(2)) * wm + cols.unsqueeze(1)).view(b, hp * wp)
-            lin = torch.cat([lin, lin[:, :1]], dim=1)  # + a scratch slot for clipped pastes
-            flat = base.view(-1, ch).index_select(0, lin.view(-1)).view(b, hp * wp + 1, ch)
-            for k, wk in enumerate(masked):
-                if k != j:  # other windows: only the part inside this patch
-                    paste_clipped(flat, wk, (hp, wp), p_r, p_c)
-            paste_clipped(flat, wj, (hp, wp), p_r, p_c)  # own window: always inside
-            patch = flat[:, : hp * wp].view(b, hp, wp, ch)
+            patch = IncrementalPrefix._patch(sp, base, masked, a, j)
             out.append(Window(sp.run(patch.permute(0, 3, 1, 2)), o_r, o_c))
         return out
+
+    @staticmethod
+    def _patch(sp: _Spatial, base: torch.Tensor, wins: list[Window], a: torch.Tensor, j: int) -> torch.Tensor:
+        """``(B, hp, wp, C)`` channels-last input patch of ``sp`` for the output window of
+        ``wins[j]``: the base map with every window pasted (windows already masked to the map)."""
+        dev = a.device
+        b = a.shape[0]
+        hm, wm, ch = base.shape[1], base.shape[2], base.shape[3]
+        hp, wp = sp.patch
+        o_r, o_c = sp.origin(wins[j].r0, wins[j].c0)
+        p_r, p_c = o_r * sp.stride[0] - sp.padding[0], o_c * sp.stride[1] - sp.padding[1]  # patch origin
+        rows = (p_r + sp.margin_lo[0]).unsqueeze(1) + torch.arange(hp, device=dev)  # (B, hp)
+        cols = (p_c + sp.margin_lo[1]).unsqueeze(1) + torch.arange(wp, device=dev)
+        lin = ((a.view(b, 1, 1) * hm + rows.unsqueeze(2)) * wm + cols.unsqueeze(1)).view(b, hp * wp)
+        lin = torch.cat([lin, lin[:, :1]], dim=1)  # + a scratch slot for clipped pastes
+        flat = base.view(-1, ch).index_select(0, lin.view(-1)).view(b, hp * wp + 1, ch)
+        for k, wk in enumerate(wins):
+            if k != j:  # other windows: only the part inside this patch
+                paste_clipped(flat, wk, (hp, wp), p_r, p_c)
+        paste_clipped(flat, wins[j], (hp, wp), p_r, p_c)  # own window: always inside
+        return flat[:, : hp * wp].view(b, hp, wp, ch)
+
+    def window_patch(self, caches: IncrementalCaches, a: torch.Tensor, wins: list[Window], layer: int,
+                     j: int = 0) -> torch.Tensor:
+        """``(B, hp, wp, C)`` input patch of spatial layer ``layer`` for the output window of
+        ``wins[j]`` (windows at that layer's input, from :meth:`windows_through`)."""
+        sp = self.spatial[layer]
+        masked = wins if layer == 0 else [Window(w.values * _inside(w, sp.map_in), w.r0, w.c0) for w in wins]
+        return self._patch(sp, caches.inputs[layer], masked, a, j)
 
     def _normalise_values(self, values: torch.Tensor, channel: torch.Tensor | None) -> torch.Tensor:
         v = values.to(self.model.device, self.model.dtype)

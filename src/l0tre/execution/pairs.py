@@ -15,6 +15,7 @@ every decision near the boundary with the plain forward pass (as for the chain).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -66,6 +67,7 @@ class PairTable:
     chain: IncrementalPrefix | None = None
     caches: IncrementalCaches | None = None
     stop: int = 0
+    layer: int = 0
 
     @staticmethod
     @torch.no_grad()
@@ -122,7 +124,7 @@ class PairTable:
         return PairTable(
             after=after, base_out=base_out, size=(hl, wl), delta=delta_cl, lin=lin,
             in_r0=in_r0, in_c0=in_c0, in_win=layer.win_in, head=head, single=single, out_r0=r0, out_c0=c0,
-            out_win=(wh, ww), chain=chain, caches=caches, stop=stop,
+            out_win=(wh, ww), chain=chain, caches=caches, stop=stop, layer=li,
         )
 
     def disjoint(self, pixel: torch.Tensor) -> torch.Tensor:
@@ -198,22 +200,35 @@ class PairTable:
     def chain_outputs(self, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor,
                       values: torch.Tensor) -> torch.Tensor:
         """Raw outputs ``(B, K)`` of pair rows whose windows meet *before* ``L`` (not
-        :meth:`disjoint`): the chain computes ``L``'s output in the first pixel's window with both
-        changes; outside the cells both windows cover, each window holds its own pixel's change
-        only, so the single-pixel changes plus :meth:`overlap_change` give the head's input.
-        ``values`` ``(B, 2, C)``: the pixel-space colours (``palette[colour]``)."""
+        :meth:`disjoint`): the chain runs both changes up to ``L``'s input, and ``L`` is evaluated
+        only on the cells of its output that both pixels' windows cover (elsewhere each window
+        holds its own pixel's change only, so the single-pixel changes plus
+        :meth:`overlap_change` give the head's input). ``values`` ``(B, 2, C)``: the pixel-space
+        colours (``palette[colour]``)."""
         chain, caches = self.chain, self.caches
         if self.head is None or self.single is None or chain is None or caches is None:
             raise ValueError("pairs: chain_outputs needs a table with a sparse head")
         wins = [chain.pixel_windows(pixel[:, j], values[:, j])[0] for j in range(2)]
-        first = chain.windows_through(caches, a, wins, self.stop)[0]
-        b, ch, wh, ww = first.values.shape
-        joint = first.values.permute(0, 2, 3, 1).reshape(b, wh * ww, ch)
+        conv = chain.spatial[self.layer].module
+        assert isinstance(conv, nn.Conv2d)  # L (build)
+        if conv.groups == 1:
+            wins = chain.windows_through(caches, a, wins, self.stop - 1)  # at L's input
+            patch = chain.window_patch(caches, a, wins, self.layer)  # (B, hp, wp, C_in): the first pixel's
+
+            def joint(r: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+                return _conv_at(conv, patch, r, cell, self.out_win[1])
+        else:  # grouped convolution: L on the whole first window
+            first = chain.windows_through(caches, a, wins, self.stop)[0].values
+            cl = first.permute(0, 2, 3, 1).reshape(a.shape[0], -1, first.shape[1])
+
+            def joint(r: torch.Tensor, cell: torch.Tensor) -> torch.Tensor:
+                return cl[r, cell]
+
         change = self._singles(a, pixel, colour) + self.overlap_change(self.head, a, pixel, colour, joint)
         return self.head.finish(a, change)
 
     def overlap_change(self, head: SparseHead, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor,
-                       joint: torch.Tensor | None = None) -> torch.Tensor:
+                       joint: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """``(B, K)``: what the rows' linear output differs from the sum of their two single
         changes, from the cells of ``L``'s output both windows cover (``g``: the head's
         elementwise layers, ``b`` the base map, ``D`` the single changes)::
@@ -221,7 +236,8 @@ class PairTable:
             W · (g(z) − g(b + D_p) − g(b + D_q) + g(b))   on the shared cells
 
         where ``z`` is ``b + D_p + D_q`` (``joint=None``: the changes are apart at ``L``'s input and
-        ``L`` is linear) or ``joint`` ``(B, wh·ww, C)``, the first pixel's window with both changes.
+        ``L`` is linear) or ``joint(r, cell)`` ``(E, C)``: ``L``'s output with both changes at cells
+        ``cell`` ``(E,)`` of the first pixel's window of rows ``r`` ``(E,)``.
         Only the shared in-map cells are computed (as entries of the first pixel's window); each
         map position's weights multiply all rows' cells there at once
         (:func:`.sparse_head.entry_product`)."""
@@ -243,7 +259,7 @@ class PairTable:
         pos, ar, cell_q = lin.view(-1)[idx], a[r], cq.view(-1)[idx]
         dp, dq = table[key[r, 0], cell], table[key[r, 1], cell_q]  # (E, C)
         base = self.base_out[ar, pos]
-        z = base + dp + dq if joint is None else joint[r, cell]
+        z = base + dp + dq if joint is None else joint(r, cell)
         e = head.activation(z) - head.activation(base + dp) - head.activation(base + dq) + head.base_act[ar, pos]
         return entry_product(head.weight, r, pos, e, a.shape[0])
 
@@ -259,6 +275,24 @@ def _single(head: SparseHead, base_out: torch.Tensor, delta: torch.Tensor, lin: 
         z = base_out[:, lin[pix]].unsqueeze(1) + delta[:, pix]  # (Na, P1, win, C)
         out[:, pix] = head.change_shared(a, lin[pix], z.view(na * p1, win, ch)).view(na, p1, -1)
     return out.view(na * n * p1, -1)
+
+
+def _conv_at(conv: nn.Conv2d, patch: torch.Tensor, r: torch.Tensor, cell: torch.Tensor, ww: int) -> torch.Tensor:
+    """``(E, C_out)``: the convolution ``conv`` at output cells ``cell`` ``(E,)`` (row-major in a
+    window ``ww`` wide) of the patches ``patch[r]`` (``patch`` ``(B, hp, wp, C_in)`` channels-last,
+    ``r`` ``(E,)``), each cell from its ``kh × kw`` receptive field (groups = 1)."""
+    (kh, kw), (sh, sw) = _pair2(conv.kernel_size), _pair2(conv.stride)
+    b, hp, wp, c_in = patch.shape
+    dev = patch.device
+    top = (r * hp + (cell // ww) * sh) * wp + (cell % ww) * sw  # (E,) first input cell
+    offs = (torch.arange(kh, device=dev).view(kh, 1) * wp + torch.arange(kw, device=dev)).view(1, -1)
+    cols = patch.reshape(b * hp * wp, c_in)[(top.unsqueeze(1) + offs).view(-1)].view(-1, kh * kw * c_in)
+    weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # (C_out, kh·kw·C_in)
+    return torch.nn.functional.linear(cols, weight, conv.bias)
+
+
+def _pair2(v: int | tuple[int, ...]) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _crop(flat: torch.Tensor, a: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor,
