@@ -91,7 +91,7 @@ def group_scores(neurons: Neurons, x: Tensor, targets: Tensor, threshold: float 
 def snap(x: Tensor, values: Tensor) -> Tensor:
     """Each coordinate of ``x`` rounded to the nearest of the sorted grid ``values`` ``(G,)``."""
     v = values.to(device=x.device, dtype=x.dtype)
-    i = torch.bucketize(x, ((v[1:] + v[:-1]) / 2).contiguous())
+    i = torch.bucketize(x.contiguous(), ((v[1:] + v[:-1]) / 2).contiguous())
     return v[i]
 
 
