@@ -19,6 +19,7 @@ with ``--lp`` also by the LP relaxation of the cone (:mod:`l0tre.apps.coverage.c
 from __future__ import annotations
 
 import argparse
+import re
 import time
 
 import torch
@@ -33,11 +34,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="cifar10-resnet20")
     p.add_argument("--neurons", default="channel")
-    p.add_argument("--names", required=True, help="comma-separated layer[index] names")
+    p.add_argument("--names", default="", help="comma-separated layer[index] names")
+    p.add_argument("--names-file", default=None, help="more names, one per line")
     p.add_argument("--intermediate", default="ibp", choices=["ibp", "crown"])
     p.add_argument("--time-limit", type=float, default=900.0)
     p.add_argument("--cone", default="", help="element positions 'h,w;h,w' to bound on their cone")
     p.add_argument("--lp", action="store_true", help="with --cone, also the LP of the cone")
+    p.add_argument("--exact", type=float, default=0.0,
+                   help="with --neurons element: the exact maximum of each named element by the MILP of its cone, "
+                        "with this time limit (s) per element")
     args = p.parse_args()
     torch.set_num_threads(1)
     clf = l0tre.load_model(args.model)
@@ -47,10 +52,16 @@ def main() -> None:
     graph = resolve(clf, shape, dtype=clf.dtype).graph
     found = Neurons.discover(graph, args.neurons)
     proof = proof_graph(clf, found)
-    for name in args.names.split(","):
+    names = re.findall(r"[^,\[\]]+\[[^\]]*\]", args.names)  # commas inside [...] belong to a name
+    if args.names_file:
+        names += [line.strip() for line in open(args.names_file) if line.strip()]
+    for name in names:
         col = next(i for i in range(found.total) if found.describe(i) == name)
         if args.cone:
             _cone(proof, found, col, name, args.cone, args.lp, clf.bounds)
+            continue
+        if args.exact > 0:
+            _exact(proof, found, col, name, args.exact, clf.bounds)
             continue
         start = time.monotonic()
         res = tighten_unreachable(proof, found, torch.tensor([col]), 0.0, clf.bounds,
@@ -78,6 +89,27 @@ def _cone(graph: object, found: Neurons, col: int, name: str, spec: str, lp: boo
             bound = lp_upper(cone, bounds, pre, time_limit=600.0)
             line += f", cone LP <= {bound:.4g} ({time.monotonic() - start:.1f} s)"
         print(line, flush=True)
+
+
+_SEEN: dict[bytes, tuple[float, float]] = {}
+
+
+def _exact(graph: object, found: Neurons, col: int, name: str, limit: float, bounds: tuple[float, float]) -> None:
+    """Cone CROWN and the MILP (exact maximum, dual bound) of element neuron ``col``."""
+    from l0tre.apps.coverage.cone import build_cone, cone_bounds
+    from l0tre.apps.coverage.cone_lp import lp_upper
+
+    layer = found.layers[int(found.layer_of(torch.tensor([col])))]
+    start = time.monotonic()
+    cone = build_cone(graph, layer.pre, torch.tensor([col - layer.offset]))  # type: ignore[arg-type]
+    key = cone.key()  # translates of one cone (same matrices) have the same maximum
+    if key not in _SEEN:
+        u, pre = cone_bounds(cone, bounds)
+        _SEEN[key] = (float(u[0]), lp_upper(cone, bounds, pre, exact=True, time_limit=limit))
+    crown, exact = _SEEN[key]
+    verdict = "proven unreachable" if exact + 1e-6 <= 0 else "not proven (bound > 0)"
+    print(f"{name}: cone CROWN <= {crown:.4g}, MILP max <= {exact:.4g}: {verdict} "
+          f"({time.monotonic() - start:.1f} s)", flush=True)
 
 
 if __name__ == "__main__":

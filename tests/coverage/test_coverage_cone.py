@@ -133,3 +133,38 @@ def test_cone_proves_a_dead_element_that_intervals_and_crown_ibp_miss_and_never_
     u = cone_upper(build_cone(graph, target, torch.tensor([5, 16 + 5])), (0.0, 1.0))
     assert float(u[0]) <= -0.1 + 1e-9  # proven dead (−0.1 exactly)
     assert float(u[1]) >= 0.05 - 1e-9  # the live one keeps a positive bound
+
+
+def test_exact_milp_bound_is_the_maximum_on_a_one_pixel_net() -> None:
+    """On a net of one input pixel the maximum is found by a dense scan of ``[0, 1]``; the MILP
+    bound (exact) must equal it, the LP and CROWN bounds may only be larger."""
+    gen = torch.Generator().manual_seed(4)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(1, 6), nn.ReLU(), nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 2))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+    graph = _graph(net, (1, 1, 1))
+    target = _relu_pre_nodes(graph)[1]
+    x = torch.linspace(0, 1, 200_001, dtype=torch.float64).view(-1, 1, 1, 1)
+    pre = _pre(graph, target, x)
+    for e in range(4):
+        cone = build_cone(graph, target, torch.tensor([e]))
+        u, bnd = cone_bounds(cone, (0.0, 1.0))
+        exact = lp_upper(cone, (0.0, 1.0), bnd, exact=True)
+        assert exact == pytest.approx(float(pre[:, e].max()), abs=1e-5)
+        assert exact <= lp_upper(cone, (0.0, 1.0), bnd) + 1e-7 <= float(u[0]) + 2e-7
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_exact_milp_bound_is_sound_and_tightest_on_a_conv_net(seed: int) -> None:
+    graph = _graph(_Res(seed), (1, 6, 6))
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.rand((400, 1, 6, 6), generator=gen, dtype=torch.float64)
+    x = torch.cat([x, (x > 0.5).double()])
+    target = _relu_pre_nodes(graph)[1]
+    pre = _pre(graph, target, x)
+    for e in [0, 14, 35]:
+        cone = build_cone(graph, target, torch.tensor([e]))
+        _, bnd = cone_bounds(cone, (0.0, 1.0))
+        exact = lp_upper(cone, (0.0, 1.0), bnd, exact=True)
+        assert float(pre[:, e].max()) - 1e-6 <= exact <= lp_upper(cone, (0.0, 1.0), bnd) + 1e-6

@@ -27,14 +27,16 @@ def _offsets(cone: Cone) -> tuple[dict[int, int], int]:
 
 
 def lp_upper(cone: Cone, bounds: tuple[float, float], pre: dict[int, tuple[Tensor, Tensor]],
-             objective: Tensor | None = None, time_limit: float = 60.0) -> float:
+             objective: Tensor | None = None, time_limit: float = 60.0, exact: bool = False) -> float:
     """Upper bound of ``objective · v_target`` (default: the first target element) over the box;
     ``pre`` the bounds of every ReLU input (as :func:`.cone.cone_bounds` returns). ``inf`` if the
-    solver does not finish."""
+    solver does not finish. With ``exact``, a binary per unstable ReLU (``y ≤ x − l(1 − δ)``,
+    ``y ≤ u δ``) makes it the mixed-integer program whose optimum is the exact maximum over the
+    box; the solver's dual bound is returned (valid also when the time limit stops it)."""
     from scipy import sparse
-    from scipy.optimize import linprog
 
     off, n = _offsets(cone)
+    n_bin = 0  # binaries (exact)
     lb, ub = np.full(n, -np.inf), np.full(n, np.inf)
     empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0)
     eq_r, eq_c, eq_v, eq_b = [empty_i], [empty_i], [empty_f], [empty_f]
@@ -82,15 +84,47 @@ def lp_upper(cone: Cone, bounds: tuple[float, float], pre: dict[int, tuple[Tenso
             in_v += [np.ones(k), -np.ones(k), np.ones(k), -su]
             in_b += [np.zeros(k), -su * lo_j[un]]
             nin += 2 * k
-    a_eq = sparse.csr_matrix((np.concatenate(eq_v), (np.concatenate(eq_r), np.concatenate(eq_c))), shape=(neq, n))
-    a_in = sparse.csr_matrix((np.concatenate(in_v), (np.concatenate(in_r), np.concatenate(in_c))), shape=(nin, n))
+            if exact:  # y - x - l δ <= -l ; y - u δ <= 0
+                d = np.arange(k) + n + n_bin
+                r1, r2 = np.arange(k) + nin, np.arange(k) + nin + k
+                in_r += [r1, r1, r1, r2, r2]
+                in_c += [rows[un], xcol[un], d, rows[un], d]
+                in_v += [np.ones(k), -np.ones(k), -lo_j[un], np.ones(k), -up_j[un]]
+                in_b += [-lo_j[un], np.zeros(k)]
+                nin += 2 * k
+                n_bin += k
+    cols = n + n_bin
+    a_eq = sparse.csr_matrix((np.concatenate(eq_v), (np.concatenate(eq_r), np.concatenate(eq_c))), shape=(neq, cols))
+    a_in = sparse.csr_matrix((np.concatenate(in_v), (np.concatenate(in_r), np.concatenate(in_c))), shape=(nin, cols))
     t = cone.target
-    w = np.zeros(n)
+    w = np.zeros(cols)
     obj = np.zeros(cone.nodes[t].support.numel()) if objective is None else objective.numpy()
     if objective is None:
         obj[0] = 1.0
-    w[off[t]:off[t] + obj.size] = -obj  # linprog minimises
+    w[off[t]:off[t] + obj.size] = -obj  # the solvers minimise
+    lb, ub = np.concatenate([lb, np.zeros(n_bin)]), np.concatenate([ub, np.ones(n_bin)])
+    if exact:
+        return _milp(w, a_in, np.concatenate(in_b), a_eq, np.concatenate(eq_b), lb, ub, n, time_limit)
+    from scipy.optimize import linprog
+
     res = linprog(w, A_ub=a_in if nin else None, b_ub=np.concatenate(in_b) if nin else None, A_eq=a_eq,
                   b_eq=np.concatenate(eq_b), bounds=np.stack([lb, ub], axis=1), method="highs",
                   options={"time_limit": time_limit})
     return float(-res.fun) if res.status == 0 else float("inf")
+
+
+def _milp(w: np.ndarray, a_in: object, b_in: np.ndarray, a_eq: object, b_eq: np.ndarray, lb: np.ndarray,
+          ub: np.ndarray, n: int, time_limit: float) -> float:
+    """``max −w·v`` by HiGHS branch and bound; its dual bound (``inf`` if none)."""
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    integrality = np.concatenate([np.zeros(n), np.ones(lb.size - n)])
+    cons = [LinearConstraint(a_eq, b_eq, b_eq)]
+    if b_in.size:
+        cons.append(LinearConstraint(a_in, -np.inf, b_in))
+    res = milp(w, integrality=integrality, bounds=Bounds(lb, ub), constraints=cons,
+               options={"time_limit": time_limit, "mip_rel_gap": 0.0})
+    bound = getattr(res, "mip_dual_bound", None)
+    if bound is None or not np.isfinite(bound):
+        return float(-res.fun) if res.status == 0 and res.fun is not None else float("inf")
+    return float(-bound)
