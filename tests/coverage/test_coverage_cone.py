@@ -128,7 +128,7 @@ def test_cone_proves_a_dead_element_that_intervals_and_crown_ibp_miss_and_never_
     layer = found.layers[2]
     dead, live = layer.offset + 5, layer.offset + 16 + 5  # channel 0 / 1, pixel (1, 1)
     crown_ibp = tighten_unreachable(proof_graph(as_classifier(net), found), found, torch.tensor([dead, live]), 0.0,
-                                    (0.0, 1.0), ProofSettings(intermediate="ibp"))
+                                    (0.0, 1.0), ProofSettings(intermediate="ibp", exact_time=0.0))
     assert float(ibp[5]) > 0 and not bool(crown_ibp.proven[0])  # the plain proofs fail
     u = cone_upper(build_cone(graph, target, torch.tensor([5, 16 + 5])), (0.0, 1.0))
     assert float(u[0]) <= -0.1 + 1e-9  # proven dead (−0.1 exactly)
@@ -168,3 +168,17 @@ def test_exact_milp_bound_is_sound_and_tightest_on_a_conv_net(seed: int) -> None
         _, bnd = cone_bounds(cone, (0.0, 1.0))
         exact = lp_upper(cone, (0.0, 1.0), bnd, exact=True)
         assert float(pre[:, e].max()) - 1e-6 <= exact <= lp_upper(cone, (0.0, 1.0), bnd) + 1e-6
+
+
+def test_coverage_reports_the_milp_proven_dead_elements_unreachable_and_never_a_live_one() -> None:
+    from l0tre.apps.coverage import coverage
+
+    net = _Cancel()
+    seeds = torch.full((2, 1, 4, 4), 0.3, dtype=torch.float64)
+    res = coverage(net, seeds, neurons="element", t_max=1, reach=False, bounds=(0.0, 1.0))
+    layer = res.layers[2]
+    dead = torch.arange(layer.offset, layer.offset + 16)
+    live = torch.arange(layer.offset + 16, layer.offset + 32)
+    assert bool(res.unreachable[dead].all()) and not bool(res.unreachable[live].any())
+    assert res.proof_stats["milp_proven"] == 16  # intervals and CROWN-IBP prove none of them
+    assert bool(res.after[live].all())  # the seeds fire the live ones

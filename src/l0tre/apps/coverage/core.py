@@ -254,6 +254,7 @@ def _result(clf: Classifier, x: Tensor, found: Neurons, search: Search, before: 
         cols, tight = extra.tight
         upper[cols] = tight.upper
         stats["crown_seconds"] = round(tight.seconds, 3)
+        stats["milp_proven"] = tight.exact_proven
     not_cov = torch.full((total,), -1, dtype=torch.int64) if extra.certified is not None else torch.empty(0)
     if extra.certified is not None:
         cols, nc = extra.certified

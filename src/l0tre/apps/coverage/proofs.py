@@ -36,12 +36,19 @@ class ProofSettings:
     """``intermediate``: bounds of the earlier layers' pre-activations (``"ibp"`` or ``"crown"``;
     ``"crown"`` is tighter and much slower over the whole box); ``max_rows``: pre-activation
     elements per backward pass; ``time_limit``: seconds for all layers (layers not reached keep
-    their interval bounds); ``max_memory``: bytes per bound pass."""
+    their interval bounds); ``max_memory``: bytes per bound pass. Then, for the element (or
+    dense) neurons still not proven whose receptive field has at most ``exact_inputs`` input
+    coordinates, the exact maximum over the box by the MILP of their cone
+    (:func:`.cone_lp.lp_upper` with ``exact``; at most ``exact_neuron_time`` s each and
+    ``exact_time`` s in all; ``0``: not run); cones equal up to translation are solved once."""
 
     intermediate: str = "ibp"
     max_rows: int = 1024
     time_limit: float = 300.0
     max_memory: int = 1 << 31
+    exact_time: float = 120.0
+    exact_neuron_time: float = 20.0
+    exact_inputs: int = 256
 
     def __post_init__(self) -> None:
         if Intermediate.parse(self.intermediate) not in (Intermediate.IBP, Intermediate.CROWN):
@@ -54,11 +61,13 @@ class ProofSettings:
 @dataclass(frozen=True)
 class TightProof:
     """``proven``: ``(U,)`` bool per neuron asked; ``upper``: ``(U,)`` the best upper bound of each
-    neuron's value (``inf`` where its layer was not reached in time); ``seconds``."""
+    neuron's value (``inf`` where its layer was not reached in time); ``seconds``;
+    ``exact_proven``: how many of the proven were proven by the MILP step."""
 
     proven: Tensor
     upper: Tensor
     seconds: float
+    exact_proven: int = 0
 
 
 def _elements(neurons: Neurons, layer_index: int, local: Tensor) -> tuple[Tensor, int]:
@@ -119,4 +128,55 @@ def tighten_unreachable(graph: Graph, neurons: Neurons, cols: Tensor, threshold:
         value = (ub + MARGIN).clamp(min=0).view(-1, k).mean(dim=1)
         upper[pick] = value
         proven[pick] = value <= threshold
-    return TightProof(proven, upper, time.monotonic() - start)
+    n_exact = 0
+    if s.exact_time > 0 and neurons.kind is NeuronKind.ELEMENT:
+        n_exact = _exact(graph, neurons, cols, threshold, bounds, s, proven, upper)
+    return TightProof(proven, upper, time.monotonic() - start, n_exact)
+
+
+def _small_field(graph: Graph, node: int, element: int, shape: tuple[int, ...], limit: int) -> bool:
+    """Whether the input gradient of one pre-activation element at a random point touches at
+    most ``limit`` input coordinates (a cheap lower bound of its cone's size)."""
+    x = torch.rand((1, *shape), generator=torch.Generator().manual_seed(0), dtype=graph.dtype).requires_grad_(True)
+    with torch.enable_grad():
+        out = graph.activations(x, {node})[node].flatten()[element]
+        (g,) = torch.autograd.grad(out, x)
+    return int((g != 0).sum()) <= limit
+
+
+def _exact(graph: Graph, neurons: Neurons, cols: Tensor, threshold: float, bounds: tuple[float, float],
+           s: ProofSettings, proven: Tensor, upper: Tensor) -> int:
+    """The MILP step (see :class:`ProofSettings`); updates ``proven`` / ``upper`` in place and
+    returns how many it proved."""
+    from .cone import build_cone, cone_bounds
+    from .cone_lp import lp_upper
+
+    end = time.monotonic() + s.exact_time
+    shape = tuple(int(d) for d in graph.input_shape)
+    seen: dict[bytes, float] = {}
+    small: dict[int, bool] = {}
+    count = 0
+    which = neurons.layer_of(cols)
+    for i in (~proven).nonzero().flatten().tolist():
+        if time.monotonic() > end:
+            break
+        layer = neurons.layers[int(which[i])]
+        local = int(cols[i]) - layer.offset
+        if layer.pre not in small:
+            small[layer.pre] = _small_field(graph, layer.pre, local, shape, s.exact_inputs)
+        if not small[layer.pre]:
+            continue
+        cone = build_cone(graph, layer.pre, torch.tensor([local]))
+        if cone.nodes[0].support.numel() > s.exact_inputs:
+            continue
+        key = cone.key()
+        if key not in seen:
+            _, pre = cone_bounds(cone, bounds)
+            limit = max(1e-3, min(s.exact_neuron_time, end - time.monotonic()))
+            seen[key] = lp_upper(cone, bounds, pre, exact=True, time_limit=limit)
+        value = max(seen[key] + MARGIN, 0.0)
+        upper[i] = min(float(upper[i]), value)
+        if value <= threshold:
+            proven[i] = True
+            count += 1
+    return count
