@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -98,3 +99,13 @@ def test_positional_product_gives_the_per_row_change() -> None:
         own[:, j] &= ~(lin[:, :j] == lin[:, j : j + 1]).any(1)
     per_row = head.change(a, lin, z, own)
     torch.testing.assert_close(head.change_positional(a, lin, z, own), per_row, rtol=1e-12, atol=1e-12)
+
+
+def test_a_head_too_large_to_copy_is_not_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    import l0tre.execution.sparse_head as sh
+
+    after = _after(2, 3, 3, tail=False)
+    base = torch.zeros(1, 10, 2, dtype=torch.float64)
+    assert SparseHead.build(after, base, (3, 3)) is not None
+    monkeypatch.setattr(sh, "HEAD_BYTES", 2 * 9 * 7 * 8 - 1)  # one byte below the layer's weights
+    assert SparseHead.build(after, base, (3, 3)) is None

@@ -28,6 +28,7 @@ GATHER_BYTES = 32 << 20  # per-row weights gathered at once (bounds the head's m
 # the linear layer has few outputs (measured on 28×28 MNIST CNNs, one thread: 7–12× faster than
 # dense with 10 outputs, 1.2–3× slower with 128 or 256).
 CHEAP_MAX_OUTPUTS = 32
+HEAD_BYTES = 256 << 20  # the largest linear layer whose weights are copied per map position
 
 _POINTWISE = (
     nn.ReLU, nn.LeakyReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.Identity, nn.Dropout, nn.GELU, nn.SiLU, nn.BatchNorm2d,
@@ -86,8 +87,8 @@ class SparseHead:
               weight: torch.Tensor | None = None) -> SparseHead | None:
         """For ``after`` (see :func:`split_head`) and the channels-last base maps ``base``
         ``(N, H·W + 1, C)`` of spatial ``size`` ``(H, W)``; ``None`` when ``after`` does not split,
-        or the linear layer does not read a ``C·H·W`` map. ``weight``: a :attr:`weight` built
-        before for the same layers and sizes."""
+        the linear layer does not read a ``C·H·W`` map or is larger than ``HEAD_BYTES``.
+        ``weight``: a :attr:`weight` built before for the same layers and sizes."""
         parts = split_head(after)
         if parts is None:
             return None
@@ -96,6 +97,8 @@ class SparseHead:
         hw = size[0] * size[1]
         if slots != hw + 1 or linear.in_features != ch * hw:
             return None
+        if weight is None and linear.weight.numel() * linear.weight.element_size() > HEAD_BYTES:
+            return None  # its per-position copy would cost too much memory: the dense layers
         act = _apply(pointwise, base).clone()  # a copy: its scratch slot is set below
         act[:, -1] = 0
         flat = act[:, :hw].permute(0, 2, 1).reshape(n, ch * hw)
