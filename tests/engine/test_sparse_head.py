@@ -63,15 +63,20 @@ def test_sparse_head_equals_the_dense_layers() -> None:
         torch.testing.assert_close(head.outputs(a, lin, z, own), dense, rtol=1e-10, atol=1e-10)
 
 
+def _head(gen: torch.Generator, n: int, ch: int, h: int, w: int) -> SparseHead:
+    """A head (BN, ReLU, Flatten, Linear, ReLU, Linear) on random base maps ``(n, h·w + 1, ch)``."""
+    base = torch.zeros(n, h * w + 1, ch, dtype=torch.float64)
+    base[:, :-1] = torch.randn(n, h * w, ch, generator=gen, dtype=torch.float64)
+    head = SparseHead.build(_after(ch, h, w, tail=True), base, (h, w))
+    assert head is not None
+    return head
+
+
 def test_shared_positions_give_the_per_row_change() -> None:
     """Rows that change the same positions: the one-product path equals the per-row path."""
     gen = torch.Generator().manual_seed(1)
-    n, ch, h, w = 4, 3, 5, 5
-    after = _after(ch, h, w, tail=True)
-    base = torch.zeros(n, h * w + 1, ch, dtype=torch.float64)
-    base[:, :-1] = torch.randn(n, h * w, ch, generator=gen, dtype=torch.float64)
-    head = SparseHead.build(after, base, (h, w))
-    assert head is not None
+    ch, h, w = 3, 5, 5
+    head = _head(gen, 4, ch, h, w)
     lin = torch.tensor([0, 1, 5, 6, h * w])  # a 2×2 window and one position outside the map
     a = torch.tensor([0, 0, 1, 2, 3, 3])
     z = torch.randn(a.shape[0], lin.shape[0], ch, generator=gen, dtype=torch.float64)
@@ -84,11 +89,7 @@ def test_positional_product_gives_the_per_row_change() -> None:
     the map: the position-by-position product equals the per-row path."""
     gen = torch.Generator().manual_seed(2)
     n, ch, h, w = 3, 4, 6, 5
-    after = _after(ch, h, w, tail=True)
-    base = torch.zeros(n, h * w + 1, ch, dtype=torch.float64)
-    base[:, :-1] = torch.randn(n, h * w, ch, generator=gen, dtype=torch.float64)
-    head = SparseHead.build(after, base, (h, w))
-    assert head is not None
+    head = _head(gen, n, ch, h, w)
     b, m = 40, 6
     lin = torch.randint(0, h * w + 1, (b, m), generator=gen)  # h·w: the scratch slot
     lin[10:20] = lin[0]  # rows with the same positions
