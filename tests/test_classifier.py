@@ -151,3 +151,22 @@ def test_forward_passes_of_the_engine_and_the_attack_run_in_ieee_float32() -> No
         rec.seen.clear()
         rec(x)  # the module called directly: the user's settings
         assert rec.seen == [False]
+
+
+def test_channels_last_mode_leaves_the_callers_module_as_it_was() -> None:
+    """The NHWC weights live in a copy: the caller's convolution weights keep their layout (a
+    model handed to l0tre is not changed under its owner), and the outputs are the same."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 6 * 6, 5))
+    strides = net[0].weight.stride()
+    clf = l0tre.Classifier(net)
+    x = torch.rand(3, 3, 8, 8)
+    before = clf(x)
+    clf.set_mode(channels_last=True)
+    assert clf.mode == "channels_last"
+    assert net[0].weight.stride() == strides and net[0].weight.is_contiguous()
+    torch.testing.assert_close(clf(x), before, rtol=1e-5, atol=1e-6)
+    clf.set_mode()
+    assert clf.mode == "eager" and net[0].weight.stride() == strides
+    torch.testing.assert_close(clf(x), before, rtol=0, atol=0)

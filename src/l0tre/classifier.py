@@ -9,6 +9,7 @@ units the user sees.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -114,6 +115,8 @@ class Classifier:
                 model.to(self.device)
         self._pre: tuple[torch.Tensor, torch.Tensor] | None = None
         self.channels_last = False
+        self._compiled = False
+        self._nhwc: nn.Module | None = None  # the channels_last copy of the module, once made
         self.tuned: dict[tuple[object, ...], tuple[Any, int]] = {}  # execution-mode choices, see fastpath
         self._forward: Callable[[torch.Tensor], torch.Tensor] = model
         # pad batches to a few canonical sizes (modules only: a plain callable may not be row-wise)
@@ -123,23 +126,28 @@ class Classifier:
     def set_mode(self, *, channels_last: bool = False, compile: bool = False) -> None:
         """Execution mode of the forward pass (results are numerically equivalent).
 
-        ``channels_last`` converts the module's weights and inputs to NHWC memory layout;
-        ``compile`` wraps the module in ``torch.compile`` (slow first call, faster after).
+        ``channels_last`` runs a copy of the module with NHWC weights (the caller's module is left
+        as it was) and converts inputs to NHWC; ``compile`` wraps the module in ``torch.compile``
+        (slow first call, faster after).
         """
         module = self.modules()
         if module is None:
             if channels_last or compile:
                 raise ValueError("mode: channels_last/compile need a torch.nn.Module model, got a callable")
             return
-        fmt = torch.channels_last if channels_last else torch.contiguous_format
-        module.to(memory_format=fmt)  # type: ignore[call-overload]
+        target = module
+        if channels_last:  # the caller's module keeps its layout: the NHWC weights live in a copy
+            if self._nhwc is None:
+                self._nhwc = copy.deepcopy(module).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+            target = self._nhwc
         self.channels_last = channels_last
-        self._forward = torch.compile(module) if compile else module
+        self._compiled = compile
+        self._forward = torch.compile(target) if compile else target
 
     @property
     def mode(self) -> str:
         """``"eager"``, ``"channels_last"``, ``"compile"`` or ``"compile+channels_last"``."""
-        compiled = self._forward is not self.model
+        compiled = self._compiled
         name = "compile" if compiled else "eager"
         if self.channels_last:
             name = "channels_last" if not compiled else "compile+channels_last"
@@ -287,6 +295,9 @@ def as_classifier(
                 if isinstance(clf.model, nn.Module):
                     clf.model.to(dev)
                 clf.device = dev
+                if clf._nhwc is not None:  # the copy follows: made again on the new device
+                    clf._nhwc = None
+                    clf.set_mode(channels_last=clf.channels_last, compile=clf._compiled)
         return clf
     if not callable(model):
         raise TypeError(
