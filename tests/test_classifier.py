@@ -170,3 +170,15 @@ def test_channels_last_mode_leaves_the_callers_module_as_it_was() -> None:
     clf.set_mode()
     assert clf.mode == "eager" and net[0].weight.stride() == strides
     torch.testing.assert_close(clf(x), before, rtol=0, atol=0)
+
+
+def test_layer_sizes_are_measured_in_channels_last_mode_too() -> None:
+    """The memory probe hooks the caller's module; in channels_last mode the classifier runs a
+    copy, so the probe must run the module itself (else it measures nothing)."""
+    from l0tre.execution.memory import layer_output_bytes
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.Flatten(), torch.nn.Linear(2 * 4 * 4, 3))
+    clf = l0tre.Classifier(net)
+    eager = layer_output_bytes(clf, (1, 6, 6))
+    clf.set_mode(channels_last=True)
+    assert eager == layer_output_bytes(clf, (1, 6, 6)) == [2 * 16 * 4, 2 * 16 * 4, 3 * 4]

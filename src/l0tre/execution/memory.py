@@ -7,6 +7,7 @@ import math
 import torch
 from torch import nn
 
+from ..arith import ieee_float32
 from ..classifier import Classifier
 
 __all__ = ["DEFAULT_MAX_MEMORY", "default_max_memory", "layer_output_bytes", "memory_rows", "plan_batch_size"]
@@ -28,7 +29,9 @@ def layer_output_bytes(model: Classifier, shape: tuple[int, ...]) -> list[int] |
 
     handles = [m.register_forward_hook(hook) for m in module.modules() if len(list(m.children())) == 0]
     try:
-        model(torch.full((1, *shape), model.bounds[0], dtype=model.dtype, device=model.device))
+        # the module itself, not the classifier: its channels_last copy would not run these hooks
+        with torch.no_grad(), ieee_float32():
+            module(model._normalise(torch.full((1, *shape), model.bounds[0], dtype=model.dtype, device=model.device)))
     finally:
         for h in handles:
             h.remove()
