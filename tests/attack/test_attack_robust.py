@@ -113,15 +113,18 @@ def _slow_case() -> tuple[nn.Module, torch.Tensor]:
 def test_time_budget_per_input_is_honoured_within_one_shard() -> None:
     model, x = _slow_case()
     kw: dict[str, object] = {"effort": "thorough", "screen": "gradient", "candidates": 16, "shard_size": 256}
-    t0 = time.perf_counter()
-    full = attack(model, x, **kw)  # type: ignore[arg-type]
-    unlimited = time.perf_counter() - t0
-    assert full.stopped == "done" and bool(full.success.all())
+    unlimited = took = float("inf")  # the faster of two runs each: a shared host's load comes and goes
+    for _ in range(2):
+        t0 = time.perf_counter()
+        full = attack(model, x, **kw)  # type: ignore[arg-type]
+        unlimited = min(unlimited, time.perf_counter() - t0)
+        assert full.stopped == "done" and bool(full.success.all())
     per_input = unlimited / x.shape[0] / 4  # a quarter of what the search needs
-    t0 = time.perf_counter()
-    cut = attack(model, x, time_budget=per_input, **kw)  # type: ignore[arg-type]
-    took = time.perf_counter() - t0
-    assert cut.stopped == "time_budget"
+    for _ in range(2):
+        t0 = time.perf_counter()
+        cut = attack(model, x, time_budget=per_input, **kw)  # type: ignore[arg-type]
+        took = min(took, time.perf_counter() - t0)
+        assert cut.stopped == "time_budget"
     # one shard holds every input: its allowance is 8 × per_input = unlimited / 4; the search
     # stops at the next move boundary after it
     assert took < 0.5 * unlimited, (took, unlimited)
