@@ -126,8 +126,10 @@ def test_time_budget_per_input_is_honoured_within_one_shard() -> None:
         took = min(took, time.perf_counter() - t0)
         assert cut.stopped == "time_budget"
     # one shard holds every input: its allowance is 8 × per_input = unlimited / 4; the search
-    # stops at the next move boundary after it
-    assert took < 0.5 * unlimited, (took, unlimited)
+    # stops at the next move boundary after it. The fixed cost of a call (model wrapping, tuning)
+    # is in both timings, so the bound leaves room for it: a budget that is not honoured takes
+    # as long as the unlimited run
+    assert took < 0.75 * unlimited, (took, unlimited)
     with torch.no_grad():
         assert bool((model(cut.x_adv).argmax(1)[cut.success] != cut.predicted[cut.success]).all())
 
