@@ -24,7 +24,7 @@ from torch import nn
 from ..classifier import padded_index
 from .incremental import IncrementalCaches, IncrementalPrefix
 from .sparse_head import SparseHead, entry_product
-from .windows import window_cells
+from .windows import _pair, window_cells
 
 __all__ = ["DENSE_BYTES", "PairTable"]
 
@@ -178,7 +178,7 @@ class PairTable:
 
     def _from_head(self, head: SparseHead, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor) -> torch.Tensor:
         """Rows whose windows at ``L``'s output are apart: the sum of the single-pixel changes
-        (``O(K)`` a row); the others add :meth:`near_change`'s correction on the shared cells."""
+        (``O(K)`` a row); the others add :meth:`overlap_change`'s correction on the shared cells."""
         assert self.out_r0 is not None and self.out_c0 is not None  # with a head (build)
         wh, ww = self.out_win
         dr = (self.out_r0[pixel[:, 0]] - self.out_r0[pixel[:, 1]]).abs()
@@ -281,7 +281,7 @@ def _conv_at(conv: nn.Conv2d, patch: torch.Tensor, r: torch.Tensor, cell: torch.
     """``(E, C_out)``: the convolution ``conv`` at output cells ``cell`` ``(E,)`` (row-major in a
     window ``ww`` wide) of the patches ``patch[r]`` (``patch`` ``(B, hp, wp, C_in)`` channels-last,
     ``r`` ``(E,)``), each cell from its ``kh × kw`` receptive field (groups = 1)."""
-    (kh, kw), (sh, sw) = _pair2(conv.kernel_size), _pair2(conv.stride)
+    (kh, kw), (sh, sw) = _pair(conv.kernel_size), _pair(conv.stride)
     b, hp, wp, c_in = patch.shape
     dev = patch.device
     top = (r * hp + (cell // ww) * sh) * wp + (cell % ww) * sw  # (E,) first input cell
@@ -289,10 +289,6 @@ def _conv_at(conv: nn.Conv2d, patch: torch.Tensor, r: torch.Tensor, cell: torch.
     cols = patch.reshape(b * hp * wp, c_in)[(top.unsqueeze(1) + offs).view(-1)].view(-1, kh * kw * c_in)
     weight = conv.weight.permute(0, 2, 3, 1).reshape(conv.out_channels, -1)  # (C_out, kh·kw·C_in)
     return torch.nn.functional.linear(cols, weight, conv.bias)
-
-
-def _pair2(v: int | tuple[int, ...]) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _crop(flat: torch.Tensor, a: torch.Tensor, r0: torch.Tensor, c0: torch.Tensor,
