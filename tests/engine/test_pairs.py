@@ -174,6 +174,9 @@ def test_pair_table_with_a_wide_head_matches_full_forward(last: Callable[[], tor
     table = PairTable.build(chain, x, palette, max_bytes=1 << 30)
     assert table is not None and table.head is not None and not table.head.cheap
     assert table.head.weight.shape[2] == 40 > CHEAP_MAX_OUTPUTS
+    conv = convs[2]
+    # pairs meeting before L go through their interaction when every conv up to L has stride 1, groups 1
+    assert (table.interaction is not None) == (conv.stride == (1, 1) and conv.groups == 1)
     n = 81
     i, j = torch.triu_indices(n, n, 1)
     pix = torch.stack([i, j], dim=1)
@@ -189,3 +192,53 @@ def test_pair_table_with_a_wide_head_matches_full_forward(last: Callable[[], tor
     meet = ~far  # windows meet before the last convolution: the chain, then the shared cells
     got = table.chain_outputs(a[meet], pix[meet], col[meet], palette[col[meet]])
     torch.testing.assert_close(got, clf(xb[meet]), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("shifted", [False, True])
+def test_pair_interaction_matches_full_forward_on_a_deep_chain(shifted: bool) -> None:
+    """Four stride-1 convolutions (padding, BatchNorm, two channels, a leading SubtractImage),
+    a wide head: every pair that meets before the last convolution, from the interaction of its
+    two changes layer by layer, equals the plain forward pass — and the chain's result."""
+    torch.manual_seed(8)
+    shape = (2, 10, 9)
+    convs = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 3, 3, padding=1), torch.nn.BatchNorm2d(3), torch.nn.ReLU(),
+        torch.nn.Conv2d(3, 4, 2), torch.nn.ReLU(), torch.nn.Conv2d(4, 4, 3, padding=2), torch.nn.Tanh(),
+        torch.nn.Conv2d(4, 5, 3), torch.nn.BatchNorm2d(5), torch.nn.ReLU(),
+    )
+    for m in convs:
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.3, 0.3)
+            m.running_var.uniform_(0.5, 2.0)
+    features = convs(torch.zeros(1, *shape)).numel()
+    net = torch.nn.Sequential(
+        *convs, torch.nn.Flatten(), torch.nn.Linear(features, 40), torch.nn.ReLU(), torch.nn.Linear(40, 3),
+    ).double().eval()
+    if shifted:
+        net = _shifted(net, shape)
+    clf = l0tre.Classifier(net, preprocessing={"mean": [0.4, 0.2], "std": [0.5, 0.9]})
+    chain = IncrementalPrefix.build(clf, shape, max_share=1.0)
+    assert chain is not None and len(chain.spatial) == 4
+    gen = torch.Generator().manual_seed(9)
+    x = torch.rand(2, *shape, generator=gen, dtype=torch.float64)
+    palette = torch.tensor([[0.0, 1.0], [0.5, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    table = PairTable.build(chain, x, palette, max_bytes=1 << 30)
+    assert table is not None and table.head is not None and table.interaction is not None
+    assert len(table.interaction.stages) == 3
+    n = shape[1] * shape[2]
+    i, j = torch.triu_indices(n, n, 1)
+    pix = torch.stack([i, j], dim=1)
+    pix = torch.cat([pix, pix.flip(1)])  # both orders
+    meet = ~table.disjoint(pix)
+    pix = pix[meet]
+    rows = pix.shape[0]
+    assert rows > 500
+    a = torch.randint(0, 2, (rows,), generator=gen)
+    col = torch.randint(0, 3, (rows, 2), generator=gen)
+    xb = x[a].clone()
+    for k in range(2):
+        xb.view(rows, 2, -1)[torch.arange(rows), :, pix[:, k]] = palette[col[:, k]]
+    got = table.chain_outputs(a, pix, col, palette[col])
+    torch.testing.assert_close(got, clf(xb), rtol=1e-10, atol=1e-10)
+    table.interaction = None  # the chain through both windows: the same outputs
+    torch.testing.assert_close(table.chain_outputs(a, pix, col, palette[col]), got, rtol=1e-10, atol=1e-10)

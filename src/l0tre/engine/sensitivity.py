@@ -273,15 +273,16 @@ def _unit_raw(
     (:func:`~l0tre.execution.sparse_head.positional_product`) shares them among many; the order
     of computation changes no value."""
     order = torch.argsort(cand[:, 1], stable=True)
-    parts = []
-    for b0 in range(0, order.shape[0], rows):
-        c = cand[order[b0 : b0 + rows]]
-        a, s, p = c[:, 0], c[:, 1], c[:, 2]
-        if pairs and ctx.t == 2:
-            parts.append(_pair_outputs(pairs, inc, caches, a, ctx.space.full_index(subsets[s]), p, ctx))
-        else:
+    if pairs and ctx.t == 2:
+        c = cand[order]
+        raw = _pair_outputs(pairs, inc, caches, c[:, 0], ctx.space.full_index(subsets[c[:, 1]]), c[:, 2], ctx, rows)
+    else:
+        parts = []
+        for b0 in range(0, order.shape[0], rows):
+            c = cand[order[b0 : b0 + rows]]
+            a, s, p = c[:, 0], c[:, 1], c[:, 2]
             parts.append(chain_raw(inc, caches, ctx.space, a, subsets[s], ctx.values(p)))
-    raw = torch.cat(parts)
+        raw = torch.cat(parts)
     out = torch.empty_like(raw)
     out[order] = raw
     return out
@@ -289,25 +290,27 @@ def _unit_raw(
 
 def _pair_outputs(
     pairs: Sequence[PairTable], inc: IncrementalPrefix, caches: IncrementalCaches, a: torch.Tensor,
-    feat: torch.Tensor, p: torch.Tensor, ctx: LevelContext,
+    feat: torch.Tensor, p: torch.Tensor, ctx: LevelContext, rows: int,
 ) -> torch.Tensor:
     """Raw outputs ``(B, K)`` of level-2 rows: each from the first pair table that covers it
     (deepest first), the rest through the chain (up to the table's convolution when the table
-    has a sparse head: :meth:`~l0tre.execution.pairs.PairTable.chain_outputs`)."""
+    has a sparse head: :meth:`~l0tre.execution.pairs.PairTable.chain_outputs`); at most ``rows``
+    rows of one kind per call (so the rows no table covers come in full calls too)."""
     parts = []
     left = torch.arange(a.shape[0], device=a.device)
     for table in pairs:
         far = table.disjoint(feat[left])
-        rows, left = left[far], left[~far]
-        if rows.numel():
-            parts.append((rows, table.outputs(a[rows], feat[rows], ctx.digits[p[rows]])))
-    if left.numel() and pairs and pairs[0].head is not None:
-        parts.append((left, pairs[0].chain_outputs(a[left], feat[left], ctx.digits[p[left]], ctx.values(p[left]))))
-    elif left.numel():
-        parts.append((left, inc.outputs(caches, a[left], feat[left], ctx.values(p[left]))))
+        idx, left = left[far], left[~far]
+        for r in idx.split(rows) if idx.numel() else ():
+            parts.append((r, table.outputs(a[r], feat[r], ctx.digits[p[r]])))
+    for r in left.split(rows) if left.numel() else ():
+        if pairs and pairs[0].head is not None:
+            parts.append((r, pairs[0].chain_outputs(a[r], feat[r], ctx.digits[p[r]], ctx.values(p[r]))))
+        else:
+            parts.append((r, inc.outputs(caches, a[r], feat[r], ctx.values(p[r]))))
     raw = parts[0][1].new_empty((a.shape[0], parts[0][1].shape[1]))
-    for rows, out in parts:
-        raw[rows] = out
+    for r, out in parts:
+        raw[r] = out
     return raw
 
 

@@ -270,11 +270,13 @@ class IncrementalPrefix:
         return result
 
     def windows_through(
-        self, caches: IncrementalCaches, a: torch.Tensor, wins: list[Window], stop: int,
+        self, caches: IncrementalCaches, a: torch.Tensor, wins: list[Window], stop: int, start: int = 0,
     ) -> list[Window]:
-        """Run the windows ``wins`` (at the input, normalised) through ``self.modules[:stop]``."""
-        si = 0
-        for layer in self.modules[:stop]:
+        """Run the windows ``wins`` (at the input of ``self.modules[start]``; at the start:
+        normalised) through ``self.modules[start:stop]``."""
+        done = {id(m) for m in self.modules[:start]}
+        si = sum(id(sp.module) in done for sp in self.spatial)
+        for layer in self.modules[start:stop]:
             if isinstance(layer, SubtractImage):
                 continue  # applied with the values (_outputs, pixel_windows)
             if si < len(self.spatial) and layer is self.spatial[si].module:

@@ -16,19 +16,21 @@ every decision near the boundary with the plain forward pass (as for the chain).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..classifier import padded_index
 from .incremental import IncrementalCaches, IncrementalPrefix
+from .interaction import Corrections, Interaction, Scratch
 from .sparse_head import SparseHead, entry_product
 from .windows import _pair, window_cells
 
-__all__ = ["DENSE_BYTES", "PairTable"]
+__all__ = ["DENSE_BYTES", "ENTRY_BYTES", "PairTable"]
 
 DENSE_BYTES = 64 << 20  # maps after ``L`` evaluated at once on the dense path
+ENTRY_BYTES = 4 << 20  # shared-cell values computed at once by PairTable.overlap_change
 
 
 @dataclass
@@ -68,6 +70,8 @@ class PairTable:
     caches: IncrementalCaches | None = None
     stop: int = 0
     layer: int = 0
+    interaction: Interaction | None = None
+    scratch: Scratch = field(default_factory=Scratch)
 
     @staticmethod
     @torch.no_grad()
@@ -121,10 +125,13 @@ class PairTable:
         delta_cl = delta.permute(0, 2, 3, 1).reshape(na, n, p1, wh * ww, c_out).contiguous()
         head = SparseHead.build(after, base_out, (hl, wl))
         single = None if head is None else _single(head, base_out, delta_cl, lin)
+        inter = None
+        if head is not None and _interaction_bytes(chain, li, na * n * p1, x0.element_size()) <= max_bytes:
+            inter = Interaction.build(chain, caches, x0, palette, li, (r0, c0), rows=rows)
         return PairTable(
             after=after, base_out=base_out, size=(hl, wl), delta=delta_cl, lin=lin,
             in_r0=in_r0, in_c0=in_c0, in_win=layer.win_in, head=head, single=single, out_r0=r0, out_c0=c0,
-            out_win=(wh, ww), chain=chain, caches=caches, stop=stop, layer=li,
+            out_win=(wh, ww), chain=chain, caches=caches, stop=stop, layer=li, interaction=inter,
         )
 
     def disjoint(self, pixel: torch.Tensor) -> torch.Tensor:
@@ -208,6 +215,10 @@ class PairTable:
         chain, caches = self.chain, self.caches
         if self.head is None or self.single is None or chain is None or caches is None:
             raise ValueError("pairs: chain_outputs needs a table with a sparse head")
+        if self.interaction is not None:  # the interaction of the two changes, layer by layer
+            corr = self.interaction.correction(a, pixel, colour)
+            change = self._singles(a, pixel, colour) + self.overlap_change(self.head, a, pixel, colour, extra=corr)
+            return self.head.finish(a, change)
         wins = [chain.pixel_windows(pixel[:, j], values[:, j])[0] for j in range(2)]
         conv = chain.spatial[self.layer].module
         assert isinstance(conv, nn.Conv2d)  # L (build)
@@ -228,7 +239,8 @@ class PairTable:
         return self.head.finish(a, change)
 
     def overlap_change(self, head: SparseHead, a: torch.Tensor, pixel: torch.Tensor, colour: torch.Tensor,
-                       joint: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+                       joint: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                       extra: Corrections | None = None) -> torch.Tensor:
         """``(B, K)``: what the rows' linear output differs from the sum of their two single
         changes, from the cells of ``L``'s output both windows cover (``g``: the head's
         elementwise layers, ``b`` the base map, ``D`` the single changes)::
@@ -236,8 +248,9 @@ class PairTable:
             W · (g(z) − g(b + D_p) − g(b + D_q) + g(b))   on the shared cells
 
         where ``z`` is ``b + D_p + D_q`` (``joint=None``: the changes are apart at ``L``'s input and
-        ``L`` is linear) or ``joint(r, cell)`` ``(E, C)``: ``L``'s output with both changes at cells
-        ``cell`` ``(E,)`` of the first pixel's window of rows ``r`` ``(E,)``.
+        ``L`` is linear), that plus ``extra``'s ``K_L(J)`` (the changes meet before ``L``:
+        :mod:`.interaction`), or ``joint(r, cell)`` ``(E, C)``: ``L``'s output with both changes at
+        cells ``cell`` ``(E,)`` of the first pixel's window of rows ``r`` ``(E,)``.
         Only the shared in-map cells are computed (as entries of the first pixel's window); each
         map position's weights multiply all rows' cells there at once
         (:func:`.sparse_head.entry_product`)."""
@@ -257,10 +270,22 @@ class PairTable:
         idx = keep.view(-1).nonzero().squeeze(1)  # the shared in-map cells, as entries
         r, cell = idx // win, idx % win
         pos, ar, cell_q = lin.view(-1)[idx], a[r], cq.view(-1)[idx]
-        dp, dq = table[key[r, 0], cell], table[key[r, 1], cell_q]  # (E, C)
-        base = self.base_out[ar, pos]
-        z = base + dp + dq if joint is None else joint(r, cell)
-        e = head.activation(z) - head.activation(base + dp) - head.activation(base + dq) + head.base_act[ar, pos]
+        e = self.scratch.take(idx.shape[0], ch, self.base_out)
+        step = max(1, ENTRY_BYTES // (ch * e.element_size()))  # bounded temporaries (no page-fault storms)
+        for i in range(0, idx.shape[0], step):
+            sl = slice(i, i + step)
+            rs, cs = r[sl], cell[sl]
+            dp, dq = table[key[rs, 0], cs], table[key[rs, 1], cell_q[sl]]  # (E, C)
+            base = self.base_out[ar[sl], pos[sl]]
+            if joint is not None:
+                z = joint(rs, cs)
+            elif extra is not None:
+                first = pixel[rs, 0]
+                z = base + dp + dq + extra.at(rs, self.out_r0[first] + cs // ww, self.out_c0[first] + cs % ww)
+            else:
+                z = base + dp + dq
+            e[sl] = (head.activation(z) - head.activation(base + dp) - head.activation(base + dq)
+                     + head.base_act[ar[sl], pos[sl]])
         return entry_product(head.weight, r, pos, e, a.shape[0])
 
 
@@ -275,6 +300,13 @@ def _single(head: SparseHead, base_out: torch.Tensor, delta: torch.Tensor, lin: 
         z = base_out[:, lin[pix]].unsqueeze(1) + delta[:, pix]  # (Na, P1, win, C)
         out[:, pix] = head.change_shared(a, lin[pix], z.view(na * p1, win, ch)).view(na, p1, -1)
     return out.view(na * n * p1, -1)
+
+
+def _interaction_bytes(chain: IncrementalPrefix, layer: int, rows: int, size: int) -> int:
+    """Bytes of the single-pixel tables of :class:`.interaction.Interaction` (every convolution
+    before spatial layer ``layer``; ``rows`` = inputs × pixels × colours)."""
+    return sum(rows * sp.win_out[0] * sp.win_out[1] * getattr(sp.module, "out_channels", 0) * size
+               for sp in chain.spatial[:layer])
 
 
 def _conv_at(conv: nn.Conv2d, patch: torch.Tensor, r: torch.Tensor, cell: torch.Tensor, ww: int) -> torch.Tensor:
