@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..classifier import padded_index
 from .incremental import IncrementalCaches, IncrementalPrefix
 from .sparse_head import _apply
 from .windows import _pair, _Spatial
@@ -168,11 +169,12 @@ class Interaction:
         for k, c in enumerate(counts.tolist()):
             rows = order[start : start + c]
             start += c
-            box = self._box(a[rows], pixel[rows], key[rows], apart[k])
+            padded = rows[padded_index(c, dev)]  # few distinct shapes: the kernels' plans are reused
+            box = self._box(a[padded], pixel[padded], key[padded], apart[k])
             if box is None:
                 raise ValueError("interaction: expected pairs whose windows meet before L")
             f = int(first[k])
-            values[f : f + c * cells[k]] = box.permute(0, 2, 3, 1).reshape(c * cells[k], -1)
+            values[f : f + c * cells[k]] = box[:c].permute(0, 2, 3, 1).reshape(c * cells[k], -1)
             offset[rows] = f + torch.arange(c, device=dev) * cells[k]
             width[rows] = ww - apart[k][1]
         r0, c0 = self.out_r0[pixel], self.out_c0[pixel]  # (B, 2)
