@@ -242,3 +242,29 @@ def test_pair_interaction_matches_full_forward_on_a_deep_chain(shifted: bool) ->
     torch.testing.assert_close(got, clf(xb), rtol=1e-10, atol=1e-10)
     table.interaction = None  # the chain through both windows: the same outputs
     torch.testing.assert_close(table.chain_outputs(a, pix, col, palette[col]), got, rtol=1e-10, atol=1e-10)
+
+
+def test_pair_recipe_ships_without_its_tables_and_builds_the_same() -> None:
+    """A shard's recipe (what a cluster worker receives) pickles without the tables it built,
+    and builds tables that give the same outputs as the driver's."""
+    import pickle
+
+    from l0tre.execution.pairs import PairRecipe
+
+    torch.manual_seed(3)
+    net = _wide_head_net().double().eval()
+    clf = l0tre.Classifier(net)
+    x = torch.rand(2, 1, 14, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    palette = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
+    recipe = PairRecipe(palette=palette, max_bytes=1 << 30, shape=(1, 14, 14))
+    tables = recipe.tables(clf, x)
+    assert tables and recipe.tables(clf, x) is tables  # built once
+    blob = pickle.dumps(recipe)
+    assert len(blob) < 4096  # the tables (hundreds of kB here) stay behind
+    again = pickle.loads(blob)
+    assert again.built is None
+    other = again.tables(clf, x)
+    pix = torch.tensor([[0, 100], [15, 16], [30, 195]])
+    a, col = torch.tensor([0, 1, 1]), torch.tensor([[0, 1], [1, 1], [1, 0]])
+    torch.testing.assert_close(other[0].outputs(a, pix, col), tables[0].outputs(a, pix, col))
+    assert PairRecipe(palette=palette, max_bytes=1 << 30, shape=(1, 14, 14)).tables(clf, x[:0]) == []

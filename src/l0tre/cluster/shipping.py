@@ -33,7 +33,7 @@ from ..classifier import Classifier
 from ..engine.executor import ShardTask
 from ..engine.sensitivity import LevelContext
 from ..execution.incremental import IncrementalPrefix
-from ..execution.pairs import PairTable
+from ..execution.pairs import PairRecipe, PairTable
 from ..objectives import Objective
 
 __all__ = ["RunPart", "ShardPart", "assemble", "chain_part", "pack", "place", "run_part", "shard_part", "unpack"]
@@ -61,6 +61,7 @@ class ShardPart:
     batch_size: int
     k: int
     pairs: Sequence[PairTable]
+    pair_recipe: PairRecipe | None = None  # the worker builds the tables (pickled without them)
 
 
 def run_part(task: ShardTask) -> RunPart:
@@ -95,7 +96,7 @@ def chain_part(task: ShardTask) -> IncrementalPrefix | None:
 def shard_part(task: ShardTask) -> ShardPart:
     """The per-shard part of ``task``."""
     return ShardPart(x0=task.x0, ref=task.ref, valid=task.valid, inputs=task.inputs, ctx=task.ctx,
-                     batch_size=task.batch_size, k=task.k, pairs=tuple(task.pairs))
+                     batch_size=task.batch_size, k=task.k, pairs=tuple(task.pairs), pair_recipe=task.pair_recipe)
 
 
 def pack(obj: object, pickler: type[pickle.Pickler]) -> bytes:
@@ -135,5 +136,5 @@ def assemble(run: RunPart, chain: IncrementalPrefix | None, shard: ShardPart) ->
         chain = dataclasses.replace(chain, model=run.model)
     return ShardTask(model=run.model, objective=run.objective, x0=shard.x0, ref=shard.ref, valid=shard.valid,
                      inputs=shard.inputs, ctx=shard.ctx, batch_size=shard.batch_size, k=shard.k,
-                     incremental=chain, pairs=shard.pairs, on_batch=None)
+                     incremental=chain, pairs=shard.pairs, on_batch=None, pair_recipe=shard.pair_recipe)
 

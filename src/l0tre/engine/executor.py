@@ -18,7 +18,7 @@ import torch
 
 from ..classifier import Classifier
 from ..execution.incremental import IncrementalPrefix
-from ..execution.pairs import PairTable
+from ..execution.pairs import PairRecipe, PairTable
 from ..objectives import Objective
 from .sensitivity import LevelContext, UnitResult, evaluate_unit
 
@@ -43,6 +43,7 @@ class ShardTask:
         valid: ``(Na, n, P1)`` valid colours; inputs: ``(Na,)`` global indices.
         batch_size: rows per model call; k: subsets kept per input.
         incremental, pairs: the execution plan's fast paths for this level (or none).
+        pair_recipe: builds ``pairs`` where the units run, on the first unit (when ``pairs`` is empty).
         on_batch: progress callback, called with the evaluations of each model call.
     """
 
@@ -58,13 +59,14 @@ class ShardTask:
     incremental: IncrementalPrefix | None = None
     pairs: Sequence[PairTable] = ()
     on_batch: Callable[[int], None] | None = None
+    pair_recipe: PairRecipe | None = None
 
     def run(self, unit: WorkUnit) -> UnitResult:
         """Evaluate one unit (all grid points of its subsets for every input of the shard)."""
         return evaluate_unit(
             self.model, self.objective, self.x0, self.ref, self.valid, self.inputs, self.ctx, unit.r0, unit.r1,
             batch_size=self.batch_size, k=self.k, on_batch=self.on_batch, incremental=self.incremental,
-            pairs=self.pairs,
+            pairs=self.pairs or (() if self.pair_recipe is None else self.pair_recipe.tables(self.model, self.x0)),
         )
 
 

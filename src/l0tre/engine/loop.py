@@ -240,7 +240,7 @@ def _shard_task(engine: Engine, t: int, inputs: torch.Tensor, chain: Incremental
     p, plan, dev = engine.problem, engine.plan, inputs.to(engine.problem.x0.device)
     return ShardTask(model=p.model, objective=p.objective, x0=p.x0[dev], ref=p.ref[dev], valid=p.valid[dev],
                      inputs=inputs, ctx=p.context(t), batch_size=plan.rows(chain, t), k=p.top_k, incremental=chain,
-                     pairs=plan.pair_tables(t, chain, p.x0[dev], p.palette), on_batch=engine.progress.advance)
+                     pair_recipe=plan.pair_recipe(t, chain, p.palette), on_batch=engine.progress.advance)
 
 
 def _shard_inputs(lvl: LevelProgress, r: Result, problem: Problem) -> tuple[torch.Tensor, UnitResult]:

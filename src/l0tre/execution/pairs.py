@@ -21,13 +21,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..classifier import padded_index
+from ..classifier import Classifier, padded_index
 from .incremental import IncrementalCaches, IncrementalPrefix
 from .interaction import Corrections, Interaction, Scratch
 from .sparse_head import SparseHead, entry_product
 from .windows import _pair, window_cells
 
-__all__ = ["DENSE_BYTES", "ENTRY_BYTES", "PairTable"]
+__all__ = ["DENSE_BYTES", "ENTRY_BYTES", "PairRecipe", "PairTable", "build_tables"]
 
 DENSE_BYTES = 64 << 20  # maps after ``L`` evaluated at once on the dense path
 ENTRY_BYTES = 4 << 20  # shared-cell values computed at once by PairTable.overlap_change
@@ -289,13 +289,67 @@ class PairTable:
         return entry_product(head.weight, r, pos, e, a.shape[0])
 
 
+def build_tables(chain: IncrementalPrefix, x0: torch.Tensor, palette: torch.Tensor, max_bytes: int) -> list[PairTable]:
+    """Level-2 pair tables for the images ``x0`` ``(Na, C, H, W)`` at the last two convolutions of
+    ``chain`` (the t = 1 chain), deepest first; the second only when the first has no sparse head
+    (the other rows then go through the chain, whose head is as sparse)."""
+    tables: list[PairTable] = []
+    for conv in (-1, -2):
+        tab = PairTable.build(chain, x0, palette, conv=conv, max_bytes=max_bytes)
+        if tab is not None:
+            tables.append(tab)
+            if tab.head is not None:
+                break
+    return tables
+
+
+@dataclass
+class PairRecipe:
+    """How to build a shard's pair tables (:func:`build_tables`) where its units run, once: a
+    cluster worker builds its own instead of receiving them (they are far larger than their
+    inputs). ``palette`` ``(P1, C)``; ``shape`` ``(C, H, W)``; the t = 1 chain is built again
+    from the model (:meth:`.IncrementalPrefix.build` is deterministic)."""
+
+    palette: torch.Tensor
+    max_bytes: int
+    shape: tuple[int, int, int]
+    built: list[PairTable] | None = field(default=None, repr=False, compare=False)
+
+    def tables(self, model: Classifier, x0: torch.Tensor) -> list[PairTable]:
+        """The tables for the shard's images ``x0`` (built on the first call)."""
+        if self.built is None and x0.shape[0] == 0:
+            return []
+        if self.built is None:
+            chain = IncrementalPrefix.build(model, self.shape)
+            self.built = [] if chain is None else build_tables(chain, x0, self.palette.to(x0.device), self.max_bytes)
+        return self.built
+
+    def __getstate__(self) -> dict[str, object]:
+        """Pickled without the tables (a worker builds its own)."""
+        return {"palette": self.palette, "max_bytes": self.max_bytes, "shape": self.shape, "built": None}
+
+
 def _single(head: SparseHead, base_out: torch.Tensor, delta: torch.Tensor, lin: torch.Tensor) -> torch.Tensor:
     """``(Na·n·P1, K)`` change of the head's linear output for every (input, pixel, colour) alone,
     from ``delta`` ``(Na, n, P1, wh·ww, C)`` at the positions ``lin`` ``(n, wh·ww)``. The rows of
-    one pixel share its positions, so they share its weights: one product per pixel."""
+    one pixel share its positions, so they share its weights: one product per pixel (a head with
+    many outputs: each map position's weights once for a block of pixels,
+    :meth:`.SparseHead.change_positional`)."""
     na, n, p1, win, ch = delta.shape
     out = torch.empty(na, n, p1, head.weight.shape[2], dtype=delta.dtype, device=base_out.device)
     a = torch.arange(na, device=base_out.device).repeat_interleave(p1)  # (Na·P1,)
+    if not head.cheap:
+        step = max(1, ENTRY_BYTES // max(1, na * p1 * win * ch * delta.element_size()))
+        for p0 in range(0, n, step):
+            pix = torch.arange(p0, min(n, p0 + step), device=base_out.device)
+            m = pix.shape[0]
+            lin_r = lin[pix].unsqueeze(0).unsqueeze(2).expand(na, m, p1, win)  # (Na, m, P1, win)
+            z = base_out[torch.arange(na, device=a.device).view(na, 1, 1, 1), lin_r] + delta[:, pix]
+            rows = torch.arange(na, device=a.device).repeat_interleave(m * p1)
+            flat_lin = lin_r.reshape(-1, win)
+            own = torch.ones_like(flat_lin, dtype=torch.bool)
+            out[:, p0 : p0 + m] = head.change_positional(rows, flat_lin, z.view(-1, win, ch), own).view(na, m, p1, -1)
+        return out.view(na * n * p1, -1)
     for pix in range(n):
         z = base_out[:, lin[pix]].unsqueeze(1) + delta[:, pix]  # (Na, P1, win, C)
         out[:, pix] = head.change_shared(a, lin[pix], z.view(na * p1, win, ch)).view(na, p1, -1)

@@ -15,7 +15,7 @@ from ..classifier import Classifier
 from .incremental import IncrementalPrefix
 from .memory import memory_rows
 from .modes import TUNING_SHARE, incremental_pays
-from .pairs import PairTable
+from .pairs import PairRecipe
 
 __all__ = ["MAX_INCREMENTAL_T", "ExecutionPlan"]
 
@@ -123,19 +123,9 @@ class ExecutionPlan:
         pays, inc.chunk = self._pays[t]
         return inc if pays else None
 
-    def pair_tables(self, t: int, chain: IncrementalPrefix | None, x0: torch.Tensor,
-                    palette: torch.Tensor) -> list[PairTable]:
-        """Level-2 pair tables for the images ``x0`` at the last two convolutions of the t = 1
-        chain (when a chain is in use at t = 2), deepest first."""
-        if t != 2 or chain is None or not self.use_pairs or self.incremental is None or x0.shape[0] == 0:
-            return []
-        if not self.pixel_features:
-            return []
-        tables: list[PairTable] = []
-        for conv in (-1, -2):
-            tab = PairTable.build(self.incremental, x0, palette, conv=conv, max_bytes=self.max_memory // 8)
-            if tab is not None:
-                tables.append(tab)
-                if tab.head is not None:
-                    break  # the other rows: the chain, whose head is as sparse (no dense table after it)
-        return tables
+    def pair_recipe(self, t: int, chain: IncrementalPrefix | None, palette: torch.Tensor) -> PairRecipe | None:
+        """How to build the level-2 pair tables of a shard (:class:`~.pairs.PairRecipe`: where its
+        units run, once) when a chain is in use at t = 2 and features are pixels; else ``None``."""
+        if t != 2 or chain is None or not self.use_pairs or self.incremental is None or not self.pixel_features:
+            return None
+        return PairRecipe(palette=palette, max_bytes=self.max_memory // 8, shape=self.shape)
