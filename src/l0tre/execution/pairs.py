@@ -341,10 +341,10 @@ def _single(head: SparseHead, base_out: torch.Tensor, delta: torch.Tensor, lin: 
     if not head.cheap:
         step = max(1, ENTRY_BYTES // max(1, na * p1 * win * ch * delta.element_size()))
         for p0 in range(0, n, step):
-            pix = torch.arange(p0, min(n, p0 + step), device=base_out.device)
-            m = pix.shape[0]
-            lin_r = lin[pix].unsqueeze(0).unsqueeze(2).expand(na, m, p1, win)  # (Na, m, P1, win)
-            z = base_out[torch.arange(na, device=a.device).view(na, 1, 1, 1), lin_r] + delta[:, pix]
+            block = torch.arange(p0, min(n, p0 + step), device=base_out.device)
+            m = block.shape[0]
+            lin_r = lin[block].unsqueeze(0).unsqueeze(2).expand(na, m, p1, win)  # (Na, m, P1, win)
+            z = base_out[torch.arange(na, device=a.device).view(na, 1, 1, 1), lin_r] + delta[:, block]
             rows = torch.arange(na, device=a.device).repeat_interleave(m * p1)
             flat_lin = lin_r.reshape(-1, win)
             own = torch.ones_like(flat_lin, dtype=torch.bool)
