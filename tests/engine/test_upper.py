@@ -79,14 +79,15 @@ def random_slots(
 
 
 def run(net: nn.Module, x0: torch.Tensor, kind: str, feats: torch.Tensor, vals: torch.Tensor, present: torch.Tensor,
-        batch_size: int, positions: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, int]:
+        batch_size: int, positions: list[int] | None = None,
+        gallop: bool = False) -> tuple[torch.Tensor, torch.Tensor, int]:
     clf = l0tre.Classifier(net)
     space = FeatureSpace(FeatureKind(kind), tuple(x0.shape[1:]))  # type: ignore[arg-type]
     if positions is not None:
         space = space.restrict(torch.tensor(positions))
     obj = Misclassification()
     ref = obj.reference(clf, x0)
-    return accumulate(clf, obj, space, x0, ref, feats, vals, present, batch_size=batch_size)
+    return accumulate(clf, obj, space, x0, ref, feats, vals, present, batch_size=batch_size, gallop=gallop)
 
 
 CASES = [
@@ -157,3 +158,35 @@ def test_earlier_slot_keeps_its_value_and_absent_slots_are_skipped() -> None:
     assert torch.equal(x_adv[1:], x0[1:])
     # input 0: prefixes {0}, {0,1}; input 1: {0}, {0,1}, {0,1,2} (slot 2 adds nothing); input 2: the same
     assert evaluations == 2 + 3 + 3
+
+
+@pytest.mark.parametrize(("net_kind", "seed", "shape", "kind", "k", "t", "positions"), CASES)
+def test_galloping_finds_the_same_prefixes_within_twice_the_first_hit(
+    monkeypatch: pytest.MonkeyPatch, net_kind: str, seed: int, shape: tuple[int, int, int], kind: str, k: int,
+    t: int, positions: list[int] | None,
+) -> None:
+    """With ``gallop`` (first call: one prefix per input) the same first adversarial prefixes,
+    and an input costs at most twice the prefixes up to its first hit, whatever the batch size."""
+    import l0tre.engine.upper as upper
+
+    monkeypatch.setattr(upper, "GALLOP_START", 1)
+    na = 8
+    if net_kind == "exact":
+        net, x0 = exact_mlp(shape, 3, seed), quarter_inputs(shape, na, seed)
+    else:
+        net = random_mlp(shape, 3, seed)
+        x0 = torch.rand(na, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    c, h, w = shape
+    n = (h * w if kind == "pixel" else c * h * w) if positions is None else len(positions)
+    feats, vals, present = random_slots(na, k, t, n, c if kind == "pixel" else 1, seed)
+    truth = brute_force_prefixes(net, x0, kind, feats, vals, present, positions)
+    found_all = torch.tensor([tr.found for tr in truth])
+    x_all = torch.stack([tr.x_adv for tr in truth])
+    cap = sum(min(tr.prefixes, 2 * tr.to_first) if tr.found else tr.prefixes for tr in truth)
+    for batch_size in (1, 3, 10, na * k):
+        found, x_adv, evaluations = run(net, x0, kind, feats, vals, present, batch_size, positions, gallop=True)
+        assert torch.equal(found, found_all), batch_size
+        assert torch.equal(x_adv, x_all), batch_size
+        assert sum(tr.to_first for tr in truth) <= evaluations <= cap, batch_size
+    _, _, plain = run(net, x0, kind, feats, vals, present, na * k, positions)
+    assert plain == sum(tr.prefixes for tr in truth) >= cap

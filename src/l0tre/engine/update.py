@@ -102,7 +102,7 @@ def finish_shard(problem: Problem, result: Result, blocked: torch.Tensor, t: int
     x0 = problem.x0[oi.to(dev)]
     ref = problem.ref[oi.to(dev)]
     found, x_adv, ev = accumulate(problem.model, problem.objective, problem.space, x0, ref, feats.to(dev), vals,
-                                  present.to(dev), batch_size=batch_size)
+                                  present.to(dev), batch_size=batch_size, gallop=True)
     spent += ev
     if bool(found.any()):
         fi = found.nonzero().squeeze(1)

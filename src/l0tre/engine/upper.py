@@ -13,7 +13,9 @@ from ..classifier import Classifier
 from ..objectives import Objective
 from .features import FeatureSpace
 
-__all__ = ["accumulate"]
+__all__ = ["GALLOP_START", "accumulate"]
+
+GALLOP_START = 8  # prefixes a galloping input evaluates in its first call
 
 _BIG = torch.iinfo(torch.int64).max
 
@@ -29,8 +31,15 @@ def accumulate(
     present: torch.Tensor,
     *,
     batch_size: int,
+    gallop: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Find the first adversarial prefix per input.
+
+    Prefixes are evaluated in order, ``batch_size`` per call shared by the inputs still
+    searching; with ``gallop`` an input evaluates at most as many new prefixes per call as it has
+    evaluated so far (at least ``GALLOP_START``), so an input whose first adversarial prefix is
+    the ``m``-th costs at most ``max(GALLOP_START, 2m)`` evaluations, even when it is the last
+    one searching (the result is the same: only how far past the first hit is evaluated changes).
 
     Args:
         x0: ``(Na, C, H, W)`` originals (model device).
@@ -75,9 +84,12 @@ def accumulate(
         if idx.numel() == 0:
             break
         chunk = max(1, batch_size // idx.numel())
+        own = torch.full_like(idx, chunk)
+        if gallop:
+            own = own.clamp_max(cursor[idx].clamp_min(GALLOP_START))
         steps = torch.arange(chunk, device=dev)
         col = cursor[idx].unsqueeze(1) + steps  # (A, chunk)
-        ok = col < counts[idx].unsqueeze(1)
+        ok = (col < counts[idx].unsqueeze(1)) & (steps < own.unsqueeze(1))
         rows_a = idx.unsqueeze(1).expand_as(col)[ok]
         rows_l = levels[rows_a, col[ok]]
         mask = first_k[rows_a] <= rows_l.unsqueeze(1)  # (R, n)
@@ -96,5 +108,5 @@ def accumulate(
             h = hit.nonzero().squeeze(1)
             x_adv[h] = xb[first_row[h]].to(x_adv.dtype)
             found |= hit
-        cursor[idx] += chunk
+        cursor[idx] += own
     return found, x_adv, evaluations
