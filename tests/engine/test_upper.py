@@ -102,20 +102,26 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("net_kind", "seed", "shape", "kind", "k", "t", "positions"), CASES)
-def test_accumulate_matches_prefix_loop(
-    net_kind: str, seed: int, shape: tuple[int, int, int], kind: str, k: int, t: int, positions: list[int] | None,
-) -> None:
-    na = 8
+def _case(net_kind: str, seed: int, shape: tuple[int, int, int], kind: str, k: int, t: int,
+          positions: list[int] | None,
+          na: int) -> tuple[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A CASES row: its net, ``na`` inputs, and random slots (feats, vals, present)."""
     if net_kind == "exact":
         net, x0 = exact_mlp(shape, 3, seed), quarter_inputs(shape, na, seed)
     else:
         net = random_mlp(shape, 3, seed)
         x0 = torch.rand(na, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     c, h, w = shape
-    full_n = h * w if kind == "pixel" else c * h * w
-    n = full_n if positions is None else len(positions)
-    feats, vals, present = random_slots(na, k, t, n, c if kind == "pixel" else 1, seed)
+    n = (h * w if kind == "pixel" else c * h * w) if positions is None else len(positions)
+    return (net, x0, *random_slots(na, k, t, n, c if kind == "pixel" else 1, seed))
+
+
+@pytest.mark.parametrize(("net_kind", "seed", "shape", "kind", "k", "t", "positions"), CASES)
+def test_accumulate_matches_prefix_loop(
+    net_kind: str, seed: int, shape: tuple[int, int, int], kind: str, k: int, t: int, positions: list[int] | None,
+) -> None:
+    na = 8
+    net, x0, feats, vals, present = _case(net_kind, seed, shape, kind, k, t, positions, na)
     truth = brute_force_prefixes(net, x0, kind, feats, vals, present, positions)
     # the data exercise every rule: some found, some not, and absent slots change some answers
     assert any(tr.found for tr in truth) and not all(tr.found for tr in truth)
@@ -171,14 +177,7 @@ def test_galloping_finds_the_same_prefixes_within_twice_the_first_hit(
 
     monkeypatch.setattr(upper, "GALLOP_START", 1)
     na = 8
-    if net_kind == "exact":
-        net, x0 = exact_mlp(shape, 3, seed), quarter_inputs(shape, na, seed)
-    else:
-        net = random_mlp(shape, 3, seed)
-        x0 = torch.rand(na, *shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
-    c, h, w = shape
-    n = (h * w if kind == "pixel" else c * h * w) if positions is None else len(positions)
-    feats, vals, present = random_slots(na, k, t, n, c if kind == "pixel" else 1, seed)
+    net, x0, feats, vals, present = _case(net_kind, seed, shape, kind, k, t, positions, na)
     truth = brute_force_prefixes(net, x0, kind, feats, vals, present, positions)
     found_all = torch.tensor([tr.found for tr in truth])
     x_all = torch.stack([tr.x_adv for tr in truth])
