@@ -20,14 +20,15 @@ from l0tre.classifier import as_classifier
 
 
 class _Res(nn.Module):
-    """conv → ReLU → conv + skip → ReLU → conv on 1×6×6 inputs (3×3 kernels, zero padding)."""
+    """conv → ReLU → conv + skip → ReLU → conv → ReLU → linear on 1×side×side inputs (3×3
+    kernels, zero padding)."""
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, side: int = 6) -> None:
         super().__init__()
         gen = torch.Generator().manual_seed(seed)
         self.c1, self.c2 = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
         self.c3 = nn.Conv2d(3, 2, 3, padding=1)
-        self.fc = nn.Linear(72, 2)
+        self.fc = nn.Linear(2 * side * side, 2)
         with torch.no_grad():
             for p in self.parameters():
                 p.copy_(torch.randn(p.shape, generator=gen) * 0.6)

@@ -7,37 +7,19 @@ per-position computation."""
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from l0tre.apps.coverage.cone import build_cone, cone_bounds
 from l0tre.apps.coverage.cone_lp import lp_upper
 from l0tre.apps.coverage.neurons import Neurons
 from l0tre.certify.target import resolve
 
+from .test_coverage_cone import _Res
+
 H = W = 10  # radius of the third conv's pre-activation: 3, so rows / columns 3…6 are interior
 
 
-class _Res(nn.Module):
-    """conv → ReLU → conv + skip → ReLU → conv → ReLU on 1×10×10 inputs (3×3, zero padding)."""
-
-    def __init__(self, seed: int) -> None:
-        super().__init__()
-        gen = torch.Generator().manual_seed(seed)
-        self.c1, self.c2 = nn.Conv2d(1, 3, 3, padding=1), nn.Conv2d(3, 3, 3, padding=1)
-        self.c3 = nn.Conv2d(3, 2, 3, padding=1)
-        self.fc = nn.Linear(2 * H * W, 2)
-        with torch.no_grad():
-            for p in self.parameters():
-                p.copy_(torch.randn(p.shape, generator=gen) * 0.6)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = torch.relu(self.c1(x))
-        b = torch.relu(self.c2(a) + a)
-        return self.fc(torch.relu(self.c3(b)).flatten(1))
-
-
 def _setup(seed: int):  # type: ignore[no-untyped-def]
-    graph = resolve(_Res(seed).double(), (1, H, W), dtype=torch.float64).graph
+    graph = resolve(_Res(seed, side=H).double(), (1, H, W), dtype=torch.float64).graph
     layers = Neurons.discover(graph, "element").layers
     return graph, layers[-1].pre, layers
 
