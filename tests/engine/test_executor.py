@@ -23,12 +23,13 @@ import l0tre
 import l0tre.api
 import l0tre.engine
 from l0tre.engine.executor import InProcessExecutor, ShardTask, WorkUnit
+from l0tre.engine.search import SearchResult, SearchTask, search_units
 from l0tre.engine.sensitivity import UnitResult
 
 from .oracle import brute_force_dm, same
 from .test_oracle import random_cnn, random_mlp
 
-Yield = Generator[tuple[WorkUnit, UnitResult], None, None]
+Yield = Generator[tuple[WorkUnit, UnitResult | SearchResult], None, None]
 
 
 # -- executors ----------------------------------------------------------------------------------
@@ -39,10 +40,13 @@ class ReversedExecutor:
 
 
 class ShuffledExecutor:
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, parallelism: int = 1) -> None:
         self.rng = random.Random(seed)
+        self.parallelism = parallelism  # > 1: shards and searches are cut into more units
+        self.split_searches = 0  # searches run as several units
 
-    def map(self, task: ShardTask, units: Sequence[WorkUnit]) -> Yield:
+    def map(self, task: ShardTask | SearchTask, units: Sequence[WorkUnit]) -> Yield:
+        self.split_searches += isinstance(task, SearchTask) and len(units) > 1
         order = list(units)
         self.rng.shuffle(order)
         for unit in order:
@@ -69,7 +73,13 @@ class CountingExecutor:
         self.calls: list[tuple[int, tuple[int, ...], list[WorkUnit]]] = []
         self.unit_evals: list[tuple[int, tuple[int, ...], WorkUnit, list[int]]] = []
 
-    def map(self, task: ShardTask, units: Sequence[WorkUnit]) -> Yield:
+        self.searches: list[tuple[int, list[WorkUnit]]] = []  # (rows, units) of each search task
+
+    def map(self, task: ShardTask | SearchTask, units: Sequence[WorkUnit]) -> Yield:
+        if isinstance(task, SearchTask):
+            self.searches.append((task.rows, list(units)))
+            yield from ((unit, task.run(unit)) for unit in units)
+            return
         inputs = tuple(task.inputs.tolist())
         self.calls.append((task.ctx.t, inputs, list(units)))
         order = list(units)
@@ -136,7 +146,7 @@ def _level_points(counts: list[int], t: int) -> int:
 
 # -- identical results ----------------------------------------------------------------------------
 def _out_of_order() -> list[object]:
-    return [ReversedExecutor(), ShuffledExecutor(1), RunAllThenYieldShuffled(2)]
+    return [ReversedExecutor(), ShuffledExecutor(1), RunAllThenYieldShuffled(2), ShuffledExecutor(3, parallelism=3)]
 
 
 @pytest.mark.parametrize("seed,features,shape,deep", [(11, "pixel", SHAPE, True), (6, "pixel", SHAPE, True),
@@ -155,6 +165,8 @@ def test_out_of_order_executor_gives_identical_results_up_to_t_n(seed: int, feat
         other = l0tre.evaluate(model, x, executor=ex, **kw)
         assert other.stopped in ("converged", "t_max")
         _same(ref, other)
+        if deep and isinstance(ex, ShuffledExecutor) and ex.parallelism > 1:
+            assert ex.split_searches > 0, "the case needs searches of several units"
 
 
 @pytest.mark.parametrize("incremental", [None, True])
@@ -217,6 +229,21 @@ def test_units_tile_each_shard_exactly_once(features: str, shape: tuple[int, int
         assert evals == [_level_points(counts[i], t) for i in inputs], (t, inputs)
     # every level up to the one that closed the last input was run for every still-open input
     assert max(t for t, _, _ in ex.calls) == res.t or res.t == n
+    # a sequential executor searches a shard's open inputs in one unit
+    assert all(units == [WorkUnit(units[0].shard, 0, rows)] for rows, units in ex.searches)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5, 8, 17])
+@pytest.mark.parametrize("parallelism", [1, 2, 3, 8])
+def test_search_units_tile_the_rows(rows: int, parallelism: int) -> None:
+    units = search_units(7, rows, parallelism)
+    assert all(u.shard == 7 and u.r1 > u.r0 for u in units)
+    assert [u.r0 for u in units[1:]] == [u.r1 for u in units[:-1]]
+    assert units[0].r0 == 0 and units[-1].r1 == rows
+    assert len(units) == (1 if parallelism == 1 else min(rows, 2 * parallelism))
+    sizes = [u.r1 - u.r0 for u in units]
+    assert max(sizes) - min(sizes) <= 1  # balanced
+    assert search_units(0, 0, parallelism) == []
 
 
 # -- stopping midway --------------------------------------------------------------------------------

@@ -12,7 +12,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import l0tre
-from l0tre.engine.planning import SHARD_INPUTS, SHARD_POINTS_MAX, estimate_guard, level_evaluations, plan_level
+from l0tre.engine.planning import (
+    PARALLEL_SHARD_INPUTS,
+    SHARD_INPUTS,
+    SHARD_POINTS_MAX,
+    estimate_guard,
+    level_evaluations,
+    plan_level,
+)
 
 from .test_oracle import random_mlp
 
@@ -64,3 +71,19 @@ def test_estimate_guard_names_the_level_and_the_option() -> None:
     estimate_guard(problem, 2, need)  # exactly enough: accepted
     with pytest.raises(ValueError, match=r"max_evaluations: level t=2 needs about"):
         estimate_guard(problem, 2, need - 1)
+
+
+def test_a_parallel_executor_gets_larger_shards_of_cheap_inputs() -> None:
+    """With 2 workers a shard of cheap inputs holds ``PARALLEL_SHARD_INPUTS × 2`` inputs' worth
+    of points (the search after its pass is then balanced over many inputs); units stay exact."""
+    problem = _problem(300)
+    active = torch.arange(300)
+    seq = plan_level(problem, 1, active, 8, started=0.0)
+    par = plan_level(problem, 1, active, 8, started=0.0, parallelism=2)
+    assert sum(par.shards, []) == active.tolist()
+    pts = {i: max(_points(problem, i, 1), 1) for i in range(300)}
+    median = int(torch.tensor(list(pts.values()), dtype=torch.float64).median())
+    target = min(max(16 * 8, PARALLEL_SHARD_INPUTS * 2 * median), SHARD_POINTS_MAX)
+    for shard, following in zip(par.shards, par.shards[1:], strict=False):  # closed before the next input
+        assert sum(pts[i] for i in shard) <= target < sum(pts[i] for i in shard) + pts[following[0]]
+    assert max(map(len, par.shards)) >= 4 * max(map(len, seq.shards))

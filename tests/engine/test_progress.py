@@ -10,17 +10,19 @@ from __future__ import annotations
 import io
 from collections.abc import Generator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 
 import l0tre
 import l0tre.api
 import l0tre.engine
-from l0tre.engine.executor import ShardTask, WorkUnit
-from l0tre.engine.sensitivity import UnitResult
+from l0tre.engine.executor import ShardTask, Task, WorkUnit
 from l0tre.progress import TqdmProgress
 
 from .resume_child import OPTIONS, inputs, model
+
+R = TypeVar("R")
 
 
 class Bar(TqdmProgress):
@@ -52,9 +54,9 @@ class _StopAfter:
     def __init__(self, k: int) -> None:
         self.k, self.count = k, 0
 
-    def map(self, task: ShardTask, units: Sequence[WorkUnit]) -> Generator[tuple[WorkUnit, UnitResult], None, None]:
+    def map(self, task: Task[R], units: Sequence[WorkUnit]) -> Generator[tuple[WorkUnit, R], None, None]:
         for unit in units:
-            if task.ctx.t == 2:
+            if isinstance(task, ShardTask) and task.ctx.t == 2:
                 if self.count == self.k:
                     raise KeyboardInterrupt
                 self.count += 1

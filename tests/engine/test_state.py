@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Generator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import torch
@@ -21,12 +22,14 @@ from hypothesis import strategies as st
 import l0tre
 import l0tre.api
 import l0tre.engine
-from l0tre.engine.executor import ShardTask, WorkUnit
+from l0tre.engine.executor import Task, WorkUnit
 from l0tre.engine.sensitivity import UnitResult
 from l0tre.engine.state import CHECKPOINT_FORMAT, LevelProgress, RunState, load_checkpoint, save_checkpoint
 from l0tre.result import Result
 
 from .test_oracle import random_mlp
+
+R = TypeVar("R")
 
 
 def _units(total: int, step: int) -> list[tuple[int, int]]:
@@ -194,7 +197,7 @@ class _StopAfter:
     def __init__(self, k: int) -> None:
         self.k, self.count = k, 0
 
-    def map(self, task: ShardTask, units: Sequence[WorkUnit]) -> Generator[tuple[WorkUnit, UnitResult], None, None]:
+    def map(self, task: Task[R], units: Sequence[WorkUnit]) -> Generator[tuple[WorkUnit, R], None, None]:
         for unit in reversed(units):
             if self.count == self.k:
                 raise KeyboardInterrupt

@@ -172,7 +172,8 @@ def test_galloping_finds_the_same_prefixes_within_twice_the_first_hit(
     t: int, positions: list[int] | None,
 ) -> None:
     """With ``gallop`` (first call: one prefix per input) the same first adversarial prefixes,
-    and an input costs at most twice the prefixes up to its first hit, whatever the batch size."""
+    and an input costs at most twice the prefixes up to its first hit, whatever the batch size;
+    its count does not depend on the inputs searched with it (each input alone: the same sum)."""
     import l0tre.engine.upper as upper
 
     monkeypatch.setattr(upper, "GALLOP_START", 1)
@@ -187,5 +188,9 @@ def test_galloping_finds_the_same_prefixes_within_twice_the_first_hit(
         assert torch.equal(found, found_all), batch_size
         assert torch.equal(x_adv, x_all), batch_size
         assert sum(tr.to_first for tr in truth) <= evaluations <= cap, batch_size
+        alone = [run(net, x0[i:i + 1], kind, feats[i:i + 1], vals[i:i + 1], present[i:i + 1], batch_size,
+                     positions, gallop=True) for i in range(na)]
+        assert sum(a[2] for a in alone) == evaluations, batch_size
+        assert torch.equal(torch.cat([a[1] for a in alone]), x_all), batch_size
     _, _, plain = run(net, x0, kind, feats, vals, present, na * k, positions)
     assert plain == sum(tr.prefixes for tr in truth) >= cap

@@ -19,7 +19,7 @@ import os
 import pickle
 from collections.abc import Generator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import ray
 import ray.exceptions
@@ -27,11 +27,13 @@ import torch
 from ray import cloudpickle
 
 from ..arith import ieee_float32
-from ..engine.executor import ShardTask, WorkUnit
-from ..engine.sensitivity import UnitResult
+from ..engine.executor import ShardTask, Task, WorkUnit
+from ..engine.search import SearchTask
 from ..execution.incremental import IncrementalPrefix
 from ..validate import Choice, optional_int, positive_float, positive_int
-from .shipping import RunPart, ShardPart, assemble, chain_part, pack, place, run_part, shard_part, unpack
+from .shipping import RunPart, SearchPart, ShardPart, assemble, chain_part, pack, place, run_part, shard_part, unpack
+
+R = TypeVar("R")
 
 __all__ = ["RayExecutor", "WorkerKind"]
 
@@ -61,8 +63,12 @@ class _Unpacked:
         self.parts: dict[str, Any] = {}
 
     def get(self, ref: ray.ObjectRef, attach: RunPart | None = None) -> Any:
+        """The part behind ``ref``, unpacked here once; the least recently used part is dropped
+        (the run and chain parts, used by every call, stay)."""
         key = ref.hex()
-        if key not in self.parts:
+        if key in self.parts:
+            self.parts[key] = self.parts.pop(key)  # most recently used last
+        else:
             obj = unpack(ray.get(ref), self.device)
             if isinstance(obj, RunPart):
                 obj = place(obj, self.device)
@@ -90,10 +96,10 @@ class _Refs:
     shard: ray.ObjectRef
 
 
-def _run_units(cache: _Unpacked, refs: _Refs, units: tuple[WorkUnit, ...], check: bool) -> list[UnitResult]:
+def _run_units(cache: _Unpacked, refs: _Refs, units: tuple[WorkUnit, ...], check: bool) -> list[object]:
     run = cache.get(refs.run)
     chain = None if refs.chain is None else cache.get(refs.chain, attach=run)
-    shard: ShardPart = cache.get(refs.shard)
+    shard: ShardPart | SearchPart = cache.get(refs.shard)
     task = assemble(run, chain, shard)
     if check:
         task = dataclasses.replace(task, on_batch=_cancel_check)
@@ -116,12 +122,12 @@ class _Worker:
     def pid(self) -> int:
         return os.getpid()
 
-    def run(self, refs: _Refs, units: tuple[WorkUnit, ...]) -> list[UnitResult]:
+    def run(self, refs: _Refs, units: tuple[WorkUnit, ...]) -> list[object]:
         return _run_units(self.cache, refs, units, check=True)
 
 
 @ray.remote
-def _task(refs: _Refs, units: tuple[WorkUnit, ...], gpus: float, threads: int) -> list[UnitResult]:
+def _task(refs: _Refs, units: tuple[WorkUnit, ...], gpus: float, threads: int) -> list[object]:
     """Units as a stateless task (unpacks every part it needs)."""
     torch.set_num_threads(threads)
     return _run_units(_Unpacked(_device(gpus)), refs, units, check=False)
@@ -228,8 +234,12 @@ class RayExecutor:
         self.close()
 
     # -- the executor interface --------------------------------------------------------------
-    def map(self, task: ShardTask, units: Sequence[WorkUnit]) -> Generator[tuple[WorkUnit, UnitResult], None, None]:
-        """Yield ``(unit, result)`` for every unit as results arrive; closing cancels the rest."""
+    def map(self, task: Task[R], units: Sequence[WorkUnit]) -> Generator[tuple[WorkUnit, R], None, None]:
+        """Yield ``(unit, result)`` for every unit as results arrive; closing cancels the rest.
+        ``task``: a shard's pass (:class:`~l0tre.engine.executor.ShardTask`) or its search
+        (:class:`~l0tre.engine.search.SearchTask`)."""
+        if not isinstance(task, (ShardTask, SearchTask)):
+            raise TypeError(f"task: RayExecutor runs ShardTask and SearchTask work, got {type(task).__name__}")
         self.start()
         refs = self._refs(task)
         workers = len(self._actors) or int(self.num_workers or 1)
@@ -259,7 +269,7 @@ class RayExecutor:
                     yielded.add(key)
                     if task.on_batch is not None:
                         task.on_batch(int(result.evaluations.sum()))
-                    yield unit, result
+                    yield unit, cast(R, result)
         finally:
             for ref in running:
                 with contextlib.suppress(Exception):
@@ -279,10 +289,10 @@ class RayExecutor:
                                                                      self._threads())
         running[ref] = (call, slot, attempt)
 
-    def _result(self, ref: ray.ObjectRef, call: tuple[WorkUnit, ...], attempt: int) -> list[UnitResult] | None:
+    def _result(self, ref: ray.ObjectRef, call: tuple[WorkUnit, ...], attempt: int) -> list[Any] | None:
         """The results of a call's units; ``None`` when its worker was lost and it may run again."""
         try:
-            results: list[UnitResult] = ray.get(ref)
+            results: list[Any] = ray.get(ref)
             return results
         except _LOST as exc:
             if attempt >= self.max_retries:
@@ -291,7 +301,7 @@ class RayExecutor:
         except ray.exceptions.RayTaskError as exc:
             raise exc.as_instanceof_cause() from None
 
-    def _refs(self, task: ShardTask) -> _Refs:
+    def _refs(self, task: ShardTask | SearchTask) -> _Refs:
         """Object refs of the run part (once per model and objective), the chain (once per
         chain) and the shard part (once per call); stale shard parts are dropped."""
         run = self._put(("run", id(task.model), id(task.objective)), (task.model, task.objective),

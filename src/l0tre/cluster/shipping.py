@@ -7,7 +7,9 @@ each packed once and put in the object store once:
 * the incremental chain of a level (:class:`~l0tre.execution.incremental.IncrementalPrefix`),
   packed without its model: once per chain (at most one per level);
 * :class:`ShardPart` — the shard's inputs, references, valid colours, level context and pair
-  tables: once per shard (each of its units only names the part and its rank range).
+  tables: once per shard (each of its units only names the part and its rank range);
+* :class:`SearchPart` — a shard's search for examples (:mod:`l0tre.engine.search`): its open
+  inputs, their ordered subsets and values: once per shard (units name ranges of its rows).
 
 Parts are written with ``torch.save`` through a by-value pickler (models defined in a script or
 a notebook travel too) and read with ``torch.load(map_location=device)``, so the driver may hold
@@ -31,12 +33,15 @@ import torch
 
 from ..classifier import Classifier
 from ..engine.executor import ShardTask
+from ..engine.features import FeatureSpace
+from ..engine.search import SearchTask
 from ..engine.sensitivity import LevelContext
 from ..execution.incremental import IncrementalPrefix
 from ..execution.pairs import PairRecipe, PairTable
 from ..objectives import Objective
 
-__all__ = ["RunPart", "ShardPart", "assemble", "chain_part", "pack", "place", "run_part", "shard_part", "unpack"]
+__all__ = ["RunPart", "SearchPart", "ShardPart", "assemble", "chain_part", "pack", "place", "run_part", "shard_part",
+           "unpack"]
 
 
 @dataclass(frozen=True)
@@ -64,7 +69,21 @@ class ShardPart:
     pair_recipe: PairRecipe | None = None  # the worker builds the tables (pickled without them)
 
 
-def run_part(task: ShardTask) -> RunPart:
+@dataclass(frozen=True)
+class SearchPart:
+    """The per-shard fields of a :class:`~l0tre.engine.search.SearchTask` (tensors: see there)."""
+
+    space: FeatureSpace
+    x0: torch.Tensor
+    ref: torch.Tensor
+    feats: torch.Tensor
+    vals: torch.Tensor
+    present: torch.Tensor
+    batch_size: int
+    tighten_rows: int
+
+
+def run_part(task: ShardTask | SearchTask) -> RunPart:
     """The run-wide part of ``task``: a shallow copy of its model with the eager forward."""
     model = copy.copy(task.model)
     compiled = model.mode.startswith("compile")
@@ -86,15 +105,18 @@ def _no_model(x: torch.Tensor) -> torch.Tensor:
     raise RuntimeError("the TorchScript model was not attached on the worker")
 
 
-def chain_part(task: ShardTask) -> IncrementalPrefix | None:
+def chain_part(task: ShardTask | SearchTask) -> IncrementalPrefix | None:
     """The level's incremental chain without its model (the worker attaches its own copy)."""
     if task.incremental is None:
         return None
     return dataclasses.replace(task.incremental, model=None)  # type: ignore[arg-type]
 
 
-def shard_part(task: ShardTask) -> ShardPart:
+def shard_part(task: ShardTask | SearchTask) -> ShardPart | SearchPart:
     """The per-shard part of ``task``."""
+    if isinstance(task, SearchTask):
+        return SearchPart(space=task.space, x0=task.x0, ref=task.ref, feats=task.feats, vals=task.vals,
+                          present=task.present, batch_size=task.batch_size, tighten_rows=task.tighten_rows)
     return ShardPart(x0=task.x0, ref=task.ref, valid=task.valid, inputs=task.inputs, ctx=task.ctx,
                      batch_size=task.batch_size, k=task.k, pairs=tuple(task.pairs), pair_recipe=task.pair_recipe)
 
@@ -129,11 +151,16 @@ def place(part: RunPart, device: torch.device) -> RunPart:
     return part
 
 
-def assemble(run: RunPart, chain: IncrementalPrefix | None, shard: ShardPart) -> ShardTask:
-    """The :class:`ShardTask` of ``run``, ``chain`` (its model attached) and ``shard``, without a
-    progress callback (the driver counts a unit's evaluations when its result arrives)."""
+def assemble(run: RunPart, chain: IncrementalPrefix | None,
+             shard: ShardPart | SearchPart) -> ShardTask | SearchTask:
+    """The task of ``run``, ``chain`` (its model attached) and ``shard``, without a progress
+    callback (the driver counts a unit's evaluations when its result arrives)."""
     if chain is not None and chain.model is not run.model:
         chain = dataclasses.replace(chain, model=run.model)
+    if isinstance(shard, SearchPart):
+        return SearchTask(model=run.model, objective=run.objective, space=shard.space, x0=shard.x0, ref=shard.ref,
+                          feats=shard.feats, vals=shard.vals, present=shard.present, batch_size=shard.batch_size,
+                          tighten_rows=shard.tighten_rows, incremental=chain)
     return ShardTask(model=run.model, objective=run.objective, x0=shard.x0, ref=shard.ref, valid=shard.valid,
                      inputs=shard.inputs, ctx=shard.ctx, batch_size=shard.batch_size, k=shard.k,
                      incremental=chain, pairs=shard.pairs, on_batch=None, pair_recipe=shard.pair_recipe)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 
@@ -22,7 +22,10 @@ from ..execution.pairs import PairRecipe, PairTable
 from ..objectives import Objective
 from .sensitivity import LevelContext, UnitResult, evaluate_unit
 
-__all__ = ["Executor", "InProcessExecutor", "ShardTask", "WorkUnit", "executor_parallelism"]
+__all__ = ["Executor", "InProcessExecutor", "ShardTask", "Task", "WorkUnit", "executor_parallelism"]
+
+R = TypeVar("R")
+R_co = TypeVar("R_co", covariant=True)
 
 
 @dataclass(frozen=True)
@@ -70,10 +73,20 @@ class ShardTask:
         )
 
 
+class Task(Protocol[R_co]):
+    """Work split into units: a shard's pass (:class:`ShardTask`, units of subset ranks) or its
+    search for examples (:class:`~.search.SearchTask`, units of its rows)."""
+
+    @property
+    def on_batch(self) -> Callable[[int], None] | None: ...
+
+    def run(self, unit: WorkUnit) -> R_co: ...
+
+
 class Executor(Protocol):
     """Runs work units; results may come back in any order."""
 
-    def map(self, task: ShardTask, units: Sequence[WorkUnit]) -> Iterator[tuple[WorkUnit, UnitResult]]:
+    def map(self, task: Task[R], units: Sequence[WorkUnit]) -> Iterator[tuple[WorkUnit, R]]:
         """Yield ``(unit, result)`` for every unit of ``units``, each exactly once, in any order.
         When the iterator is a generator, the loop closes it when it stops early (time budget,
         Ctrl-C): a generator's ``finally`` is where outstanding units are cancelled."""
@@ -92,6 +105,6 @@ def executor_parallelism(executor: object) -> int:
 class InProcessExecutor:
     """Runs units in this process, in the order given, lazily (closing stops the work)."""
 
-    def map(self, task: ShardTask, units: Sequence[WorkUnit]) -> Generator[tuple[WorkUnit, UnitResult], None, None]:
+    def map(self, task: Task[R], units: Sequence[WorkUnit]) -> Generator[tuple[WorkUnit, R], None, None]:
         for unit in units:
             yield unit, task.run(unit)

@@ -230,7 +230,8 @@ class Engine:
             record_sensitivity(self.problem, self.result, inputs, acc)
         chain = self.plan.chain_for(1, self.problem.x0)
         spent = finish_shard(self.problem, self.result, self.state.blocked, t, inputs, acc,
-                             batch_size=self.plan.batch_size, tighten_rows=self.plan.rows(chain), chain=chain)
+                             batch_size=self.plan.batch_size, tighten_rows=self.plan.rows(chain), chain=chain,
+                             executor=self.executor, shard=lvl.shard)
         self._spend(lvl, spent, extra=True)
         certify_inputs(self.certifier, self.problem, self.result, t, inputs)
 

@@ -14,13 +14,17 @@ from .problem import Problem
 from .state import LevelProgress
 from .subspaces import count_points, n_subsets
 
-__all__ = ["SHARD_INPUTS", "SHARD_POINTS_MAX", "UNITS_PER_WORKER", "estimate_guard", "level_evaluations", "plan_level"]
+__all__ = ["PARALLEL_SHARD_INPUTS", "SHARD_INPUTS", "SHARD_POINTS_MAX", "UNITS_PER_WORKER", "estimate_guard",
+           "level_evaluations", "plan_level"]
 
 SHARD_INPUTS = 4  # measured: 8 gives the same speed with half as many snapshots
 SHARD_POINTS_MAX = 1 << 16  # points per shard beyond which a shard is not grown for batching, unless
 # 16 model calls hold more (large calls on a GPU): then shards grow to 16 calls, so that the
 # upper-bound search and tightening batch over many inputs per call
 UNITS_PER_WORKER = 4  # with a parallel executor, a shard has at least this many units per worker
+PARALLEL_SHARD_INPUTS = 32  # with a parallel executor, cheap inputs per shard per worker: the search
+# after a shard's pass runs on the workers too, and is balanced only over many inputs (one input's
+# tightening can cost as much as the rest of its shard); measured in docs/benchmarks.md E10
 
 
 def level_evaluations(problem: Problem, t: int, inputs: torch.Tensor | None = None) -> int:
@@ -33,13 +37,15 @@ def plan_level(problem: Problem, t: int, active: torch.Tensor, batch_size: int, 
                parallelism: int = 1) -> LevelProgress:
     """Shards and unit sizes for level ``t`` over the inputs ``active`` ``(M,)``.
 
-    A shard closes at ``target`` points, but holds ``SHARD_INPUTS`` inputs where they are cheap;
+    A shard closes at ``target`` points, but holds ``SHARD_INPUTS`` inputs where they are cheap
+    (``PARALLEL_SHARD_INPUTS × parallelism`` with a parallel executor, up to ``SHARD_POINTS_MAX``);
     a unit holds about ``16 × batch_size`` candidate rows, and is smaller where that leaves fewer
     than ``UNITS_PER_WORKER × parallelism`` units in a shard (an executor running units at the same
     time: see :func:`~.executor.executor_parallelism`). Unit sizes never change a result.
     """
     per_input = count_points(problem.valid_counts[active], t).clamp_min(1)
-    target = max(16 * batch_size, SHARD_INPUTS * int(per_input.float().median()))
+    per_shard = SHARD_INPUTS if parallelism <= 1 else PARALLEL_SHARD_INPUTS * parallelism
+    target = max(16 * batch_size, per_shard * int(per_input.float().median()))
     target = min(target, max(SHARD_POINTS_MAX, 16 * batch_size))  # large calls (GPU): larger shards
     shards: list[list[int]] = []
     cur: list[int] = []

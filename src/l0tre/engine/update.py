@@ -15,11 +15,11 @@ import torch
 from ..execution.incremental import IncrementalPrefix
 from ..result import Result
 from .certified import Certifier
+from .executor import Executor, InProcessExecutor, executor_parallelism
 from .problem import Problem
+from .search import SearchTask, search_units
 from .sensitivity import UnitResult
 from .subspaces import unrank
-from .tighten import tighten
-from .upper import accumulate
 
 __all__ = ["accept", "certify_inputs", "finish_shard", "record_sensitivity"]
 
@@ -74,13 +74,15 @@ def _witnesses(problem: Problem, result: Result, blocked: torch.Tensor, t: int, 
 
 def finish_shard(problem: Problem, result: Result, blocked: torch.Tensor, t: int, inputs: torch.Tensor,
                  acc: UnitResult, *, batch_size: int, tighten_rows: int,
-                 chain: IncrementalPrefix | None = None) -> int:
+                 chain: IncrementalPrefix | None = None, executor: Executor | None = None, shard: int = 0) -> int:
     """Lower bounds, upper bounds and tightening for a shard whose level-``t`` pass is complete.
 
     Args:
         inputs: ``(Na,)`` global indices; acc: their merged unit results.
         batch_size: rows per plain model call; tighten_rows: rows per call when tightening
             through ``chain`` (an :class:`~l0tre.execution.incremental.IncrementalPrefix`).
+        executor: runs the search of the open inputs (:mod:`.search`; default: here);
+            shard: the shard's index, named in its search units.
 
     Returns:
         the model evaluations spent (upper-bound search, tightening, re-checks).
@@ -94,23 +96,30 @@ def finish_shard(problem: Problem, result: Result, blocked: torch.Tensor, t: int
         return spent
     rows = open_mask.nonzero().squeeze(1)
     oi = inputs[rows]
+    task = _search_task(problem, t, oi, acc, rows, batch_size, tighten_rows, chain)
+    run = executor if executor is not None else InProcessExecutor()
+    done = sorted(((u.r0, r) for u, r in run.map(task, search_units(shard, task.rows, executor_parallelism(run)))),
+                  key=lambda item: item[0])
+    found = torch.cat([r.found.cpu() for _, r in done])
+    spent += sum(int(r.evaluations.sum()) for _, r in done)
+    if bool(found.any()):
+        x = torch.cat([r.x.to(problem.x0.device) for _, r in done])
+        spent += accept(problem, result, oi[found], x[found.to(x.device)], batch_size)
+    return spent
+
+
+def _search_task(problem: Problem, t: int, oi: torch.Tensor, acc: UnitResult, rows: torch.Tensor,
+                 batch_size: int, tighten_rows: int, chain: IncrementalPrefix | None) -> SearchTask:
+    """The search of inputs ``oi`` ``(A,)``: their subsets ``acc.rank[rows]`` in order, with values."""
     dev = problem.x0.device
     rank = acc.rank[rows]
     present = rank >= 0
     feats = unrank(rank.clamp_min(0).reshape(-1), problem.n, t, problem.table(t)).view(*rank.shape, t)
     vals = problem.context(t).values(acc.point[rows].clamp_min(0).reshape(-1).to(dev)).view(*rank.shape, t, -1)
-    x0 = problem.x0[oi.to(dev)]
-    ref = problem.ref[oi.to(dev)]
-    found, x_adv, ev = accumulate(problem.model, problem.objective, problem.space, x0, ref, feats.to(dev), vals,
-                                  present.to(dev), batch_size=batch_size, gallop=True)
-    spent += ev
-    if bool(found.any()):
-        fi = found.nonzero().squeeze(1)
-        x_t, ev2 = tighten(problem.model, problem.objective, problem.space, x0[fi], ref[fi], x_adv[fi],
-                           batch_size=tighten_rows, incremental=chain)
-        spent += ev2
-        spent += accept(problem, result, oi[fi.cpu()], x_t, batch_size)
-    return spent
+    return SearchTask(model=problem.model, objective=problem.objective, space=problem.space,
+                      x0=problem.x0[oi.to(dev)], ref=problem.ref[oi.to(dev)], feats=feats.to(dev), vals=vals,
+                      present=present.to(dev), batch_size=batch_size, tighten_rows=tighten_rows,
+                      incremental=chain)
 
 
 def record_sensitivity(problem: Problem, result: Result, inputs: torch.Tensor, acc: UnitResult) -> None:

@@ -35,11 +35,13 @@ def accumulate(
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Find the first adversarial prefix per input.
 
-    Prefixes are evaluated in order, ``batch_size`` per call shared by the inputs still
-    searching; with ``gallop`` an input evaluates at most as many new prefixes per call as it has
-    evaluated so far (at least ``GALLOP_START``), so an input whose first adversarial prefix is
-    the ``m``-th costs at most ``max(GALLOP_START, 2m)`` evaluations, even when it is the last
-    one searching (the result is the same: only how far past the first hit is evaluated changes).
+    Prefixes are evaluated in order. Without ``gallop``, ``batch_size`` per call are shared by the
+    inputs still searching. With ``gallop`` each input evaluates as many new prefixes per round as
+    it has evaluated so far (at least ``GALLOP_START``, at most ``batch_size``), in model calls of
+    ``batch_size`` rows: an input whose first adversarial prefix is the ``m``-th costs at most
+    ``max(GALLOP_START, 2m)`` evaluations, and its count does not depend on which other inputs
+    are searched with it (so neither on shards nor on work units). Either way the result is the
+    same: only how far past the first hit is evaluated changes.
 
     Args:
         x0: ``(Na, C, H, W)`` originals (model device).
@@ -83,22 +85,22 @@ def accumulate(
         idx = active.nonzero().squeeze(1)
         if idx.numel() == 0:
             break
-        chunk = max(1, batch_size // idx.numel())
-        own = torch.full_like(idx, chunk)
-        if gallop:
-            own = own.clamp_max(cursor[idx].clamp_min(GALLOP_START))
-        steps = torch.arange(chunk, device=dev)
-        col = cursor[idx].unsqueeze(1) + steps  # (A, chunk)
+        if gallop:  # each input's own schedule, whatever else is searching
+            own = cursor[idx].clamp(GALLOP_START, max(batch_size, 1))
+        else:
+            own = torch.full_like(idx, max(1, batch_size // idx.numel()))
+        steps = torch.arange(int(own.max()), device=dev)
+        col = cursor[idx].unsqueeze(1) + steps  # (A, width)
         ok = (col < counts[idx].unsqueeze(1)) & (steps < own.unsqueeze(1))
         rows_a = idx.unsqueeze(1).expand_as(col)[ok]
         rows_l = levels[rows_a, col[ok]]
-        mask = first_k[rows_a] <= rows_l.unsqueeze(1)  # (R, n)
-        v = torch.where(mask.unsqueeze(2), value[rows_a], orig[rows_a])
-        xb = space.images(v, base=x0[rows_a])
-        ov = objective.evaluate(model, xb, ref[rows_a])
-        evaluations += int(xb.shape[0])
-        succ = ov.success.to(dev)
-        # first success per input in this chunk (rows are ordered by input then level)
+        succ = torch.cat([
+            objective.evaluate(model, _prefixes(space, x0, value, orig, first_k, rows_a[r0:r0 + batch_size],
+                                                rows_l[r0:r0 + batch_size]), ref[rows_a[r0:r0 + batch_size]]
+                               ).success.to(dev)
+            for r0 in range(0, rows_a.shape[0], max(batch_size, 1))])
+        evaluations += int(rows_a.shape[0])
+        # first success per input in this call (rows are ordered by input then level)
         row_pos = torch.arange(rows_a.shape[0], device=dev)
         first_row = torch.full((na,), _BIG, dtype=torch.int64, device=dev).scatter_reduce(
             0, rows_a[succ], row_pos[succ], "amin"
@@ -106,7 +108,16 @@ def accumulate(
         hit = first_row < _BIG
         if bool(hit.any()):
             h = hit.nonzero().squeeze(1)
-            x_adv[h] = xb[first_row[h]].to(x_adv.dtype)
+            x_adv[h] = _prefixes(space, x0, value, orig, first_k, h, rows_l[first_row[h]]).to(x_adv.dtype)
             found |= hit
         cursor[idx] += own
     return found, x_adv, evaluations
+
+
+def _prefixes(space: FeatureSpace, x0: torch.Tensor, value: torch.Tensor, orig: torch.Tensor,
+              first_k: torch.Tensor, rows_a: torch.Tensor, rows_l: torch.Tensor) -> torch.Tensor:
+    """Images ``(R, C, H, W)`` of prefixes: input ``rows_a[r]`` with every feature whose first
+    subset is at most ``rows_l[r]`` set to its value ``value`` ``(Na, n, Cf)``."""
+    mask = first_k[rows_a] <= rows_l.unsqueeze(1)  # (R, n)
+    v = torch.where(mask.unsqueeze(2), value[rows_a], orig[rows_a])
+    return space.images(v, base=x0[rows_a])

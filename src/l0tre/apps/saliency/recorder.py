@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Generator, Sequence
+from typing import TypeVar, cast
 
 import torch
 
-from ...engine.executor import Executor, InProcessExecutor, ShardTask, WorkUnit
+from ...engine.executor import Executor, InProcessExecutor, ShardTask, Task, WorkUnit, executor_parallelism
 from ...engine.sensitivity import UnitResult
+
+R = TypeVar("R")
 
 __all__ = ["Level1Table", "RecordingExecutor"]
 
@@ -55,16 +58,21 @@ class RecordingExecutor:
         """The recorded table (copies)."""
         return Level1Table(self.score.clone(), self.confidence.clone(), self.point.clone())
 
-    def map(self, task: ShardTask, units: Sequence[WorkUnit]) -> Generator[tuple[WorkUnit, UnitResult], None, None]:
+    @property
+    def parallelism(self) -> int:
+        """That of ``inner`` (the planner cuts work for it)."""
+        return executor_parallelism(self.inner)
+
+    def map(self, task: Task[R], units: Sequence[WorkUnit]) -> Generator[tuple[WorkUnit, R], None, None]:
         """Run ``units``; at level 1 each keeps all its subsets, recorded before the engine gets
-        its ``task.k`` first ones."""
-        if task.ctx.t != 1:
+        its ``task.k`` first ones (other work runs unchanged)."""
+        if not isinstance(task, ShardTask) or task.ctx.t != 1:
             yield from self.inner.map(task, units)
             return
         wide = dataclasses.replace(task, k=max(task.k, self.n))
         for unit, res in self.inner.map(wide, units):
             self._record(res)
-            yield unit, _prefix(res, task.k)
+            yield unit, cast(R, _prefix(cast(UnitResult, res), task.k))
 
     def _record(self, res: UnitResult) -> None:
         kept = res.rank >= 0  # at t = 1 a subset's colex rank is its feature index
