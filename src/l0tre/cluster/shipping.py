@@ -33,7 +33,6 @@ import torch
 
 from ..classifier import Classifier
 from ..engine.executor import ShardTask
-from ..engine.features import FeatureSpace
 from ..engine.search import SearchTask
 from ..engine.sensitivity import LevelContext
 from ..execution.incremental import IncrementalPrefix
@@ -71,16 +70,13 @@ class ShardPart:
 
 @dataclass(frozen=True)
 class SearchPart:
-    """The per-shard fields of a :class:`~l0tre.engine.search.SearchTask` (tensors: see there)."""
+    """The per-shard fields of a :class:`~l0tre.engine.search.SearchTask` by name (all but the
+    model, objective, chain and progress callback, which travel apart or not at all)."""
 
-    space: FeatureSpace
-    x0: torch.Tensor
-    ref: torch.Tensor
-    feats: torch.Tensor
-    vals: torch.Tensor
-    present: torch.Tensor
-    batch_size: int
-    tighten_rows: int
+    fields: dict[str, Any]
+
+
+_SEARCH_APART = ("model", "objective", "incremental", "on_batch")
 
 
 def run_part(task: ShardTask | SearchTask) -> RunPart:
@@ -115,8 +111,8 @@ def chain_part(task: ShardTask | SearchTask) -> IncrementalPrefix | None:
 def shard_part(task: ShardTask | SearchTask) -> ShardPart | SearchPart:
     """The per-shard part of ``task``."""
     if isinstance(task, SearchTask):
-        return SearchPart(space=task.space, x0=task.x0, ref=task.ref, feats=task.feats, vals=task.vals,
-                          present=task.present, batch_size=task.batch_size, tighten_rows=task.tighten_rows)
+        return SearchPart({f.name: getattr(task, f.name) for f in dataclasses.fields(task)
+                           if f.name not in _SEARCH_APART})
     return ShardPart(x0=task.x0, ref=task.ref, valid=task.valid, inputs=task.inputs, ctx=task.ctx,
                      batch_size=task.batch_size, k=task.k, pairs=tuple(task.pairs), pair_recipe=task.pair_recipe)
 
@@ -158,9 +154,7 @@ def assemble(run: RunPart, chain: IncrementalPrefix | None,
     if chain is not None and chain.model is not run.model:
         chain = dataclasses.replace(chain, model=run.model)
     if isinstance(shard, SearchPart):
-        return SearchTask(model=run.model, objective=run.objective, space=shard.space, x0=shard.x0, ref=shard.ref,
-                          feats=shard.feats, vals=shard.vals, present=shard.present, batch_size=shard.batch_size,
-                          tighten_rows=shard.tighten_rows, incremental=chain)
+        return SearchTask(model=run.model, objective=run.objective, incremental=chain, **shard.fields)
     return ShardTask(model=run.model, objective=run.objective, x0=shard.x0, ref=shard.ref, valid=shard.valid,
                      inputs=shard.inputs, ctx=shard.ctx, batch_size=shard.batch_size, k=shard.k,
                      incremental=chain, pairs=shard.pairs, on_batch=None, pair_recipe=shard.pair_recipe)
