@@ -47,9 +47,11 @@ def tighten(
     x = x_adv.clone()
     evaluations = 0
     dev = x0.device
+    orig = space.values(x0)  # (Na, n, Cf)
     active = torch.ones(x0.shape[0], dtype=torch.bool, device=dev)
     while bool(active.any()):
-        cand, score, success = _single_reverts(model, objective, space, x0, ref, x, active, batch_size, incremental)
+        cand, score, success = _single_reverts(model, objective, space, x0, orig, ref, x, active, batch_size,
+                                               incremental)
         evaluations += int(cand.shape[0])
         score = torch.where(success, score, torch.full_like(score, float("inf")))
         best_score = torch.full((x0.shape[0],), float("inf"), dtype=score.dtype, device=dev).scatter_reduce(
@@ -62,16 +64,20 @@ def tighten(
         if not bool(hit.any()):
             break
         h = hit.nonzero().squeeze(1)
-        _revert(space, x, x0, h, cand[best_row[h], 1].unsqueeze(1))
+        f = cand[best_row[h], 1]
+        xh = x[h].clone()
+        space.scatter(xh, f.unsqueeze(1), orig[h, f].unsqueeze(1))
+        x[h] = xh
         active = hit
     return x, evaluations
 
 
 def _single_reverts(
-    model: Classifier, objective: Objective, space: FeatureSpace, x0: torch.Tensor, ref: torch.Tensor,
-    x: torch.Tensor, active: torch.Tensor, batch_size: int, incremental: IncrementalPrefix | None,
+    model: Classifier, objective: Objective, space: FeatureSpace, x0: torch.Tensor, orig: torch.Tensor,
+    ref: torch.Tensor, x: torch.Tensor, active: torch.Tensor, batch_size: int, incremental: IncrementalPrefix | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Every single revert of the examples ``x`` of ``active`` inputs (one evaluation each):
+    """Every single revert (to ``orig`` ``(Na, n, Cf)``, the values of ``x0``) of the examples ``x``
+    of ``active`` inputs (one evaluation each):
     candidates ``(M, 2)`` (input, feature; row-major), their scores ``(M,)`` and whether each
     keeps the example adversarial ``(M,)``."""
     dev = x0.device
@@ -81,7 +87,6 @@ def _single_reverts(
     success = torch.zeros(cand.shape[0], dtype=torch.bool, device=dev)
     if cand.shape[0] == 0:
         return cand, score, success
-    orig = space.values(x0)
     fast = from_outputs_capability(objective) if incremental is not None else None
     if fast is not None and incremental is not None:
         rows_of = cand[:, 0].unique()  # images whose reverts are evaluated this round
@@ -103,12 +108,3 @@ def _single_reverts(
         success[b0 : b0 + a.shape[0]] = ov.success.to(dev)
     return cand, score, success
 
-
-def _revert(space: FeatureSpace, x: torch.Tensor, x0: torch.Tensor, rows: torch.Tensor, feats: torch.Tensor) -> None:
-    """Revert features ``feats`` ``(R, F)`` of the examples ``x[rows]`` to their values in
-    ``x0[rows]``, in place."""
-    xr = x[rows].clone()
-    orig = space.values(x0[rows])
-    vals = orig.gather(1, feats.unsqueeze(2).expand(-1, -1, orig.shape[2]))
-    space.scatter(xr, feats, vals)
-    x[rows] = xr
