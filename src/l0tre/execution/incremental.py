@@ -223,6 +223,9 @@ class IncrementalPrefix:
             channel = None if channel is None else channel.unsqueeze(1)
         n_rows = a.shape[0]
         step = self.chunk if self.chunk > 0 else max(1, n_rows)
+        cap = self.max_chunk(caches)
+        if cap > 0:
+            step = min(step, cap)
         parts = []
         for i in range(0, n_rows, step):
             j = min(i + step, n_rows)
@@ -239,8 +242,29 @@ class IncrementalPrefix:
         self, caches: IncrementalCaches, a: torch.Tensor, pixel: torch.Tensor,
         values: torch.Tensor, channel: torch.Tensor | None,
     ) -> torch.Tensor:
+        wins = self.windows_through(caches, a, self._input_windows(caches, a, pixel, values, channel),
+                                    len(self.modules))
+        if caches.head is not None:
+            result = _through_head(caches.head, a, wins, caches.rest_size)
+            if result is not None:
+                return result
+        out = caches.rest.index_select(0, a)  # (B, H·W + 1, C)
+        hr, wr = caches.rest_size
+        for w in wins:
+            paste_clipped(out, w, (hr, wr))
+        result = self.rest(out[:, : hr * wr].view(a.shape[0], hr, wr, -1).permute(0, 3, 1, 2))
+        if not isinstance(result, torch.Tensor) or result.dim() != 2:
+            raise ValueError("model output: expected shape (N, classes) from the incremental path")
+        return result
+
+    def _input_windows(
+        self, caches: IncrementalCaches, a: torch.Tensor, pixel: torch.Tensor,
+        values: torch.Tensor, channel: torch.Tensor | None,
+    ) -> list[Window]:
+        """One-pixel windows ``(B, C, 1, 1)`` of normalised values, one per changed pixel
+        (``pixel`` ``(B, t)``, ``values`` ``(B, t, Cf)``, ``channel`` as in :meth:`outputs`)."""
         b, t = pixel.shape
-        w_img = self.spatial[0].map_in[1]
+        w_img = self.image_width
         new = self._normalise_values(values, channel)  # (B, t, Cf)
         if self.shift is not None:
             new = new - (self.shift[:, pixel].permute(1, 2, 0) if channel is None
@@ -255,19 +279,21 @@ class IncrementalPrefix:
                     hit = (pixel[:, k] == pixel[:, j]).nonzero().squeeze(1)
                     v[hit, channel[hit, k]] = new[hit, k, 0]
             wins.append(Window(v.reshape(b, -1, 1, 1), pixel[:, j] // w_img, pixel[:, j] % w_img))
-        wins = self.windows_through(caches, a, wins, len(self.modules))
-        if caches.head is not None:
-            result = _through_head(caches.head, a, wins, caches.rest_size)
-            if result is not None:
-                return result
-        out = caches.rest.index_select(0, a)  # (B, H·W + 1, C)
-        hr, wr = caches.rest_size
-        for w in wins:
-            paste_clipped(out, w, (hr, wr))
-        result = self.rest(out[:, : hr * wr].view(b, hr, wr, -1).permute(0, 3, 1, 2))
-        if not isinstance(result, torch.Tensor) or result.dim() != 2:
-            raise ValueError("model output: expected shape (N, classes) from the incremental path")
-        return result
+        return wins
+
+    def max_chunk(self, caches: IncrementalCaches) -> int:
+        """The most rows per call inside :meth:`outputs` (0: no limit beyond :attr:`chunk`)."""
+        return 0
+
+    @property
+    def image_width(self) -> int:
+        """Width of the input images."""
+        return self.spatial[0].map_in[1]
+
+    @property
+    def supports_pairs(self) -> bool:
+        """Whether the level-2 pair tables (:mod:`.pairs`) can be built on this chain."""
+        return True
 
     def windows_through(
         self, caches: IncrementalCaches, a: torch.Tensor, wins: list[Window], stop: int, start: int = 0,
@@ -288,7 +314,7 @@ class IncrementalPrefix:
 
     def pixel_windows(self, pixel: torch.Tensor, values: torch.Tensor) -> list[Window]:
         """One-pixel input windows for ``pixel`` ``(B,)`` with pixel-space ``values`` ``(B, C)``."""
-        w_img = self.spatial[0].map_in[1]
+        w_img = self.image_width
         v = self._normalise_values(values, None)
         if self.shift is not None:
             v = v - self.shift[:, pixel].t()
@@ -367,4 +393,4 @@ class IncrementalPrefix:
         std = torch.tensor(pre.std, dtype=v.dtype, device=v.device)
         if channel is None:
             return (v - mean) / std
-        return (v - mean[channel].unsqueeze(1)) / std[channel].unsqueeze(1)
+        return (v - mean[channel].unsqueeze(-1)) / std[channel].unsqueeze(-1)

@@ -161,7 +161,7 @@ def incremental_pays(model: Classifier, inc: IncrementalPrefix, x0: torch.Tensor
     """Whether the incremental path is at least 10 % faster than the full forward pass on
     ``rows`` perturbations of ``t`` pixels of ``x0`` ``(N, C, H, W)``; on success it also sets
     ``inc.chunk`` to the fastest of a few sub-batch sizes. Cached in ``model.tuned`` and on disk."""
-    key = ("incremental", tuple(x0.shape[1:]), model.mode, rows, inc.depth, t)
+    key = ("incremental", type(inc).__name__, tuple(x0.shape[1:]), model.mode, rows, inc.depth, t)
     disk = tuning_cache.context_key(model, *key)
     stored = tuning_cache.lookup(disk) if key not in model.tuned else None
     if isinstance(stored, list) and len(stored) == 2 and isinstance(stored[0], bool):

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from ..classifier import Classifier
+from .graph_chain import build_chain
 from .incremental import IncrementalPrefix
 from .memory import memory_rows
 from .modes import TUNING_SHARE, incremental_pays
@@ -62,7 +63,7 @@ class ExecutionPlan:
         self._tuner = tuner
         self.work_rows = work_rows
         self.inc_batch = self._inc_rows()
-        self.incremental = IncrementalPrefix.build(model, shape) if incremental else None
+        self.incremental = build_chain(model, shape) if incremental else None
         self.use_pairs = True  # level 2 from the level-1 table where pixel windows never meet
         self._chains: dict[int, IncrementalPrefix | None] = {1: self.incremental}  # per level t
         self._pays: dict[int, tuple[bool, int]] = {}  # t -> (pays, chunk), measured once per level
@@ -99,7 +100,7 @@ class ExecutionPlan:
         if self.incremental is None or t > MAX_INCREMENTAL_T:
             return None
         if t not in self._chains:  # t windows per row: a shallower chain may pay more
-            self._chains[t] = IncrementalPrefix.build(self.model, self.shape, windows=t)
+            self._chains[t] = build_chain(self.model, self.shape, windows=t)
         inc = self._chains[t]
         if inc is None:
             return None
@@ -126,6 +127,7 @@ class ExecutionPlan:
     def pair_recipe(self, t: int, chain: IncrementalPrefix | None, palette: torch.Tensor) -> PairRecipe | None:
         """How to build the level-2 pair tables of a shard (:class:`~.pairs.PairRecipe`: where its
         units run, once) when a chain is in use at t = 2 and features are pixels; else ``None``."""
-        if t != 2 or chain is None or not self.use_pairs or self.incremental is None or not self.pixel_features:
+        if (t != 2 or chain is None or not chain.supports_pairs or not self.use_pairs or self.incremental is None
+                or not self.pixel_features):
             return None
         return PairRecipe(palette=palette, max_bytes=self.max_memory // 8, shape=self.shape)

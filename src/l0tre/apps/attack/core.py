@@ -31,6 +31,7 @@ from ...classifier import Classifier, ModelLike, as_classifier, ieee_float32
 from ...engine.features import FeatureKind, FeatureSpace
 from ...engine.grid import colours, grid_values
 from ...engine.options import check_inputs, check_labels
+from ...execution.graph_chain import build_chain
 from ...execution.incremental import IncrementalPrefix
 from ...execution.memory import DEFAULT_MAX_MEMORY, layer_output_bytes, plan_batch_size
 from ...execution.modes import incremental_pays, tune
@@ -220,7 +221,7 @@ def _chain(clf: Classifier, x: torch.Tensor, plan: _Plan, opts: AttackSettings, 
     """
     if opts.features is not FeatureKind.PIXEL or x.shape[0] == 0:
         return None
-    inc = IncrementalPrefix.build(clf, _image_shape(x))
+    inc = build_chain(clf, _image_shape(x))
     if inc is None:
         return None
     probe = x[:8].detach().to(device=clf.device, dtype=clf.dtype)
