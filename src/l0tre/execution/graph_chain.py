@@ -40,6 +40,7 @@ class GraphPrefix(IncrementalPrefix):
 
     program: GraphProgram | None = None
     cache_of: list[tuple[int, ...]] = field(default_factory=list)  # step → its cached maps
+    last_read: list[int] = field(default_factory=list)  # step → the last step that reads it
 
     @staticmethod
     def trace(model: Classifier, shape: tuple[int, int, int], max_share: float = 0.8,
@@ -62,7 +63,7 @@ class GraphPrefix(IncrementalPrefix):
             cache_of.append(tuple(range(n, n + k)))
             n += k
         return GraphPrefix(model=model, modules=[], spatial=[], rest=program.rest, channels=shape[0],
-                           program=program, cache_of=cache_of)
+                           program=program, cache_of=cache_of, last_read=program.last_read)
 
     def max_chunk(self, caches: IncrementalCaches) -> int:
         """Rows per call such that the copies of the cut's map stay within ``CHUNK_BYTES`` (on
@@ -129,7 +130,7 @@ class GraphPrefix(IncrementalPrefix):
         w_img = self.image_width
         pix = [w.r0 * w_img + w.c0 for w in wins]
         org = [s.org.to(a.device) for s in steps]
-        last = [max((j for j, s in enumerate(steps) if i in s.inputs), default=len(steps)) for i in range(len(steps))]
+        last = self.last_read
         vals: dict[int, list[torch.Tensor]] = {}
         for i, step in enumerate(steps):
             if step.kind == "input":
@@ -184,7 +185,7 @@ class GraphPrefix(IncrementalPrefix):
             total: torch.Tensor | None = None
             for k, src_i in enumerate(step.inputs):
                 src = self._program.steps[src_i]
-                if src.size == (fh, fw) and bool((src.org == step.org).all()):
+                if step.whole[k]:
                     part = vals[src_i][j]  # the window is the frame: it holds every change there
                 else:
                     base = caches.inputs[self.cache_of[i][k]]

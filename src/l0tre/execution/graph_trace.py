@@ -129,6 +129,7 @@ class Step:
     patch: _Pair = (0, 0)
     margin_lo: _Pair = (0, 0)
     margin_hi: _Pair = (0, 0)
+    whole: tuple[bool, ...] = ()  # ``add``: per input, whether its window is the whole frame
 
 
 @dataclass
@@ -138,6 +139,15 @@ class GraphProgram:
     steps: list[Step]
     rest: nn.Module
     image: tuple[int, int, int]
+
+    @property
+    def last_read(self) -> list[int]:
+        """Per step, the index of the last step that reads it (``len(steps)`` for the cut)."""
+        last = [len(self.steps)] * len(self.steps)
+        for j, s in enumerate(self.steps):
+            for i in s.inputs:
+                last[i] = j
+        return last
 
     @property
     def convs(self) -> int:
@@ -166,11 +176,12 @@ def _spatial_of(node: fx.Node, modules: dict[str, nn.Module]) -> Spatial | None:
         return None
     if node.op == "call_function" and node.target is operator.getitem and len(node.args) == 2:
         idx = node.args[1]
-        if not isinstance(idx, tuple) or len(idx) != 4 or not all(isinstance(s, slice) for s in idx):
+        sl = [s for s in idx if isinstance(s, slice)] if isinstance(idx, tuple) else []
+        if len(sl) != 4 or len(sl) != len(idx):  # type: ignore[arg-type]
             return None
-        if any(s != slice(None) for s in idx[:2]) or any(s.start is not None or s.stop is not None for s in idx[2:]):
+        if any(s != slice(None) for s in sl[:2]) or any(s.start is not None or s.stop is not None for s in sl[2:]):
             return None
-        st = (idx[2].step or 1, idx[3].step or 1)
+        st = (sl[2].step or 1, sl[3].step or 1)
         if not all(isinstance(v, int) and v >= 1 for v in st):
             return None
         return Spatial("subsample", (1, 1), (int(st[0]), int(st[1])), (0, 0))
@@ -187,7 +198,7 @@ def _pointwise_of(node: fx.Node, modules: dict[str, nn.Module]) -> Pointwise | N
             return None
         if getattr(m, "inplace", False):
             m = copy.copy(m)
-            m.inplace = False  # type: ignore[assignment,union-attr]
+            m.inplace = False
         return Pointwise(module=m)
     if node.op == "call_function":
         fn = _POINTWISE_FUNCTIONS.get(node.target)
@@ -232,8 +243,9 @@ def _spatial_step(sp: Spatial, src: Step, inp: int, shape: tuple[int, ...]) -> S
 def _add_step(a: Step, b: Step, ia: int, ib: int) -> Step:
     org = torch.minimum(a.org, b.org)
     end = torch.maximum(a.org + torch.tensor(a.size), b.org + torch.tensor(b.size))
-    size = tuple(int(v) for v in (end - org).amax(0))
-    return Step("add", (ia, ib), (size[0], size[1]), a.map, org, patch=(size[0], size[1]))
+    size = (int((end - org)[:, 0].max()), int((end - org)[:, 1].max()))
+    whole = tuple(s.size == size and bool((s.org == org).all()) for s in (a, b))
+    return Step("add", (ia, ib), size, a.map, org, patch=size, whole=whole)
 
 
 def _shapes(gm: fx.GraphModule, probe: torch.Tensor) -> dict[fx.Node, tuple[int, ...]]:
