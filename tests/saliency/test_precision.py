@@ -52,3 +52,58 @@ def test_a_sabotaged_copy_falls_back_to_float32(monkeypatch: pytest.MonkeyPatch,
 def test_auto_is_float32_on_a_cpu() -> None:
     net = tiny_net(2, 3)
     assert saliency(net, _x(2, 1), precision="auto").precision == "float32"
+
+
+def _residual_net(seed: int) -> torch.nn.Module:
+    """A small residual net (the graph chain's kind) with logits of a few units' spread."""
+    from tests.engine.test_graph_chain import _prepared, _resnet
+
+    net = _prepared(_resnet(False), seed).float()
+    with torch.no_grad():
+        net[-1].weight.mul_(30.0)
+    return net
+
+
+def _spy_chain(monkeypatch: pytest.MonkeyPatch, lie: float) -> list[int]:
+    """Count the rows the copy's chain computes, and make it raise class 0's logit by ``lie``."""
+    rows: list[int] = []
+    build = LowPrecisionModel.chain
+
+    def chain(self: LowPrecisionModel, shape: tuple[int, ...], windows: int = 1) -> object:
+        inc = build(self, shape, windows)
+        if inc is None or getattr(inc, "_spied", False):
+            return inc
+        real = inc.outputs
+
+        def outputs(*args: object, **kw: object) -> torch.Tensor:
+            out = real(*args, **kw).clone()  # type: ignore[arg-type]
+            rows.append(int(out.shape[0]))
+            out[:, 0] += lie
+            return out
+
+        object.__setattr__(inc, "outputs", outputs)
+        object.__setattr__(inc, "_spied", True)
+        return inc
+
+    monkeypatch.setattr(LowPrecisionModel, "chain", chain)
+    return rows
+
+
+@pytest.mark.parametrize("lie", [0.0, 3.0])
+def test_the_screen_through_the_copys_chain_keeps_flips_and_bounds(monkeypatch: pytest.MonkeyPatch,
+                                                                   lie: float) -> None:
+    """bfloat16 rows from the copy's incremental chain (honest, or lying by 3 logits): flips and
+    the upper bound are those of float32, and near the boundary the map is float32."""
+    net = _residual_net(4)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    kw = {"pixels": "top:20", "mode": "eager", "incremental": True}
+    ref = saliency(net, x, precision="float32", **kw)
+    rows = _spy_chain(monkeypatch, lie)
+    s = saliency(net, x, precision="bfloat16", **kw)
+    assert sum(rows) >= s.evaluations - 2 * 27  # the level-1 rows came from the copy's chain
+    assert torch.equal(s.flips, ref.flips) and torch.equal(s.upper, ref.upper)
+    assert 0 < s.rechecked < s.evaluations
+    near = ref.sensitivity >= ref.base_score.view(-1, 1, 1) - 2 * lie - 0.5
+    torch.testing.assert_close(s.sensitivity[near], ref.sensitivity[near], atol=1e-4, rtol=1e-4)
+    far = ref.evaluated & ~near
+    torch.testing.assert_close(s.sensitivity[far], ref.sensitivity[far], atol=lie + 0.3, rtol=0.05)

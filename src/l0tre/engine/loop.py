@@ -144,7 +144,7 @@ class Engine:
         stopped = "running"
         try:
             yield self.snapshot(self.state.level is None and self.result.t > 0, self._now())
-            self.plan.ensure_tuned()
+            self.plan.ensure_tuned(self.problem.x0)
             t_stop = min(self.opts.t_max, self.problem.n)
             if self.certify.mode is CertifyMode.ONLY:
                 yield from _certify_only(self, t_stop)

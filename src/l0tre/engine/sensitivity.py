@@ -15,10 +15,11 @@ from dataclasses import dataclass
 import torch
 
 from ..classifier import Classifier
-from ..execution.incremental import BOUNDARY_TOL, IncrementalCaches, IncrementalPrefix
+from ..execution.incremental import IncrementalCaches, IncrementalPrefix
 from ..execution.pairs import PairTable
-from ..objectives import FromOutputs, Objective, ObjectiveValues, from_outputs_capability
-from .features import FeatureKind, FeatureSpace
+from ..objectives import Objective, from_outputs_capability
+from .chain_rows import chain_raw, chain_values, checked_values, screening
+from .features import FeatureSpace
 from .subspaces import unrank
 
 __all__ = ["LevelContext", "UnitResult", "chain_values", "evaluate_unit", "merge_units", "empty_unit", "sort_topk"]
@@ -205,12 +206,17 @@ def evaluate_unit(
     evals = torch.zeros(na, dtype=torch.int64, device=dev)
     fast = from_outputs_capability(objective)
     raw_all = None
-    if incremental is not None and fast is not None:
+    screen = screening(model, objective, incremental, pairs, ctx, x0, ref, subsets)
+    if screen is not None:  # low-precision rows; the close ones through the float32 chain
+        raw_all = _unit_raw(screen.low, screen.low.base(x0), (), cand, subsets, ctx, batch_size)
+    elif incremental is not None and fast is not None:
         raw_all = _unit_raw(incremental, incremental.base(x0), pairs, cand, subsets, ctx, batch_size)
     for b0 in range(0, cand.shape[0], batch_size):
         c = cand[b0 : b0 + batch_size]
         a, s, p = c[:, 0], c[:, 1], c[:, 2]
-        if raw_all is not None and fast is not None:
+        if screen is not None and raw_all is not None:
+            ov = screen.values(raw_all[b0 : b0 + batch_size], a, s, p)
+        elif raw_all is not None and fast is not None:
             ov = checked_values(model, objective, fast, raw_all[b0 : b0 + batch_size], x0, ref, ctx.space, a,
                                 subsets[s], ctx.values(p))
         else:
@@ -312,50 +318,6 @@ def _pair_outputs(
     for r, out in parts:
         raw[r] = out
     return raw
-
-
-def chain_values(
-    model: Classifier, objective: Objective, fast: FromOutputs, inc: IncrementalPrefix, caches: IncrementalCaches,
-    base: torch.Tensor, ref: torch.Tensor, space: FeatureSpace, a: torch.Tensor,
-    feat: torch.Tensor, vals: torch.Tensor,
-) -> ObjectiveValues:
-    """Objective values of ``base[a]`` with features ``feat`` set to ``vals``, computed through the
-    incremental chain; rows whose margin is within ``BOUNDARY_TOL`` of zero are re-checked with the
-    plain forward pass.
-
-    Args:
-        caches: ``inc.base(base)``; base: ``(Na, C, H, W)`` images; ref: ``(Na,)`` references.
-        a: ``(B,)`` row → image; feat: ``(B, t)`` feature indices; vals: ``(B, t, Cf)`` values.
-    """
-    raw = chain_raw(inc, caches, space, a, feat, vals)
-    return checked_values(model, objective, fast, raw, base, ref, space, a, feat, vals)
-
-
-def chain_raw(inc: IncrementalPrefix, caches: IncrementalCaches, space: FeatureSpace, a: torch.Tensor,
-              feat: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
-    """Raw outputs ``(B, K)`` through the incremental chain (arguments as :func:`chain_values`)."""
-    full = space.full_index(feat)
-    if space.kind is FeatureKind.PIXEL:
-        return inc.outputs(caches, a, full, vals)
-    hw = space.shape[1] * space.shape[2]
-    return inc.outputs(caches, a, full % hw, vals, channel=full // hw)
-
-
-def checked_values(
-    model: Classifier, objective: Objective, fast: FromOutputs, raw: torch.Tensor, base: torch.Tensor,
-    ref: torch.Tensor,
-    space: FeatureSpace, a: torch.Tensor, feat: torch.Tensor, vals: torch.Tensor,
-) -> ObjectiveValues:
-    """Objective values from raw outputs ``(B, K)`` computed some fast way for the rows of
-    :func:`chain_values`; rows within ``BOUNDARY_TOL`` of the boundary are recomputed exactly."""
-    ov = fast.from_outputs(model, raw, ref[a])
-    near = ov.score.abs() <= BOUNDARY_TOL * (1.0 + raw.abs().amax(dim=1))
-    if bool(near.any()):
-        idx = near.nonzero().squeeze(1)
-        x = base[a[idx]].clone()
-        space.scatter(x, feat[idx], vals[idx])
-        ov = ov.with_rows(idx, objective.evaluate(model, x, ref[a[idx]]))
-    return ov
 
 
 def _pad(u: UnitResult, k: int) -> UnitResult:

@@ -69,7 +69,14 @@ class GraphPrefix(IncrementalPrefix):
         """Rows per call such that the copies of the cut's map stay within ``CHUNK_BYTES`` (on
         224×224 inputs a row's map is ≈ 0.4 MB; 512 rows at once cost seconds of page faults)."""
         per_row = caches.rest[0].numel() * caches.rest.element_size()
-        return max(MIN_CHUNK, CHUNK_BYTES // max(1, per_row))
+        rows = CHUNK_BYTES // max(1, per_row)
+        if rows >= 32:  # a multiple of 32: a call is padded to one (bucket_rows), not wasted on
+            rows -= rows % 32
+        return max(MIN_CHUNK, rows)
+
+    @property
+    def bounded_chunks(self) -> bool:
+        return True
 
     @property
     def supports_pairs(self) -> bool:

@@ -286,6 +286,12 @@ class IncrementalPrefix:
         return 0
 
     @property
+    def bounded_chunks(self) -> bool:
+        """Whether :meth:`max_chunk` bounds the memory of every call inside :meth:`outputs`
+        (then the caller's rows per call need no memory cap of their own)."""
+        return False
+
+    @property
     def image_width(self) -> int:
         """Width of the input images."""
         return self.spatial[0].map_in[1]

@@ -21,12 +21,15 @@ uses it: its grid lower bounds must hold for the model as it is.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 
 import torch
 
 from ..classifier import Classifier, bucket_rows, padded_index
 from ..objectives import FromOutputs, Misclassification, ObjectiveValues
 from ..validate import Choice
+from .graph_chain import build_chain
+from .incremental import IncrementalPrefix
 
 __all__ = ["LowPrecisionModel", "Precision", "Rechecked", "choose_precision", "fast_bf16"]
 
@@ -63,6 +66,20 @@ class LowPrecisionModel:
         self.dtype = dtype
         fmt = torch.channels_last if model.channels_last else torch.contiguous_format
         self.module = _folded(module).to(dtype=dtype).to(memory_format=fmt).eval()  # type: ignore[call-overload]
+        self._chains: dict[tuple[tuple[int, ...], int], IncrementalPrefix | None] = {}
+
+    def chain(self, shape: tuple[int, ...], windows: int = 1) -> IncrementalPrefix | None:
+        """The incremental chain (:func:`~.graph_chain.build_chain`) through the copy, for inputs of
+        ``shape`` ``(C, H, W)`` with ``windows`` changed pixels per row (built once), or ``None``
+        when the copy has none. Its outputs are in the copy's dtype."""
+        key = (tuple(shape), int(windows))
+        if key not in self._chains:
+            m = self.model
+            c, h, w = (int(v) for v in shape)
+            low = Classifier(self.module, bounds=m.bounds, preprocessing=m.preprocessing, output=m.output,
+                             device=m.device, input_shape=(c, h, w), dtype=self.dtype, name=m.name)
+            self._chains[key] = build_chain(low, (c, h, w), windows=windows)
+        return self._chains[key]
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -91,6 +108,9 @@ class Rechecked:
         low: the low-precision copy of the model.
         factor: ``tol`` is kept at least ``factor`` × the largest score difference seen.
         tol: the initial tolerance (see :meth:`calibrate`).
+        probe: rows of every call, spread evenly over it, recomputed exactly whatever their
+            score, before the others are screened: the error of the path in use is measured on
+            its own rows in every call, not only on a calibration batch.
 
     Attributes:
         low_rows: rows evaluated by the copy; exact rows are counted by ``objective`` itself
@@ -100,7 +120,7 @@ class Rechecked:
     """
 
     def __init__(self, objective: Misclassification, low: LowPrecisionModel, *, factor: float = 2.0,
-                 tol: float = 0.0) -> None:
+                 tol: float = 0.0, probe: int = 0) -> None:
         if not isinstance(objective, FromOutputs):
             raise TypeError(f"objective: expected one with from_outputs, got {type(objective).__name__}")
         self.objective = objective
@@ -108,6 +128,9 @@ class Rechecked:
         self.low = low
         self.factor = float(factor)
         self.tol = float(tol)
+        if isinstance(probe, bool) or not isinstance(probe, int) or probe < 0:
+            raise ValueError(f"probe: expected an int >= 0, got {probe!r}")
+        self.probe = probe
         self.low_rows = 0
         self.rechecked = 0
         self.max_delta = 0.0
@@ -133,18 +156,41 @@ class Rechecked:
         self._observe(exact.score, approx.score)
 
     def evaluate(self, model: Classifier, x: torch.Tensor, ref: torch.Tensor) -> ObjectiveValues:
-        """Values ``(B,)`` for ``x`` ``(B, C, H, W)``: low precision, except rows within ``tol``
-        of the boundary, which carry their exact values."""
-        ov = self.objective.from_outputs(model, self.low(x), ref)
-        self.low_rows += int(x.shape[0])
-        near = ~(ov.score.abs() > self.tol)  # NaN scores are re-checked too
+        """Values ``(B,)`` for ``x`` ``(B, C, H, W)``: low precision, except the probe rows and
+        the rows within ``tol`` of the boundary, which carry their exact values."""
+        def exact(idx: torch.Tensor) -> ObjectiveValues:
+            return self.objective.evaluate(model, x[idx.to(x.device)], ref[idx.to(ref.device)])
+
+        return self.screen(model, self.low(x), ref, exact)
+
+    def screen(self, model: Classifier, raw: torch.Tensor, ref: torch.Tensor,
+               exact: Callable[[torch.Tensor], ObjectiveValues]) -> ObjectiveValues:
+        """Values ``(B,)`` from low-precision raw outputs ``raw`` ``(B, K)`` (e.g. the copy's
+        incremental chain, :meth:`LowPrecisionModel.chain`) for references ``ref`` ``(B,)``:
+        :attr:`probe` rows spread evenly over the batch, then every row within ``tol`` of the
+        boundary, take the values ``exact(idx)`` of rows ``idx`` ``(R,)``. The probe rows widen
+        ``tol`` before the others are screened: the error of the path is measured on its own rows
+        in every call, not only on a calibration batch of another path."""
+        ov = self.objective.from_outputs(model, raw.to(torch.float32), ref)
+        rows = int(raw.shape[0])
+        self.low_rows += rows
+        probe = min(self.probe, rows)
+        done = torch.zeros(rows, dtype=torch.bool, device=ov.score.device)
+        if probe:
+            spread = torch.linspace(0, rows - 1, probe, device=ov.score.device).round().long().unique()
+            vals = exact(spread)
+            self.rechecked += int(spread.numel())
+            self._observe(vals.score, ov.score[spread])
+            ov = ov.with_rows(spread, vals)
+            done[spread] = True
+        near = ~(ov.score.abs() > self.tol) & ~done  # NaN scores are re-checked too
         if not bool(near.any()):
             return ov
         idx = near.nonzero().squeeze(1)
-        exact = self.objective.evaluate(model, x[idx], ref[idx.to(ref.device)])
+        vals = exact(idx)
         self.rechecked += int(idx.numel())
-        self._observe(exact.score, ov.score[idx])
-        return ov.with_rows(idx, exact)
+        self._observe(vals.score, ov.score[idx])
+        return ov.with_rows(idx, vals)
 
 
 def _folded(module: torch.nn.Module) -> torch.nn.Module:
