@@ -182,3 +182,26 @@ def test_layer_sizes_are_measured_in_channels_last_mode_too() -> None:
     eager = layer_output_bytes(clf, (1, 6, 6))
     clf.set_mode(channels_last=True)
     assert eager == layer_output_bytes(clf, (1, 6, 6)) == [2 * 16 * 4, 2 * 16 * 4, 3 * 4]
+
+
+def test_bucket_floor_is_the_largest_bucket_within_n() -> None:
+    """A memory cap of ``n`` rows becomes calls of ``bucket_floor(n)`` rows, which padding
+    (:func:`bucket_rows`) leaves as they are: never padded beyond the cap."""
+    from l0tre.classifier import bucket_floor, bucket_rows
+
+    for n in range(1, 400):
+        f = bucket_floor(n)
+        assert f <= n and bucket_rows(f) == f
+        assert all(bucket_rows(m) != m for m in range(f + 1, n + 1))  # no bucket size between f and n
+    assert [bucket_floor(n) for n in (1, 3, 17, 33, 100)] == [1, 2, 16, 32, 96]
+
+
+def test_memory_capped_calls_are_never_padded_beyond_the_cap() -> None:
+    from l0tre.classifier import bucket_rows
+    from l0tre.execution.memory import memory_rows
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.Flatten(), torch.nn.Linear(8 * 30 * 30, 2))
+    clf = l0tre.Classifier(net, input_shape=(3, 32, 32))
+    for budget in (1 << 20, 3 << 20, 10 << 20, 100 << 20):
+        rows = memory_rows(clf, (3, 32, 32), budget)
+        assert bucket_rows(rows) == rows

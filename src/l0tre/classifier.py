@@ -239,6 +239,14 @@ def bucket_rows(n: int) -> int:
     return -(-n // 32) * 32
 
 
+def bucket_floor(n: int) -> int:
+    """The largest padded batch size (:func:`bucket_rows`) that is at most ``n`` (``n >= 1``): a
+    memory cap of 17 rows gives calls of 16, not 17 padded to 32."""
+    if n <= 32:
+        return 1 << (max(1, n).bit_length() - 1)
+    return n // 32 * 32
+
+
 def padded_index(n: int, device: torch.device, bucket: bool = True) -> torch.Tensor:
     """Row index ``(bucket_rows(n),)`` that pads ``n`` rows with copies of the last one (``(n,)``
     without ``bucket``)."""

@@ -135,3 +135,17 @@ def test_rechecked_needs_the_from_outputs_capability() -> None:
     low = LowPrecisionModel(Classifier(conv_bn_net(1)))
     with pytest.raises(TypeError, match="^objective: "):
         Rechecked(EvaluateOnly(), low)  # type: ignore[arg-type]
+
+
+def test_the_copy_of_a_conv_net_runs_channels_last_in_any_mode() -> None:
+    net = conv_bn_net(3)
+    clf = Classifier(net, input_shape=(3, 8, 8))
+    assert clf.mode == "eager"
+    low = LowPrecisionModel(clf)
+    assert low.channels_last
+    assert any(p.dim() == 4 and p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
+               for p in low.module.parameters())
+    x = rows(3, 6)
+    torch.testing.assert_close(low(x), clf(x), atol=0.1, rtol=0.05)
+    dense = Classifier(nn.Sequential(nn.Flatten(), nn.Linear(192, 4)), input_shape=(3, 8, 8))
+    assert not LowPrecisionModel(dense).channels_last

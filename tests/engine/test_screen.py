@@ -37,9 +37,9 @@ class _Margins:
         return _values(raw[:, 0].clone())
 
 
-def _screen(probe: int, lie: float, true: torch.Tensor) -> tuple[Rechecked, ObjectiveValues, list[torch.Tensor]]:
+def _screen(every: int, lie: float, true: torch.Tensor) -> tuple[Rechecked, ObjectiveValues, list[torch.Tensor]]:
     clf = l0tre.Classifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval(), input_shape=(1, 2, 2))
-    r = Rechecked(_Margins(), LowPrecisionModel(clf), probe=probe)  # type: ignore[arg-type]
+    r = Rechecked(_Margins(), LowPrecisionModel(clf), probe_every=every)  # type: ignore[arg-type]
     asked: list[torch.Tensor] = []
 
     def exact(idx: torch.Tensor) -> ObjectiveValues:
@@ -54,9 +54,9 @@ def test_probe_rows_are_spread_and_widen_the_tolerance_before_the_others() -> No
     """A copy that is off by 0.5 everywhere: the probe sees it, so every row whose screened score
     lies within 2 × 0.5 of the boundary is recomputed, and each sign is right."""
     true = torch.linspace(-3, 3, 41)
-    r, out, asked = _screen(probe=4, lie=0.5, true=true)
+    r, out, asked = _screen(every=11, lie=0.5, true=true)
     probe = asked[0]
-    assert probe.tolist() == [0, 13, 27, 40]  # first, last and evenly between
+    assert probe.tolist() == [0, 13, 27, 40]  # ceil(41 / 11) rows: first, last and evenly between
     assert r.tol == pytest.approx(1.0) and r.max_delta == pytest.approx(0.5)
     assert torch.equal(out.success, true < 0)
     near = (true + 0.5).abs() <= 1.0
@@ -69,16 +69,22 @@ def test_without_a_probe_an_unseen_error_is_trusted() -> None:
     """The counterpart: with no probe and no calibration nothing widens the tolerance, and a
     lying copy flips the rows it lies about (so the probe above is what protects them)."""
     true = torch.linspace(-3, 3, 41)
-    r, out, asked = _screen(probe=0, lie=0.5, true=true)
+    r, out, asked = _screen(every=0, lie=0.5, true=true)
     assert r.rechecked == 0 and not asked
     assert not torch.equal(out.success, true < 0)
 
 
-@pytest.mark.parametrize("probe", [-1, True, 1.5])
-def test_probe_must_be_a_non_negative_int(probe: object) -> None:
+@pytest.mark.parametrize("every", [-1, True, 1.5])
+def test_probe_every_must_be_a_non_negative_int(every: object) -> None:
     clf = l0tre.Classifier(nn.Sequential(nn.Flatten(), nn.Linear(4, 2)).eval(), input_shape=(1, 2, 2))
-    with pytest.raises(ValueError, match="probe"):
-        Rechecked(Misclassification(), LowPrecisionModel(clf), probe=probe)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="probe_every"):
+        Rechecked(Misclassification(), LowPrecisionModel(clf), probe_every=every)  # type: ignore[arg-type]
+
+
+def test_a_small_call_probes_one_row() -> None:
+    true = torch.linspace(-3, 3, 5)
+    r, _, asked = _screen(every=64, lie=0.0, true=true)
+    assert asked[0].tolist() == [0] and r.rechecked >= 1
 
 
 def _residual(size: int = 32) -> tuple[l0tre.Classifier, tuple[int, int, int]]:

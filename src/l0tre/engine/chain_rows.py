@@ -25,7 +25,7 @@ from .features import FeatureKind, FeatureSpace
 if TYPE_CHECKING:
     from .sensitivity import LevelContext
 
-__all__ = ["Screen", "chain_raw", "chain_values", "checked_values", "screening"]
+__all__ = ["Screen", "chain_raw", "chain_values", "checked_values", "exact_objective", "screening"]
 
 
 
@@ -125,3 +125,10 @@ def screening(
     if low is None:
         return None
     return Screen(model, objective, low, incremental, incremental.base(x0), x0, ref, ctx, subsets)
+
+
+def exact_objective(objective: Objective) -> Objective:
+    """The objective whose values are exact: a low-precision screen's inner objective, else
+    ``objective`` itself. Rows through the float32 chain take it: they are as cheap as the
+    copy's full forward pass and need no screen (a search's single reverts, as the attack's)."""
+    return objective.objective if isinstance(objective, Rechecked) else objective

@@ -20,6 +20,7 @@ import torch
 from ..classifier import Classifier
 from ..execution.incremental import IncrementalPrefix
 from ..objectives import Objective
+from .chain_rows import exact_objective
 from .executor import WorkUnit
 from .features import FeatureSpace
 from .tighten import tighten
@@ -79,7 +80,9 @@ class SearchTask:
                                            gallop=True)
         if bool(found.any()):
             fi = found.nonzero().squeeze(1)
-            x_t, spent = tighten(self.model, self.objective, self.space, x0[fi], ref[fi], x[fi],
+            # through the chain, single reverts are exact float32 rows (no screen needed)
+            objective = self.objective if self.incremental is None else exact_objective(self.objective)
+            x_t, spent = tighten(self.model, objective, self.space, x0[fi], ref[fi], x[fi],
                                  batch_size=self.tighten_rows, incremental=self.incremental)
             x[fi] = x_t
             evaluations += spent

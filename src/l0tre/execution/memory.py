@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..arith import ieee_float32
-from ..classifier import Classifier
+from ..classifier import Classifier, bucket_floor
 
 __all__ = ["DEFAULT_MAX_MEMORY", "default_max_memory", "layer_output_bytes", "memory_rows", "plan_batch_size"]
 
@@ -54,7 +54,8 @@ def memory_rows(model: Classifier, shape: tuple[int, ...], max_memory: int) -> i
     """
     elem = torch.empty((), dtype=model.dtype).element_size()
     per_row = 3 * elem * math.prod(shape) + 2 * _activation_bytes(model, shape) + 64
-    return max(1, max_memory // per_row)
+    rows = max(1, max_memory // per_row)
+    return bucket_floor(rows) if model.bucket else rows  # calls are padded to a bucket: stay within it
 
 
 def plan_batch_size(model: Classifier, shape: tuple[int, ...], batch_size: int | None, max_memory: int) -> int:

@@ -64,7 +64,11 @@ class LowPrecisionModel:
             raise ValueError("precision: bfloat16 needs a torch.nn.Module model, got a callable or TorchScript")
         self.model = model
         self.dtype = dtype
-        fmt = torch.channels_last if model.channels_last else torch.contiguous_format
+        # channels_last whenever there are convolutions, whatever the model's own mode: reduced
+        # precision convolutions run on NHWC kernels (ResNet-18, 224×224, 2 CPU threads: 6.0 ms
+        # per row against 9.9 ms NCHW, where float32 is 14.4 vs 20.8)
+        self.channels_last = model.channels_last or any(isinstance(m, torch.nn.Conv2d) for m in module.modules())
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.module = _folded(module).to(dtype=dtype).to(memory_format=fmt).eval()  # type: ignore[call-overload]
         self._chains: dict[tuple[tuple[int, ...], int], IncrementalPrefix | None] = {}
 
@@ -90,7 +94,7 @@ class LowPrecisionModel:
         if m.bucket and n_rows > 0 and bucket_rows(n_rows) != n_rows:
             z = z[padded_index(n_rows, z.device)]
         z = z.to(self.dtype)
-        if m.channels_last and z.dim() == 4:
+        if self.channels_last and z.dim() == 4:
             z = z.contiguous(memory_format=torch.channels_last)
         out = self.module(z)
         if not isinstance(out, torch.Tensor) or out.dim() != 2:
@@ -108,9 +112,10 @@ class Rechecked:
         low: the low-precision copy of the model.
         factor: ``tol`` is kept at least ``factor`` × the largest score difference seen.
         tol: the initial tolerance (see :meth:`calibrate`).
-        probe: rows of every call, spread evenly over it, recomputed exactly whatever their
-            score, before the others are screened: the error of the path in use is measured on
-            its own rows in every call, not only on a calibration batch.
+        probe_every: one row in every ``probe_every`` rows of a call (at least one per call;
+            0: none), spread evenly over it, is recomputed exactly whatever its score before the
+            others are screened: the error of the path in use is measured on its own rows in
+            every call, not only on a calibration batch.
 
     Attributes:
         low_rows: rows evaluated by the copy; exact rows are counted by ``objective`` itself
@@ -120,7 +125,7 @@ class Rechecked:
     """
 
     def __init__(self, objective: Misclassification, low: LowPrecisionModel, *, factor: float = 2.0,
-                 tol: float = 0.0, probe: int = 0) -> None:
+                 tol: float = 0.0, probe_every: int = 0) -> None:
         if not isinstance(objective, FromOutputs):
             raise TypeError(f"objective: expected one with from_outputs, got {type(objective).__name__}")
         self.objective = objective
@@ -128,9 +133,9 @@ class Rechecked:
         self.low = low
         self.factor = float(factor)
         self.tol = float(tol)
-        if isinstance(probe, bool) or not isinstance(probe, int) or probe < 0:
-            raise ValueError(f"probe: expected an int >= 0, got {probe!r}")
-        self.probe = probe
+        if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 0:
+            raise ValueError(f"probe_every: expected an int >= 0, got {probe_every!r}")
+        self.probe_every = probe_every
         self.low_rows = 0
         self.rechecked = 0
         self.max_delta = 0.0
@@ -167,14 +172,14 @@ class Rechecked:
                exact: Callable[[torch.Tensor], ObjectiveValues]) -> ObjectiveValues:
         """Values ``(B,)`` from low-precision raw outputs ``raw`` ``(B, K)`` (e.g. the copy's
         incremental chain, :meth:`LowPrecisionModel.chain`) for references ``ref`` ``(B,)``:
-        :attr:`probe` rows spread evenly over the batch, then every row within ``tol`` of the
+        ``ceil(B / probe_every)`` rows spread evenly over the batch, then every row within ``tol`` of the
         boundary, take the values ``exact(idx)`` of rows ``idx`` ``(R,)``. The probe rows widen
         ``tol`` before the others are screened: the error of the path is measured on its own rows
         in every call, not only on a calibration batch of another path."""
         ov = self.objective.from_outputs(model, raw.to(torch.float32), ref)
         rows = int(raw.shape[0])
         self.low_rows += rows
-        probe = min(self.probe, rows)
+        probe = -(-rows // self.probe_every) if self.probe_every else 0
         done = torch.zeros(rows, dtype=torch.bool, device=ov.score.device)
         if probe:
             spread = torch.linspace(0, rows - 1, probe, device=ov.score.device).round().long().unique()

@@ -28,10 +28,11 @@ from .settings import SaliencyOptions, ScoreKind
 __all__ = ["saliency"]
 
 #: single-pixel rows that seed the bfloat16 screen's tolerance before the run; every call then
-#: re-checks ``_PROBE_ROWS`` rows spread over it (≈ 1.5 % of a 512-row call) before it trusts any,
-#: so the tolerance follows the error of the path in use (the bfloat16 chain or forward pass)
+#: re-checks one row in ``_PROBE_EVERY`` (at least one; 8 of a 512-row call) spread over it before
+#: it trusts any, so the tolerance follows the error of the path in use (the bfloat16 chain or
+#: forward pass)
 _CALIBRATION_ROWS = 16
-_PROBE_ROWS = 8
+_PROBE_EVERY = 64
 
 
 def saliency(
@@ -134,7 +135,7 @@ def _objective(clf: Classifier, precision: Precision) -> Objective:
         chosen = Precision.FULL  # auto screens on GPUs only
     if chosen is not Precision.BF16:
         return Misclassification()
-    return Rechecked(Misclassification(), LowPrecisionModel(clf, torch.bfloat16), probe=_PROBE_ROWS)
+    return Rechecked(Misclassification(), LowPrecisionModel(clf, torch.bfloat16), probe_every=_PROBE_EVERY)
 
 
 def _calibrate(engine: Engine, objective: Rechecked) -> None:
