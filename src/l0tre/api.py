@@ -29,7 +29,8 @@ from .engine.state import RunState
 from .execution.memory import default_max_memory, memory_rows
 from .execution.modes import Mode, tune
 from .execution.plan import ExecutionPlan
-from .objectives import Misclassification, Objective
+from .execution.precision import Rechecked, screening_objective
+from .objectives import Objective
 from .result import Result
 
 __all__ = ["evaluate", "evaluate_iter", "prepare"]
@@ -64,6 +65,7 @@ def prepare(
     pixels: object = None,
     keep_sensitivity: bool = False,
     executor: Executor | None = None,
+    precision: str = "auto",
 ) -> Engine:
     """Validate everything and build the :class:`~l0tre.engine.Engine` (no work yet); a
     ``checkpoint`` file that exists is resumed (it must be of the same model, inputs and
@@ -90,7 +92,8 @@ def prepare(
     space = select_space(FeatureSpace(opts.features, shape), pixels, clf, x, provisional)
     if space.positions is not None and cert.mode is not CertifyMode.OFF:
         raise ValueError("certify: certification needs the whole feature space; got a pixel selection (pixels=...)")
-    problem = Problem.build(clf, objective or Misclassification(), space, x, opts.steps, opts.top_k, provisional)
+    objective = screening_objective(clf, objective, precision)
+    problem = Problem.build(clf, objective, space, x, opts.steps, opts.top_k, provisional)
     work_rows = level_evaluations(problem, 1) if opts.t_max == 1 else None  # bounds the tuning's cost
     if keep_sensitivity and problem.top_k < space.n:
         raise ValueError(f"top_k: keep_sensitivity needs top_k >= n = {space.n}, got {problem.top_k}")
@@ -99,7 +102,8 @@ def prepare(
                          incremental=mode != "eager" if incremental is None else incremental,
                          force_incremental=bool(incremental), tuner=tuner, work_rows=work_rows)
     state = RunState.fresh(problem, lab, opts.epsilon, certified=cert.mode is not CertifyMode.OFF,
-                           keep_sensitivity=bool(keep_sensitivity), pixels=selection_label(pixels, space))
+                           keep_sensitivity=bool(keep_sensitivity), pixels=selection_label(pixels, space),
+                           precision="bfloat16" if isinstance(objective, Rechecked) else "float32")
     engine = Engine(problem, opts, plan, state, checkpoint=checkpoint, progress=progress, certify=cert,
                     executor=executor)
     if cert.mode is not CertifyMode.ONLY:
@@ -135,6 +139,7 @@ def evaluate(
     pixels: object = None,
     keep_sensitivity: bool = False,
     executor: Executor | None = None,
+    precision: str = "auto",
     show_progress: bool = False,
 ) -> Result:
     """Bounds on the maximum safe L0 radius of ``model`` around each input of ``x``.
@@ -209,6 +214,12 @@ def evaluate(
             (default ``False``; needs ``top_k >= n``).
         executor: runs the work units (default ``None``: in this process, in order); see
             :class:`l0tre.engine.Executor`.
+        precision: ``"auto"`` (default: bfloat16 screening on CUDA GPUs with bfloat16 units and
+            the default objective, else float32), ``"float32"`` or ``"bfloat16"``: rows are
+            evaluated by a bfloat16 copy of the model, and every row within the calibrated
+            tolerance of the decision boundary (and one row in 64 of each call, before the
+            others) is recomputed in float32; every adversarial example is re-checked in float32
+            before a bound moves. ``Result.precision`` says which was used.
         show_progress: a tqdm progress bar on stderr (default ``False``); not together with
             ``progress``.
 
@@ -286,6 +297,7 @@ def evaluate_iter(
     pixels: object = None,
     keep_sensitivity: bool = False,
     executor: Executor | None = None,
+    precision: str = "auto",
     show_progress: bool = False,
 ) -> Generator[Result, None, None]:
     """Anytime evaluation: yields :class:`~l0tre.Result` snapshots as the bounds improve.

@@ -56,6 +56,10 @@ class Result:
             (:attr:`lower_bound_claimed` is ``False``; ``lower_kind`` is ``"selection"``), and
             ``upper`` is a bound about the image only where an adversarial example was found
             (elsewhere it is the selection's size; ``upper_claimed`` in :meth:`to_dict`).
+        precision: of the search's rows: ``"float32"`` (the model as it is) or ``"bfloat16"``
+            (a bfloat16 copy screens them; rows near the decision boundary, a probe of each call
+            and every adversarial example before a bound moves are float32: ``precision=`` of
+            :func:`l0tre.evaluate`).
     """
 
     lower: torch.Tensor
@@ -79,6 +83,7 @@ class Result:
     stopped: str = "running"
     sensitivity: torch.Tensor | None = None
     pixels: str = "all"
+    precision: str = "float32"
 
     # -- derived ------------------------------------------------------------------------------
     @property
@@ -192,6 +197,7 @@ class Result:
             "epsilon": self.epsilon,
             "features": self.features,
             "pixels": self.pixels,
+            "precision": self.precision,
             "lower_bound_claimed": self.lower_bound_claimed,
             "level_complete": self.level_complete,
             "stopped": self.stopped,

@@ -295,3 +295,26 @@ def test_certify_flags_write_certified_lower(assets: Assets, tmp_path: Path, fla
             assert r["lower"] == r["certified_lower"] and r["upper"] == 36
     assert data["config"]["certify_only" if flag == "--certify-only" else "certify"] is True
     assert data["config"]["certify_method"] == ("crown" if "crown" in flag else "auto")
+
+
+def test_precision_option(assets: Assets, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--precision bfloat16`` on a module: the float32 bounds, and results.json says so; on a
+    TorchScript model (no module to copy) one line naming the option, exit 2."""
+    common = ["--data", "mnist:test", "--limit", "2", "--t-max", "1", "--quiet", "--no-report", "--json"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert main(["evaluate", "--model", "paper-mnist", *common, "--out", str(tmp_path / "f")]) == 0
+        ref = json.loads(capsys.readouterr().out)
+        assert main(["evaluate", "--model", "paper-mnist", *common, "--precision", "bfloat16",
+                     "--out", str(tmp_path / "b")]) == 0
+    low = json.loads(capsys.readouterr().out)
+    assert ref["precision"] == "float32" and low["precision"] == "bfloat16"
+    assert low["config"]["precision"] == "bfloat16" and low["config"]["precision_used"] == "bfloat16"
+    # the grid lower bound is the float32 one; the upper bound is an example the search found
+    # (bfloat16 sensitivities may rank subsets differently), re-checked in float32 either way
+    assert [lo for lo, _ in _bounds(low)] == [lo for lo, _ in _bounds(ref)]
+    assert all(lo <= up for lo, up in _bounds(low))
+    bad = run_cli("evaluate", "--model", assets.model, "--data", assets.data, "--limit", "1", "--t-max", "1",
+                  "--precision", "bfloat16", "--quiet", "--out", tmp_path / "s")
+    assert bad.returncode == 2
+    assert "precision" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1

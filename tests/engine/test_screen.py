@@ -156,3 +156,96 @@ def test_a_t1_run_whose_rows_the_chain_takes_does_not_tune_the_forward_pass() ->
     plain = ExecutionPlan(clf, shape, incremental=False, work_rows=10_000, **kw)  # type: ignore[arg-type]
     plain.ensure_tuned(x0)
     assert len(calls) == 2
+
+
+class _Liar(LowPrecisionModel):
+    """A copy of a two-class model that names the other class, by a wide margin (far from the
+    boundary: never re-checked without a probe)."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().__call__(x)
+        first = (out[:, 0] >= out[:, 1]).unsqueeze(1)
+        return torch.where(first, torch.tensor([-10.0, 10.0]), torch.tensor([10.0, -10.0]))
+
+
+def test_a_bound_moves_only_on_a_float32_check() -> None:
+    """``accept`` re-checks candidates with the exact objective, not the screen: a lying copy with
+    no probe cannot move an upper bound."""
+    from l0tre.api import prepare
+    from l0tre.engine.update import accept
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 2)).eval()
+    clf = l0tre.Classifier(net, input_shape=(3, 8, 8))
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    ref = clf(x).argmax(1)
+    liar = Rechecked(Misclassification(), _Liar(clf))
+    engine = prepare(clf, x, t_max=1, objective=liar)
+    assert bool(liar.evaluate(clf, x, ref).success.all())  # the screen alone would accept them all
+    before = engine.result.upper.clone()
+    cand = x.clone()
+    cand[:, :, 0, 0] = 1.0 - cand[:, :, 0, 0]  # one changed pixel
+    real = clf(cand).argmax(1) != ref
+    accept(engine.problem, engine.result, torch.arange(4), cand, batch_size=8)
+    assert torch.equal(engine.result.upper[~real], before[~real])
+    assert torch.equal(engine.result.found, real)
+
+
+def _conv(seed: int) -> nn.Module:
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.Conv2d(6, 6, 3), nn.ReLU(), nn.Flatten(),
+                        nn.Linear(6 * 4 * 4, 4)).eval()
+    with torch.no_grad():
+        net[-1].weight.mul_(20.0)  # margins of a few units
+    return net
+
+
+class _Shifted(LowPrecisionModel):
+    """A bfloat16 copy that lies: class 0's logit raised by 3 on every row."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = super().__call__(x).clone()
+        out[:, 0] += 3.0
+        return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("lying", [False, True])
+def test_evaluate_in_bfloat16_gives_the_float32_bounds(monkeypatch: pytest.MonkeyPatch, seed: int,
+                                                       lying: bool) -> None:
+    net = _conv(seed)
+    x = torch.rand(3, 3, 6, 6, generator=torch.Generator().manual_seed(seed))
+    ref = l0tre.evaluate(net, x, t_max=2, precision="float32")
+    if lying:
+        from l0tre.execution import precision
+
+        monkeypatch.setattr(precision, "LowPrecisionModel", _Shifted)
+    res = l0tre.evaluate(net, x, t_max=2, precision="bfloat16")
+    assert ref.precision == "float32" and res.precision == "bfloat16" and res.to_dict()["precision"] == "bfloat16"
+    assert torch.equal(res.lower, ref.lower)  # the grid claim is the float32 model's
+    # the upper bound is an example the search found, re-checked in float32 (bfloat16 values may
+    # rank subsets differently and lead the search elsewhere)
+    found = res.found
+    assert bool((net(res.adversarial[found]).argmax(1) != res.predicted[found]).all())
+    changed = (res.adversarial != x).any(dim=1).flatten(1).sum(1)
+    assert torch.equal(changed[found] - 1, res.upper[found]) and bool((res.lower <= res.upper).all())
+
+
+def test_auto_precision_is_float32_on_a_cpu_and_bfloat16_needs_raw_scores() -> None:
+    net = _conv(0)
+    x = torch.rand(1, 3, 6, 6)
+    assert l0tre.evaluate(net, x, t_max=1).precision == "float32"
+
+    class _Opaque:  # an objective without from_outputs
+        name = "opaque"
+
+        def reference(self, model: l0tre.Classifier, x0: torch.Tensor) -> torch.Tensor:
+            return model(x0).argmax(1)
+
+        def evaluate(self, model: l0tre.Classifier, x: torch.Tensor, ref: torch.Tensor) -> ObjectiveValues:
+            return Misclassification().evaluate(model, x, ref)
+
+    with pytest.raises(ValueError, match="precision: bfloat16 screening needs an objective with from_outputs"):
+        l0tre.evaluate(net, x, t_max=1, precision="bfloat16", objective=_Opaque())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="precision"):
+        l0tre.evaluate(net, x, t_max=1, precision="half")

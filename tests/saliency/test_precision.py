@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from l0tre.apps.saliency import core, saliency
+from l0tre.apps.saliency import saliency
+from l0tre.execution import precision
 from l0tre.execution.precision import LowPrecisionModel
 
 from .oracle import tiny_net
@@ -40,7 +41,7 @@ def test_a_sabotaged_copy_falls_back_to_float32(monkeypatch: pytest.MonkeyPatch,
     net = tiny_net(seed, 3)
     x = _x(seed)
     ref = saliency(net, x, precision="float32", mode="eager", incremental=False)
-    monkeypatch.setattr(core, "LowPrecisionModel", _Sabotaged)
+    monkeypatch.setattr(precision, "LowPrecisionModel", _Sabotaged)
     s = saliency(net, x, precision="bfloat16", mode="eager", incremental=False)
     assert s.rechecked > 0
     assert torch.equal(s.flips, ref.flips) and torch.equal(s.lower, ref.lower) and torch.equal(s.upper, ref.upper)

@@ -102,6 +102,9 @@ def add_parser(subparsers: Subparsers) -> None:
     c.add_argument("--pixels", default="all", metavar="SEL",
                    help="features that may change: all (default), sample:K[:SEED] or top:K (gradient screen); "
                         "with anything but all only the upper bound is claimed (lower_kind 'selection')")
+    c.add_argument("--precision", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="bfloat16 screening of the rows with float32 re-checks near the boundary and of every "
+                        "example (auto: on CUDA GPUs with bfloat16 units; float32 elsewhere)")
     add_ray_options(ev)
 
 
@@ -180,6 +183,7 @@ def _prepare(args: argparse.Namespace, model: Classifier, data: Dataset, ckpt: P
             certify="only" if getattr(args, "certify_only", False) else bool(getattr(args, "certify", False)),
             certify_time_limit=getattr(args, "certify_time_limit", 60.0), mode=getattr(args, "mode", "auto"),
             certify_method=getattr(args, "certify_method", "auto"), pixels=getattr(args, "pixels", "all"),
+            precision=getattr(args, "precision", "auto"),
         )
     except ValueError as exc:
         if args.resume and str(exc).startswith("checkpoint:"):
@@ -220,6 +224,7 @@ def _config(args: argparse.Namespace, model: Classifier, data: Dataset, engine: 
         "max_memory_used": engine.options.max_memory,
         "max_evaluations_used": engine.options.max_evaluations,
         "pixels_used": engine.result.pixels,
+        "precision_used": engine.result.precision,
         "lower_bound_claimed": engine.result.lower_bound_claimed,
         "l0tre_version": __version__,
         "torch_version": torch.__version__,

@@ -96,9 +96,10 @@ class RunState:
 
     @staticmethod
     def fresh(problem: Problem, labels: torch.Tensor | None, epsilon: float, *, certified: bool,
-              keep_sensitivity: bool, pixels: str = "all") -> RunState:
+              keep_sensitivity: bool, pixels: str = "all", precision: str = "float32") -> RunState:
         """The state before any work: bounds ``[0, n]``, no adversarial example; ``pixels``:
-        the selection's label (:func:`~l0tre.engine.features.selection_label`)."""
+        the selection's label (:func:`~l0tre.engine.features.selection_label`); ``precision``:
+        of the search's rows (``"float32"`` or ``"bfloat16"``)."""
         n_in, x = problem.size, problem.x_orig
         sens_shape = (n_in, *x.shape[2:]) if problem.space.kind is FeatureKind.PIXEL else tuple(x.shape)
         result = Result(
@@ -115,6 +116,7 @@ class RunState:
             certified_lower=torch.zeros(n_in, dtype=torch.int64) if certified else None,
             sensitivity=torch.full(sens_shape, float("inf"), dtype=problem.acc_dtype) if keep_sensitivity else None,
             pixels=pixels,
+            precision=precision,
         )
         return RunState(result=result, blocked=torch.zeros(n_in, dtype=torch.bool))
 

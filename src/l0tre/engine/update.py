@@ -15,6 +15,7 @@ import torch
 from ..execution.incremental import IncrementalPrefix
 from ..result import Result
 from .certified import Certifier
+from .chain_rows import exact_objective
 from .executor import Executor, InProcessExecutor, executor_parallelism
 from .problem import Problem
 from .search import SearchTask, search_units
@@ -30,8 +31,9 @@ def accept(problem: Problem, result: Result, idx: torch.Tensor, x_cand: torch.Te
     if idx.numel() == 0:
         return 0
     ok_all, labels_all = [], []
+    exact = exact_objective(problem.objective)  # never a low-precision screen: a bound moves here
     for i in range(0, idx.numel(), batch_size):
-        ov = problem.objective.evaluate(problem.model, x_cand[i : i + batch_size],
+        ov = exact.evaluate(problem.model, x_cand[i : i + batch_size],
                                         problem.ref[idx[i : i + batch_size].to(problem.ref.device)])
         ok_all.append(ov.success.cpu())
         labels_all.append(ov.label.cpu())

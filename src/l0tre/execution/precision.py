@@ -26,12 +26,18 @@ from collections.abc import Callable
 import torch
 
 from ..classifier import Classifier, bucket_rows, padded_index
-from ..objectives import FromOutputs, Misclassification, ObjectiveValues
+from ..objectives import FromOutputs, Misclassification, Objective, ObjectiveValues
 from ..validate import Choice
 from .graph_chain import build_chain
 from .incremental import IncrementalPrefix
 
-__all__ = ["LowPrecisionModel", "Precision", "Rechecked", "choose_precision", "fast_bf16"]
+__all__ = ["PROBE_EVERY", "LowPrecisionModel", "Precision", "Rechecked", "choose_precision", "fast_bf16",
+           "screening_objective"]
+
+
+#: a screen re-checks one row in this many of each call before it trusts any (at least one; 8 of a
+#: 512-row call): the tolerance follows the error of the path in use
+PROBE_EVERY = 64
 
 
 class Precision(Choice):
@@ -244,3 +250,29 @@ def choose_precision(model: Classifier, precision: str | Precision) -> Precision
     if not any(isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) for m in module.modules()):
         return Precision.FULL
     return Precision.BF16 if fast_bf16(model.device) else Precision.FULL
+
+
+def screening_objective(model: Classifier, objective: Objective | None, precision: str | Precision,
+                        probe_every: int = PROBE_EVERY) -> Objective:
+    """The objective of an engine run at ``precision``: ``objective`` (default
+    :class:`~l0tre.objectives.Misclassification`) itself, or screened by a bfloat16 copy
+    (:class:`Rechecked`, probing one row in ``probe_every`` of each call). ``auto`` screens on
+    CUDA GPUs with bfloat16 units only (:func:`choose_precision`), and only the default objective.
+
+    Raises:
+        ValueError: ``bfloat16`` with an objective that cannot score raw outputs, or a model
+            the copy cannot be made of (a callable, TorchScript).
+    """
+    p = Precision.parse(precision)
+    base = objective if objective is not None else Misclassification()
+    if p is Precision.AUTO:
+        cuda = model.device.type == "cuda"
+        p = choose_precision(model, p) if cuda and objective is None else Precision.FULL
+    if p is not Precision.BF16:
+        return base
+    if isinstance(base, Rechecked):
+        return base
+    if not isinstance(base, FromOutputs):
+        raise ValueError("precision: bfloat16 screening needs an objective with from_outputs, "
+                         f"got {type(base).__name__}")
+    return Rechecked(base, LowPrecisionModel(model), probe_every=probe_every)  # type: ignore[arg-type]

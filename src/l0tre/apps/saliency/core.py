@@ -19,7 +19,7 @@ from ...classifier import Classifier, ModelLike, as_classifier
 from ...engine.features import FeatureKind, FeatureSpace, SelectionKind, select_space
 from ...engine.loop import Engine, drive
 from ...engine.options import check_inputs, check_labels
-from ...execution.precision import LowPrecisionModel, Precision, Rechecked, choose_precision
+from ...execution.precision import Precision, Rechecked, screening_objective
 from ...objectives import Misclassification, Objective, ObjectiveValues
 from .recorder import Level1Table, RecordingExecutor
 from .result import SaliencyResult
@@ -28,11 +28,9 @@ from .settings import SaliencyOptions, ScoreKind
 __all__ = ["saliency"]
 
 #: single-pixel rows that seed the bfloat16 screen's tolerance before the run; every call then
-#: re-checks one row in ``_PROBE_EVERY`` (at least one; 8 of a 512-row call) spread over it before
-#: it trusts any, so the tolerance follows the error of the path in use (the bfloat16 chain or
-#: forward pass)
+#: re-checks one row in ``PROBE_EVERY`` spread over it before it trusts any
+#: (:func:`~l0tre.execution.precision.screening_objective`)
 _CALIBRATION_ROWS = 16
-_PROBE_EVERY = 64
 
 
 def saliency(
@@ -129,13 +127,9 @@ def _check_forward(clf: Classifier, x: torch.Tensor) -> None:
 
 
 def _objective(clf: Classifier, precision: Precision) -> Objective:
-    """The objective of the level-1 pass: plain, or screened by a bfloat16 copy."""
-    chosen = choose_precision(clf, precision)
-    if precision is Precision.AUTO and clf.device.type != "cuda":
-        chosen = Precision.FULL  # auto screens on GPUs only
-    if chosen is not Precision.BF16:
-        return Misclassification()
-    return Rechecked(Misclassification(), LowPrecisionModel(clf, torch.bfloat16), probe_every=_PROBE_EVERY)
+    """The objective of the level-1 pass: plain, or screened by a bfloat16 copy (``auto``: on
+    CUDA GPUs with bfloat16 units only)."""
+    return screening_objective(clf, None, precision)
 
 
 def _calibrate(engine: Engine, objective: Rechecked) -> None:
