@@ -16,7 +16,7 @@
 #   4. certified t = 1 on CPU (3 images) and CUDA (20 images): equal certificates, speed-up;
 #   5. a cProfile of 2,000 images at t = 1 (what to optimise next).
 #
-# `bash benchmarks/gpu_check.sh saliency` runs the saliency checks (issue 18) instead, ~8 minutes;
+# `bash benchmarks/gpu_check.sh saliency` runs the saliency checks (issue 18) instead, ~11 minutes;
 # carry also the CIFAR-10 sample and the ImageNet photos:
 #
 #   mkdir -p .gpu-data/cifar10 .gpu-data/imagenet && cp ../shared/data/cifar10/*.npz .gpu-data/cifar10/ \
@@ -25,7 +25,8 @@
 #   S1. tests/saliency on CUDA (device invariance, bf16 screen and its sabotaged fallback);
 #   S2. l0tre vs captum FeatureAblation on paper-mnist and cifar10-resnet20, 100 images each;
 #   S3. a ResNet-50-shaped network (random weights: timings only), 224x224: every pixel
-#       (target <= 60 s/image, bf16 screen) and top:1000 (target <= 2 s/image).
+#       (target <= 60 s/image, bf16 screen through the copy's graph chain) and top:1000
+#       (target <= 2 s/image), as saliency maps and as evaluate --t-max 1 bounds.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/gpu_check}
@@ -49,6 +50,12 @@ if [ "${1:-}" = "saliency" ]; then
   timeout 150 python3 benchmarks/saliency_vs_captum.py large --arch resnet50 --pixels all --images 1 \
       --device cuda --quiet --json-out "$OUT/saliency_r50_all.json" >> "$LOG" 2>&1
   echo "large exit $?" >> "$LOG"
+  # exhaustive t = 1 bounds (the grid lower bound) and the top:1000 upper bound through evaluate
+  timeout 150 python3 benchmarks/saliency_vs_captum.py large --run evaluate --arch resnet50 --pixels all \
+      --images 1 --device cuda --quiet --json-out "$OUT/evaluate_r50_all.json" >> "$LOG" 2>&1
+  timeout 60 python3 benchmarks/saliency_vs_captum.py large --run evaluate --arch resnet50 --pixels top:1000 \
+      --images 3 --device cuda --quiet --json-out "$OUT/evaluate_r50_top1000.json" >> "$LOG" 2>&1
+  echo "evaluate exit $?" >> "$LOG"
   cat "$LOG"
   exit 0
 fi

@@ -66,3 +66,34 @@ def test_certified_bounds_on_cuda_match_cpu() -> None:
     gpu = bound_model(net.cuda(), lo.cuda(), hi.cuda())
     for a, b in zip(cpu, gpu, strict=True):
         torch.testing.assert_close(b.cpu(), a, rtol=1e-9, atol=1e-9)
+
+
+def test_graph_chain_and_its_bfloat16_screen_on_cuda() -> None:
+    """The graph chain on CUDA gives the CPU rows (float64), sizes its calls for a GPU, and
+    evaluate's bfloat16 screen through the copy's chain keeps the float32 grid bound."""
+    from l0tre.execution.graph_chain import CHUNK_BYTES, GraphPrefix
+
+    from .test_graph_chain import _prepared, _resnet
+
+    net = _prepared(_resnet(False))
+    shape = (3, 32, 32)
+    x0 = torch.rand(2, *shape, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    a = torch.tensor([0, 1, 1])
+    pix = torch.tensor([[0], [100], [1023]])
+    vals = torch.rand(3, 1, 3, dtype=torch.float64)
+    rows = {}
+    for dev in ("cpu", "cuda"):
+        clf = l0tre.Classifier(copy.deepcopy(net), device=dev, input_shape=shape)
+        chain = GraphPrefix.trace(clf, shape)
+        assert chain is not None
+        caches = chain.base(x0.to(dev))
+        rows[dev] = chain.outputs(caches, a.to(dev), pix.to(dev), vals.to(dev)).cpu()
+        if dev == "cuda":
+            per_row = caches.rest[0].numel() * caches.rest.element_size()
+            assert chain.max_chunk(caches) > CHUNK_BYTES // per_row
+    torch.testing.assert_close(rows["cuda"], rows["cpu"], rtol=1e-9, atol=1e-9)
+    f32 = copy.deepcopy(net).float().cuda()
+    x = x0.float().cuda()
+    ref = l0tre.evaluate(f32, x, t_max=1, precision="float32", incremental=True)
+    low = l0tre.evaluate(f32, x, t_max=1, precision="bfloat16", incremental=True)
+    assert low.precision == "bfloat16" and torch.equal(low.lower.cpu(), ref.lower.cpu())

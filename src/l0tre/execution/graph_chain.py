@@ -24,10 +24,13 @@ from .graph_trace import GraphProgram, Step, trace_program
 from .incremental import IncrementalCaches, IncrementalPrefix
 from .windows import Window, paste_clipped, window_cells
 
-__all__ = ["CHUNK_BYTES", "GraphPrefix", "build_chain"]
+__all__ = ["CHUNK_BYTES", "CUDA_CHUNK_BYTES", "GraphPrefix", "build_chain"]
 
 #: bytes of the cut's map copied per call (rows beyond it are split into more calls)
 CHUNK_BYTES = 16 << 20
+#: the same on a CUDA device: large calls keep the GPU busy (16 MB would be ≈ 80 rows of a
+#: 224×224 ResNet's cut map: thousands of small kernel launches)
+CUDA_CHUNK_BYTES = 1 << 30
 MIN_CHUNK = 8
 
 
@@ -66,10 +69,12 @@ class GraphPrefix(IncrementalPrefix):
                            program=program, cache_of=cache_of, last_read=program.last_read)
 
     def max_chunk(self, caches: IncrementalCaches) -> int:
-        """Rows per call such that the copies of the cut's map stay within ``CHUNK_BYTES`` (on
-        224×224 inputs a row's map is ≈ 0.4 MB; 512 rows at once cost seconds of page faults)."""
+        """Rows per call such that the copies of the cut's map stay within ``CHUNK_BYTES`` (GPU:
+        ``CUDA_CHUNK_BYTES``; on 224×224 inputs a row's map is ≈ 0.4 MB, and 512 rows at once
+        cost seconds of page faults on a CPU)."""
         per_row = caches.rest[0].numel() * caches.rest.element_size()
-        rows = CHUNK_BYTES // max(1, per_row)
+        budget = CUDA_CHUNK_BYTES if caches.rest.device.type == "cuda" else CHUNK_BYTES
+        rows = budget // max(1, per_row)
         if rows >= 32:  # a multiple of 32: a call is padded to one (bucket_rows), not wasted on
             rows -= rows % 32
         return max(MIN_CHUNK, rows)
