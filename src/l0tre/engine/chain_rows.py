@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,9 +20,7 @@ from ..execution.pairs import PairTable
 from ..execution.precision import Rechecked
 from ..objectives import FromOutputs, Objective, ObjectiveValues, from_outputs_capability
 from .features import FeatureKind, FeatureSpace
-
-if TYPE_CHECKING:
-    from .sensitivity import LevelContext
+from .level import LevelContext
 
 __all__ = ["Screen", "chain_raw", "chain_values", "checked_values", "exact_objective", "screening"]
 
