@@ -87,11 +87,14 @@ class ExecutionPlan:
     def ensure_tuned(self, probe: torch.Tensor | None = None) -> None:
         """Run the deferred tuner once (it sets the model's execution mode). In a run of known
         work (``work_rows``: level 1 only) whose rows the incremental chain takes (measured on
-        ``probe`` ``(B, C, H, W)``), the plain forward pass only re-checks a few rows: its mode
-        and batch size are not measured (on a 224×224 ResNet-18 that measurement costs ≈ 3 s)."""
+        ``probe`` ``(B, C, H, W)``) on a CPU, the plain forward pass only re-checks a few rows: its
+        mode and batch size are not measured (on a 224×224 ResNet-18 that measurement costs ≈ 3 s).
+        On a GPU the tuning always runs: it sets the rows per call (tens of thousands) that the
+        chain's calls take too."""
         if self._tuner is None:
             return
-        if self.work_rows is not None and probe is not None and self.chain_for(1, probe) is not None:
+        cpu = self.model.device.type == "cpu"  # a GPU's tuning sets the large calls it needs
+        if cpu and self.work_rows is not None and probe is not None and self.chain_for(1, probe) is not None:
             self._tuner = None
             return
         tuner, self._tuner = self._tuner, None
