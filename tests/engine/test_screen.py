@@ -249,3 +249,32 @@ def test_auto_precision_is_float32_on_a_cpu_and_bfloat16_needs_raw_scores() -> N
         l0tre.evaluate(net, x, t_max=1, precision="bfloat16", objective=_Opaque())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="precision"):
         l0tre.evaluate(net, x, t_max=1, precision="half")
+
+
+@pytest.mark.parametrize("decisive", [True, False])
+def test_a_decisive_quick_check_skips_the_full_measurement(monkeypatch: pytest.MonkeyPatch,
+                                                           decisive: bool) -> None:
+    """A chain that sizes its own calls and is decisively faster on 16 rows is used without the
+    full measurement (chunk 0: its own sizes); otherwise the full measurement runs."""
+    from l0tre.execution import modes
+
+    monkeypatch.setenv("L0TRE_TUNING_CACHE", "off")
+    clf, shape = _residual()
+    chain = build_chain(clf, shape)
+    assert isinstance(chain, GraphPrefix) and chain.bounded_chunks
+    monkeypatch.setattr(modes, "_decisive", lambda *args: decisive)
+    rows: list[int] = []
+    forward = clf._forward
+
+    def counting(x: torch.Tensor) -> torch.Tensor:
+        rows.append(int(x.shape[0]))
+        return forward(x)
+
+    clf._forward = counting  # type: ignore[method-assign]
+    chain.chunk = 64
+    pays = modes.incremental_pays(clf, chain, torch.rand(2, *shape), rows=200)
+    if decisive:
+        assert pays and chain.chunk == 0
+        assert max(rows) <= modes.QUICK_ROWS  # only the warm-up of the quick check
+    else:
+        assert max(rows) > modes.QUICK_ROWS  # the full measurement's calls of 200 rows (padded)

@@ -25,7 +25,6 @@ from .level import LevelContext
 __all__ = ["Screen", "chain_raw", "chain_values", "checked_values", "exact_objective", "screening"]
 
 
-
 def chain_values(
     model: Classifier, objective: Objective, fast: FromOutputs, inc: IncrementalPrefix, caches: IncrementalCaches,
     base: torch.Tensor, ref: torch.Tensor, space: FeatureSpace, a: torch.Tensor,
