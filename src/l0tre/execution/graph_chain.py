@@ -15,6 +15,7 @@ is within ``BOUNDARY_TOL`` of zero with the plain forward pass.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -44,6 +45,7 @@ class GraphPrefix(IncrementalPrefix):
     program: GraphProgram | None = None
     cache_of: list[tuple[int, ...]] = field(default_factory=list)  # step → its cached maps
     last_read: list[int] = field(default_factory=list)  # step → the last step that reads it
+    bounded_chunks: ClassVar[bool] = True
 
     @staticmethod
     def trace(model: Classifier, shape: tuple[int, int, int], max_share: float = 0.8,
@@ -78,10 +80,6 @@ class GraphPrefix(IncrementalPrefix):
         if rows >= 32:  # a multiple of 32: a call is padded to one (bucket_rows), not wasted on
             rows -= rows % 32
         return max(MIN_CHUNK, rows)
-
-    @property
-    def bounded_chunks(self) -> bool:
-        return True
 
     @property
     def supports_pairs(self) -> bool:

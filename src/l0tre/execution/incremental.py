@@ -21,6 +21,7 @@ every decision whose margin is within ``BOUNDARY_TOL`` of zero with the plain fo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -98,6 +99,8 @@ def _through_head(head: SparseHead, a: torch.Tensor, wins: list[Window], size: _
 class IncrementalPrefix:
     """See the module docstring. Build with :meth:`build` (``None`` when not applicable)."""
 
+    #: whether :meth:`max_chunk` bounds every call's memory (callers then need no cap of their own)
+    bounded_chunks: ClassVar[bool] = False
     model: Classifier
     modules: list[nn.Module]  # the chain (spatial + elementwise), in order
     spatial: list[_Spatial]
@@ -284,12 +287,6 @@ class IncrementalPrefix:
     def max_chunk(self, caches: IncrementalCaches) -> int:
         """The most rows per call inside :meth:`outputs` (0: no limit beyond :attr:`chunk`)."""
         return 0
-
-    @property
-    def bounded_chunks(self) -> bool:
-        """Whether :meth:`max_chunk` bounds the memory of every call inside :meth:`outputs`
-        (then the caller's rows per call need no memory cap of their own)."""
-        return False
 
     @property
     def image_width(self) -> int:
