@@ -6,16 +6,21 @@ BF16 (measured on the project's Xeon, one thread, channels_last: the CIFAR-10 Re
 from float32 by up to ≈ 0.4 logits on those models, so a bfloat16 value is only trusted where it
 is far from the decision boundary:
 
-* :class:`LowPrecisionModel` — the copy (same normalisation, memory layout and batch padding as
-  the :class:`~l0tre.classifier.Classifier`), returning float32 outputs.
+* :class:`LowPrecisionModel` — the copy (same normalisation and batch padding as the
+  :class:`~l0tre.classifier.Classifier`, channels_last when it has convolutions), returning
+  float32 outputs; :meth:`LowPrecisionModel.chain` is its own incremental chain.
 * :class:`Rechecked` — an objective wrapper: rows are evaluated with the copy, and every row
   whose low-precision score lies within ``tol`` of 0 is recomputed with the model's own
   precision. ``tol`` adapts: it is at least ``factor`` × the largest score difference between the
-  two precisions seen so far (on a calibration batch and on every re-checked row).
+  two precisions seen so far (on a calibration batch, on the probe rows every call recomputes
+  first, and on every re-checked row).
+* :func:`screening_objective` — the objective of a run at a ``precision``.
 
-This is for *searches* (the attack), whose decisions only choose where to look: every example
-the attack returns is verified again in full precision. The bound engine (``evaluate``) never
-uses it: its grid lower bounds must hold for the model as it is.
+The attack *searches* with it (its decisions only choose where to look; every example it returns
+is verified again in full precision). ``evaluate`` and ``saliency`` screen their rows with it
+when asked (``precision="bfloat16"``; ``auto``: on CUDA GPUs): their grid lower bounds then rest
+on the observed tolerance, not on a proof of the bfloat16 error, and every example is re-checked
+in full precision before a bound moves (``engine/update.py``).
 """
 
 from __future__ import annotations
