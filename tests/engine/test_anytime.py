@@ -205,3 +205,28 @@ def test_checkpoint_for_other_inputs_is_refused(tmp_path: Path) -> None:
         l0tre.evaluate(model, _inputs(shape, 2, seed=99), epsilon=0.5, t_max=1, checkpoint=ckpt)
     with pytest.raises(ValueError, match="checkpoint: .*another model, inputs or options"):
         l0tre.evaluate(model, _inputs(shape, 2), epsilon=0.25, t_max=1, checkpoint=ckpt)
+
+
+def test_a_level_whose_work_is_all_done_when_the_budget_runs_out_is_complete(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The budget runs out during the last shard's bound updates of level 1: every unit of the
+    level is done, so the level counts (``t == 1``, its bounds), and level 2 is not started."""
+    import time as _time
+
+    from l0tre.engine import loop
+
+    finish = loop.finish_shard
+
+    def slow_finish(*args: object, **kw: object) -> int:
+        spent = finish(*args, **kw)  # type: ignore[arg-type]
+        _time.sleep(1.2)
+        return spent
+
+    monkeypatch.setattr(loop, "finish_shard", slow_finish)
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(9, 3)).eval()
+    x = torch.rand(2, 1, 3, 3, generator=torch.Generator().manual_seed(0))
+    full = l0tre.evaluate(net, x, t_max=1, mode="eager", incremental=False)
+    res = l0tre.evaluate(net, x, t_max=2, time_budget=1.0, mode="eager", incremental=False)
+    assert res.stopped in ("time_budget", "converged")
+    assert res.t == 1 and torch.equal(res.lower, full.lower) and torch.equal(res.upper, full.upper)
+    assert len(res.level_seconds) == 1

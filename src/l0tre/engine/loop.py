@@ -135,12 +135,13 @@ class Engine:
     def _checkpoint(self) -> None:
         save_checkpoint(self.checkpoint, self.fingerprint, self.state, self._now())
 
-    def _check_budget(self) -> None:
-        if self.opts.time_budget is not None and self._now() >= self.opts.time_budget:
+    def _check_budget(self, more_work: bool = True) -> None:
+        if more_work and self.opts.time_budget is not None and self._now() >= self.opts.time_budget:
             raise _OutOfTime
 
     def _run(self) -> Generator[Result, None, None]:
         self._start = time.perf_counter()
+        self._units_run = 0  # work units and shard updates finished by this run (one at least)
         stopped = "running"
         try:
             yield self.snapshot(self.state.level is None and self.result.t > 0, self._now())
@@ -155,6 +156,7 @@ class Engine:
                     if t > t_stop or active.numel() == 0:
                         stopped = "converged" if active.numel() == 0 else "t_max"
                         break
+                    self._check_budget(self._units_run > 0)  # no new level after it; one unit at least
                     rows = self.plan.rows(self.plan.chain_for(t, self.problem.x0), t)  # per call on its path
                     self.state.level = plan_level(self.problem, t, active, rows, self._now(),
                                                   executor_parallelism(self.executor))
@@ -191,6 +193,7 @@ class Engine:
                         acc = merge_units(acc, _cast(res, acc.conf.dtype), p.top_k)
                         self._spend(lvl, int(res.evaluations.sum()))
                         lvl.mark_done(unit.r0, unit.r1)
+                        self._units_run += 1
                         lvl.acc = _unit_state(acc)
                         self._check_budget()
                         if time.perf_counter() - last >= self.opts.report_every:
@@ -199,7 +202,7 @@ class Engine:
             if inputs.numel():
                 self._finish(lvl, inputs, acc)
             lvl.next_shard()
-            self._check_budget()
+            self._check_budget(lvl.shard < len(lvl.shards))  # after the last shard the level completes
             if time.perf_counter() - last >= self.opts.report_every and lvl.shard < len(lvl.shards):
                 last = time.perf_counter()
                 yield self._saved_snapshot(False)
@@ -233,6 +236,7 @@ class Engine:
                              batch_size=self.plan.batch_size, tighten_rows=self.plan.rows(chain), chain=chain,
                              executor=self.executor, shard=lvl.shard)
         self._spend(lvl, spent, extra=True)
+        self._units_run += 1  # a shard's bound updates are work too
         certify_inputs(self.certifier, self.problem, self.result, t, inputs)
 
 
