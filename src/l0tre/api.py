@@ -165,8 +165,9 @@ def evaluate(
         max_memory: bytes one model call may use (default ``None``: 1 GiB on a CPU, a quarter
             of the GPU's memory, at most 32 GiB, on CUDA).
         time_budget: seconds (default ``None``: no limit); the run stops at the first unit of
-            work after it with ``stopped == "time_budget"`` and valid bounds. With a resumed
-            ``checkpoint`` it counts the seconds already spent.
+            work after it with ``stopped == "time_budget"`` and valid bounds (a level whose work
+            is all done by then still completes; no new level starts; a run does one unit at
+            least). With a resumed ``checkpoint`` it counts the seconds already spent.
         device: where the model runs: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``,
             ``"cuda:1"``… (default ``None``: the model's own device; the CPU for a callable).
         checkpoint: a file path (default ``None``: no checkpoint). The state is written there
