@@ -77,6 +77,7 @@ class Screen:
 
     model: Classifier
     objective: Rechecked
+    fast: FromOutputs  # the screen's inner objective, scoring raw outputs
     low: IncrementalPrefix  # the copy's chain
     chain: IncrementalPrefix  # the float32 chain
     caches: IncrementalCaches
@@ -88,15 +89,10 @@ class Screen:
     def values(self, raw: torch.Tensor, a: torch.Tensor, s: torch.Tensor, p: torch.Tensor) -> ObjectiveValues:
         """Values ``(B,)`` of rows ``(a, s, p)`` (input, subset, point; ``(B,)`` each) from their
         low-precision outputs ``raw`` ``(B, K)``."""
-        inner = self.objective.objective
-        fast = from_outputs_capability(inner)
-        if fast is None:
-            raise TypeError(f"objective: expected one with from_outputs, got {type(inner).__name__}")
-
         def exact(idx: torch.Tensor) -> ObjectiveValues:
             i = idx.to(a.device)
-            return chain_values(self.model, inner, fast, self.chain, self.caches, self.x0, self.ref, self.ctx.space,
-                                a[i], self.subsets[s[i]], self.ctx.values(p[i]))
+            return chain_values(self.model, self.objective.objective, self.fast, self.chain, self.caches,
+                                self.x0, self.ref, self.ctx.space, a[i], self.subsets[s[i]], self.ctx.values(p[i]))
 
         return self.objective.screen(self.model, raw, self.ref[a], exact)
 
@@ -115,12 +111,11 @@ def screening(
     """
     if incremental is None or pairs or not isinstance(objective, Rechecked):
         return None
-    if from_outputs_capability(objective.objective) is None:
+    fast = from_outputs_capability(objective.objective)
+    low = None if fast is None else objective.low.chain(tuple(x0.shape[1:]), ctx.t)
+    if fast is None or low is None:
         return None
-    low = objective.low.chain(tuple(x0.shape[1:]), ctx.t)
-    if low is None:
-        return None
-    return Screen(model, objective, low, incremental, incremental.base(x0), x0, ref, ctx, subsets)
+    return Screen(model, objective, fast, low, incremental, incremental.base(x0), x0, ref, ctx, subsets)
 
 
 def exact_objective(objective: Objective) -> Objective:
