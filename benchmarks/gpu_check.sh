@@ -21,6 +21,10 @@
 #
 #   mkdir -p .gpu-data/cifar10 .gpu-data/imagenet && cp ../shared/data/cifar10/*.npz .gpu-data/cifar10/ \
 #       && cp -r ../shared/data/imagenet/samples .gpu-data/imagenet/
+#   python3 -m pip download --no-deps --only-binary=:all: -d .gpu-data/whl captum==0.9.0
+#
+# (the device image has captum's needs — matplotlib, numpy, packaging, tqdm — but not captum: the
+# pure-Python wheel is installed from .gpu-data/whl into /tmp/site when it is there).
 #
 #   S1. tests/saliency on CUDA (device invariance, bf16 screen and its sabotaged fallback);
 #   S2. l0tre vs captum FeatureAblation on paper-mnist and cifar10-resnet20, 100 images each;
@@ -34,6 +38,10 @@ if [ "${1:-}" = "saliency" ]; then
   mkdir -p "$OUT"
   export PYTHONPATH=$PWD/src:$PWD L0TRE_DATA=${L0TRE_DATA:-$PWD/.gpu-data} PYTHONUNBUFFERED=1 L0TRE_TUNING_CACHE=off
   LOG="$OUT/saliency.log"
+  if ls .gpu-data/whl/*.whl > /dev/null 2>&1; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site \
+        .gpu-data/whl/*.whl && export PYTHONPATH=$PYTHONPATH:/tmp/site
+  fi
   python3 -c "import torch; print(torch.__version__, torch.cuda.get_device_name(0))" > "$LOG" 2>&1
   python3 -c "import captum" 2>/dev/null || echo "captum missing: S2 compares nothing" >> "$LOG"
   echo "== S1. saliency tests" >> "$LOG"
