@@ -20,26 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
-__all__ = ["KerasModel", "keras_to_torch", "load_keras"]
+from .keras_layers import SUPPORTED_LAYERS, Build, Layer, Shape, convert_layer
 
-SUPPORTED_LAYERS = (
-    "InputLayer",
-    "Conv2D",
-    "Dense",
-    "Activation",
-    "ReLU",
-    "MaxPooling2D",
-    "AveragePooling2D",
-    "GlobalAveragePooling2D",
-    "Flatten",
-    "Dropout",
-    "BatchNormalization",
-)
-_Shape = tuple[int, ...]
-
+__all__ = ["SUPPORTED_LAYERS", "KerasModel", "keras_to_torch", "load_keras"]
 
 @dataclass(frozen=True)
 class KerasModel:
@@ -54,46 +39,6 @@ class KerasModel:
     module: nn.Sequential
     output: str
     input_shape: tuple[int, int, int]
-
-
-def _activation(name: str, where: str) -> nn.Module | None:
-    table: dict[str, type[nn.Module] | None] = {
-        "linear": None,
-        "relu": nn.ReLU,
-        "sigmoid": nn.Sigmoid,
-        "tanh": nn.Tanh,
-        "softmax": None,
-    }
-    if name not in table:
-        raise ValueError(f"{where}: expected activation in {sorted(table)}, got {name!r}")
-    if name == "softmax":
-        return nn.Softmax(dim=1)
-    cls = table[name]
-    return cls() if cls is not None else None
-
-
-def _pair(value: Any) -> tuple[int, int]:
-    if isinstance(value, int):
-        return value, value
-    return int(value[0]), int(value[1])
-
-
-def _same_pad(size: int, k: int, s: int, d: int = 1) -> tuple[int, int]:
-    """TensorFlow 'same' padding ``(before, after)`` for one spatial dimension."""
-    out = -(-size // s)
-    total = max((out - 1) * s + (k - 1) * d + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-def _conv_out(size: int, k: int, s: int, d: int, pad: int) -> int:
-    return (size + pad - d * (k - 1) - 1) // s + 1
-
-
-def _get(weights: Mapping[str, Mapping[str, np.ndarray]], layer: str, key: str) -> torch.Tensor:
-    if layer not in weights or key not in weights[layer]:
-        have = sorted(weights.get(layer, {}))
-        raise ValueError(f"keras weights: layer {layer!r} needs weight {key!r}, got {have}")
-    return torch.from_numpy(np.ascontiguousarray(weights[layer][key], dtype=np.float32))
 
 
 def keras_to_torch(
@@ -113,163 +58,32 @@ def keras_to_torch(
     Raises:
         ValueError: an unsupported layer or option, or weights that do not fit.
     """
-    shape: _Shape | None = tuple(input_shape) if input_shape is not None else None
-    if shape is None and layers:
-        bis = layers[0].get("config", {}).get("batch_input_shape")
-        if bis is not None:
-            dims = [int(v) for v in bis[1:]]
-            shape = (dims[2], dims[0], dims[1]) if len(dims) == 3 else tuple(dims)
-    if shape is None:
-        raise ValueError("input_shape: the Keras model has no batch_input_shape; pass (C, H, W)")
-    first_shape = shape
-    mods: list[nn.Module] = []
-    perm: torch.Tensor | None = None  # pending HWC→CHW row order for the next Dense
+    shape = _first_shape(layers, input_shape)
+    build = Build(shape, weights)
     for layer in layers:
-        cls, cfg = layer.get("class_name", "?"), layer.get("config", {})
-        name = str(cfg.get("name", cls))
-        where = f"keras layer {name!r} ({cls})"
-        if cfg.get("data_format", "channels_last") != "channels_last":
-            raise ValueError(
-                f"{where}: expected data_format 'channels_last', got {cfg['data_format']!r}"
-            )
-        if cls in ("InputLayer", "Dropout"):
-            continue
-        if cls == "Conv2D":
-            if len(shape) != 3:
-                raise ValueError(f"{where}: expected a (C, H, W) input, got shape {shape}")
-            kernel = _get(weights, name, "kernel")  # (kh, kw, in, out)
-            kh, kw = _pair(cfg["kernel_size"])
-            s, d = _pair(cfg.get("strides", 1)), _pair(cfg.get("dilation_rate", 1))
-            padding = cfg.get("padding", "valid")
-            if padding == "valid":
-                ph, pw = (0, 0), (0, 0)
-            elif padding == "same":
-                ph, pw = _same_pad(shape[1], kh, s[0], d[0]), _same_pad(shape[2], kw, s[1], d[1])
-            else:
-                raise ValueError(f"{where}: expected padding 'valid' or 'same', got {padding!r}")
-            if ph[0] != ph[1] or pw[0] != pw[1]:
-                mods.append(nn.ZeroPad2d((pw[0], pw[1], ph[0], ph[1])))
-                sym = (0, 0)
-            else:
-                sym = (ph[0], pw[0])
-            conv = nn.Conv2d(
-                shape[0],
-                int(cfg["filters"]),
-                (kh, kw),
-                stride=s,
-                padding=sym,
-                dilation=d,
-                bias=bool(cfg.get("use_bias", True)),
-            )
-            if tuple(kernel.shape) != (kh, kw, shape[0], conv.out_channels):
-                raise ValueError(
-                    f"{where}: expected kernel {(kh, kw, shape[0], conv.out_channels)}, "
-                    f"got {tuple(kernel.shape)}"
-                )
-            conv.weight.data.copy_(kernel.permute(3, 2, 0, 1))
-            if conv.bias is not None:
-                conv.bias.data.copy_(_get(weights, name, "bias"))
-            mods.append(conv)
-            shape = (
-                conv.out_channels,
-                _conv_out(shape[1], kh, s[0], d[0], ph[0] + ph[1]),
-                _conv_out(shape[2], kw, s[1], d[1], pw[0] + pw[1]),
-            )
-            act = _activation(cfg.get("activation", "linear"), where)
-        elif cls == "Dense":
-            if len(shape) != 1:
-                raise ValueError(
-                    f"{where}: expected a flat input (Flatten first), got shape {shape}"
-                )
-            kernel = _get(weights, name, "kernel")  # (in, out)
-            lin = nn.Linear(shape[0], int(cfg["units"]), bias=bool(cfg.get("use_bias", True)))
-            if tuple(kernel.shape) != (shape[0], lin.out_features):
-                raise ValueError(
-                    f"{where}: expected kernel {(shape[0], lin.out_features)}, "
-                    f"got {tuple(kernel.shape)}"
-                )
-            w = kernel.t()
-            lin.weight.data.copy_(w[:, perm] if perm is not None else w)
-            perm = None
-            if lin.bias is not None:
-                lin.bias.data.copy_(_get(weights, name, "bias"))
-            mods.append(lin)
-            shape = (lin.out_features,)
-            act = _activation(cfg.get("activation", "linear"), where)
-        elif cls == "Activation":
-            act = _activation(cfg.get("activation", "linear"), where)
-        elif cls == "ReLU":
-            if cfg.get("max_value") is not None or float(cfg.get("negative_slope", 0.0)) != 0.0:
-                raise ValueError(f"{where}: expected a plain ReLU, got {cfg}")
-            act = nn.ReLU()
-        elif cls in ("MaxPooling2D", "AveragePooling2D"):
-            if len(shape) != 3:
-                raise ValueError(f"{where}: expected a (C, H, W) input, got shape {shape}")
-            k = _pair(cfg.get("pool_size", 2))
-            s = _pair(cfg.get("strides") or k)
-            padding = cfg.get("padding", "valid")
-            pads = (0, 0)
-            if padding == "same":
-                ph, pw = _same_pad(shape[1], k[0], s[0]), _same_pad(shape[2], k[1], s[1])
-                if cls != "MaxPooling2D" or ph[0] != ph[1] or pw[0] != pw[1]:
-                    raise ValueError(
-                        f"{where}: 'same' padding here is asymmetric or averaging; expected 'valid'"
-                    )
-                pads = (ph[0], pw[0])
-            elif padding != "valid":
-                raise ValueError(f"{where}: expected padding 'valid' or 'same', got {padding!r}")
-            pool_cls = nn.MaxPool2d if cls == "MaxPooling2D" else nn.AvgPool2d
-            mods.append(pool_cls(k, s, padding=pads))
-            shape = (
-                shape[0],
-                _conv_out(shape[1], k[0], s[0], 1, 2 * pads[0]),
-                _conv_out(shape[2], k[1], s[1], 1, 2 * pads[1]),
-            )
-            act = None
-        elif cls == "GlobalAveragePooling2D":
-            if len(shape) != 3:
-                raise ValueError(f"{where}: expected a (C, H, W) input, got shape {shape}")
-            mods += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
-            shape, act = (shape[0],), None
-        elif cls == "Flatten":
-            if len(shape) == 3:
-                ch, hh, ww = shape
-                perm = torch.arange(hh * ww * ch).reshape(hh, ww, ch).permute(2, 0, 1).reshape(-1)
-                mods.append(nn.Flatten())
-                shape = (ch * hh * ww,)
-            act = None
-        elif cls == "BatchNormalization":
-            axis = cfg.get("axis", -1)
-            if axis not in (-1, len(shape)):
-                raise ValueError(f"{where}: expected axis -1 (channels), got {axis}")
-            eps = float(cfg.get("epsilon", 1e-3))
-            n = shape[0]
-            params = {
-                "weight": _get(weights, name, "gamma") if cfg.get("scale", True) else torch.ones(n),
-                "bias": _get(weights, name, "beta") if cfg.get("center", True) else torch.zeros(n),
-                "running_mean": _get(weights, name, "moving_mean"),
-                "running_var": _get(weights, name, "moving_variance"),
-            }
-            if perm is not None:  # flat features still in Keras' HWC order
-                params = {k: v[perm] for k, v in params.items()}
-            bn = (nn.BatchNorm2d if len(shape) == 3 else nn.BatchNorm1d)(n, eps=eps)
-            bn.load_state_dict({**params, "num_batches_tracked": torch.tensor(0)})
-            mods.append(bn)
-            act = None
-        else:
-            raise ValueError(f"{where}: expected one of {', '.join(SUPPORTED_LAYERS)}, got {cls!r}")
-        if act is not None:
-            mods.append(act)
-    if perm is not None:
+        cls, cfg = str(layer.get("class_name", "?")), layer.get("config", {})
+        convert_layer(build, Layer(cls, str(cfg.get("name", cls)), cfg))
+    if build.perm is not None:
         raise ValueError(
             "keras model: a Flatten of a (C, H, W) map must be followed by a Dense layer"
         )
+    mods = build.mods
     output = "probabilities" if mods and isinstance(mods[-1], nn.Softmax) else "logits"
-    if len(first_shape) != 3:
-        raise ValueError(f"input_shape: expected an image input (C, H, W), got {first_shape}")
-    module = nn.Sequential(*mods).eval()
-    c0, h0, w0 = first_shape
-    return KerasModel(module, output, (c0, h0, w0))
+    if len(shape) != 3:
+        raise ValueError(f"input_shape: expected an image input (C, H, W), got {shape}")
+    c0, h0, w0 = shape
+    return KerasModel(nn.Sequential(*mods).eval(), output, (c0, h0, w0))
+
+
+def _first_shape(layers: list[dict[str, Any]], input_shape: tuple[int, ...] | None) -> Shape:
+    """``input_shape``, else the first layer's ``batch_input_shape`` as ``(C, H, W)``."""
+    if input_shape is not None:
+        return tuple(input_shape)
+    bis = layers[0].get("config", {}).get("batch_input_shape") if layers else None
+    if bis is None:
+        raise ValueError("input_shape: the Keras model has no batch_input_shape; pass (C, H, W)")
+    dims = [int(v) for v in bis[1:]]
+    return (dims[2], dims[0], dims[1]) if len(dims) == 3 else tuple(dims)
 
 
 def _layer_list(config: Any) -> list[dict[str, Any]]:
