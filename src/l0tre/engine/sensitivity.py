@@ -160,20 +160,12 @@ def evaluate_unit(
         :func:`empty_unit` (no subset, no witness, no evaluation).
     """
     dev = x0.device
-    na = x0.shape[0]
     subsets = unrank(torch.arange(r0, r1), ctx.space.n, ctx.t, ctx.table).to(dev)
-    s_count = subsets.shape[0]
     cand = candidate_points(valid, subsets, ctx)
     dtype = torch.float32 if x0.dtype in (torch.float16, torch.bfloat16) else x0.dtype
     if cand.shape[0] == 0:  # no subset of the unit has a valid colour (e.g. a one-colour palette)
         return empty_unit(inputs.cpu(), k, dtype)
-    keys = na * s_count
-    min_conf = torch.full((keys,), float("inf"), dtype=dtype, device=dev)
-    min_score = torch.full((keys,), float("inf"), dtype=dtype, device=dev)
-    best_p = torch.full((keys,), -1, dtype=torch.int64, device=dev)
-    w_score = torch.full((na,), float("inf"), dtype=dtype, device=dev)
-    w_pos = torch.full((na,), -1, dtype=torch.int64, device=dev)
-    evals = torch.zeros(na, dtype=torch.int64, device=dev)
+    best = _UnitBest.start(x0.shape[0], subsets.shape[0], dtype, dev)
     fast = from_outputs_capability(objective)
     raw_all = None
     screen = screening(model, objective, incremental, pairs, ctx, x0, ref, subsets)
@@ -193,49 +185,86 @@ def evaluate_unit(
             x = x0[a].clone()
             ctx.space.scatter(x, subsets[s], ctx.values(p))
             ov = objective.evaluate(model, x, ref[a])
-        score, conf = ov.score.to(dtype), ov.confidence.to(dtype)
-        key = a * s_count + s
-        bc = torch.full_like(min_conf, float("inf")).scatter_reduce(0, key, conf, "amin")
-        bs = torch.full_like(min_score, float("inf")).scatter_reduce(0, key, score, "amin")
-        tie = score == bs[key]
-        bp = torch.full_like(best_p, _BIG).scatter_reduce(
-            0, key, torch.where(tie, p, torch.full_like(p, _BIG)), "amin"
-        )
-        min_conf = torch.minimum(min_conf, bc)
-        upd = bs < min_score  # strict: earlier batches hold smaller p for the same key
-        min_score = torch.where(upd, bs, min_score)
-        best_p = torch.where(upd, bp, best_p)
-        evals.index_add_(0, a, torch.ones_like(a))
-        # the best adversarial row per input, with masks instead of a host sync on ``succ.any()``
-        succ = ov.success.to(dev)
-        ss = torch.where(succ, score, torch.full_like(score, float("inf")))
-        pos = torch.arange(b0, b0 + c.shape[0], device=dev)
-        bws = torch.full_like(w_score, float("inf")).scatter_reduce(0, a, ss, "amin")
-        tie_w = succ & (ss == bws[a])
-        bwp = torch.full_like(w_pos, _BIG).scatter_reduce(
-            0, a, torch.where(tie_w, pos, torch.full_like(pos, _BIG)), "amin"
-        )
-        upd_w = (bws < w_score) | ((w_pos < 0) & (bwp < _BIG))
-        w_score = torch.where(upd_w, bws, w_score)
-        w_pos = torch.where(upd_w, bwp, w_pos)
+        best.add(c, b0, ov.score.to(dtype), ov.confidence.to(dtype), ov.success.to(dev))
         if on_batch is not None:
             on_batch(int(c.shape[0]))
-    ranks = torch.arange(r0, r1, device=dev).unsqueeze(0).expand(na, s_count)
-    present = best_p.view(na, s_count) >= 0
-    rank = torch.where(present, ranks, torch.full_like(ranks, -1))
-    conf_t, score_t, rank_t, point_t = sort_topk(
-        min_conf.view(na, s_count), min_score.view(na, s_count), rank, best_p.view(na, s_count), k
-    )
-    has_w = w_pos >= 0
-    wc = cand[w_pos.clamp_min(0)]
-    w_rank = torch.where(has_w, wc[:, 1] + r0, torch.full_like(w_pos, -1))
-    w_point = torch.where(has_w, wc[:, 2], torch.full_like(w_pos, -1))
-    result = UnitResult(
-        inputs=inputs.cpu(), conf=conf_t.cpu(), score=score_t.cpu(), rank=rank_t.cpu(),
-        point=point_t.cpu(), w_score=w_score.cpu(), w_rank=w_rank.cpu(), w_point=w_point.cpu(),
-        evaluations=evals.cpu(),
-    )
-    return _pad(result, k)
+    return best.result(cand, inputs, r0, k)
+
+
+@dataclass
+class _UnitBest:
+    """Running minima of one unit on the model's device (keys ``a * S + s``: input × subset).
+
+    ``min_conf``/``min_score``/``best_p`` ``(Na·S,)``: per subset the smallest confidence, the
+    smallest score and the smallest point index reaching it; ``w_score``/``w_pos`` ``(Na,)``: per
+    input the best adversarial row (smallest score, then first row); ``evals`` ``(Na,)``.
+    """
+
+    s_count: int
+    min_conf: torch.Tensor
+    min_score: torch.Tensor
+    best_p: torch.Tensor
+    w_score: torch.Tensor
+    w_pos: torch.Tensor
+    evals: torch.Tensor
+
+    @classmethod
+    def start(cls, na: int, s_count: int, dtype: torch.dtype, dev: torch.device) -> _UnitBest:
+        keys = na * s_count
+        return cls(
+            s_count, torch.full((keys,), float("inf"), dtype=dtype, device=dev),
+            torch.full((keys,), float("inf"), dtype=dtype, device=dev),
+            torch.full((keys,), -1, dtype=torch.int64, device=dev),
+            torch.full((na,), float("inf"), dtype=dtype, device=dev),
+            torch.full((na,), -1, dtype=torch.int64, device=dev), torch.zeros(na, dtype=torch.int64, device=dev),
+        )
+
+    def add(self, c: torch.Tensor, b0: int, score: torch.Tensor, conf: torch.Tensor, succ: torch.Tensor) -> None:
+        """Fold the rows ``c`` ``(B, 3)`` (candidate rows ``b0 …``) with their values ``(B,)``."""
+        a, s, p = c[:, 0], c[:, 1], c[:, 2]
+        key = a * self.s_count + s
+        bc = torch.full_like(self.min_conf, float("inf")).scatter_reduce(0, key, conf, "amin")
+        bs = torch.full_like(self.min_score, float("inf")).scatter_reduce(0, key, score, "amin")
+        tie = score == bs[key]
+        bp = torch.full_like(self.best_p, _BIG).scatter_reduce(
+            0, key, torch.where(tie, p, torch.full_like(p, _BIG)), "amin"
+        )
+        self.min_conf = torch.minimum(self.min_conf, bc)
+        upd = bs < self.min_score  # strict: earlier batches hold smaller p for the same key
+        self.min_score = torch.where(upd, bs, self.min_score)
+        self.best_p = torch.where(upd, bp, self.best_p)
+        self.evals.index_add_(0, a, torch.ones_like(a))
+        # the best adversarial row per input, with masks instead of a host sync on ``succ.any()``
+        ss = torch.where(succ, score, torch.full_like(score, float("inf")))
+        pos = torch.arange(b0, b0 + c.shape[0], device=c.device)
+        bws = torch.full_like(self.w_score, float("inf")).scatter_reduce(0, a, ss, "amin")
+        tie_w = succ & (ss == bws[a])
+        bwp = torch.full_like(self.w_pos, _BIG).scatter_reduce(
+            0, a, torch.where(tie_w, pos, torch.full_like(pos, _BIG)), "amin"
+        )
+        upd_w = (bws < self.w_score) | ((self.w_pos < 0) & (bwp < _BIG))
+        self.w_score = torch.where(upd_w, bws, self.w_score)
+        self.w_pos = torch.where(upd_w, bwp, self.w_pos)
+
+    def result(self, cand: torch.Tensor, inputs: torch.Tensor, r0: int, k: int) -> UnitResult:
+        """The unit's :class:`UnitResult` (top ``k`` subsets per input, on the CPU)."""
+        na, sc = self.w_pos.shape[0], self.s_count
+        ranks = torch.arange(r0, r0 + sc, device=cand.device).unsqueeze(0).expand(na, sc)
+        present = self.best_p.view(na, sc) >= 0
+        rank = torch.where(present, ranks, torch.full_like(ranks, -1))
+        conf_t, score_t, rank_t, point_t = sort_topk(
+            self.min_conf.view(na, sc), self.min_score.view(na, sc), rank, self.best_p.view(na, sc), k
+        )
+        has_w = self.w_pos >= 0
+        wc = cand[self.w_pos.clamp_min(0)]
+        w_rank = torch.where(has_w, wc[:, 1] + r0, torch.full_like(self.w_pos, -1))
+        w_point = torch.where(has_w, wc[:, 2], torch.full_like(self.w_pos, -1))
+        result = UnitResult(
+            inputs=inputs.cpu(), conf=conf_t.cpu(), score=score_t.cpu(), rank=rank_t.cpu(),
+            point=point_t.cpu(), w_score=self.w_score.cpu(), w_rank=w_rank.cpu(), w_point=w_point.cpu(),
+            evaluations=self.evals.cpu(),
+        )
+        return _pad(result, k)
 
 
 def _unit_raw(
