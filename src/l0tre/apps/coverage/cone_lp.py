@@ -26,6 +26,78 @@ def _offsets(cone: Cone) -> tuple[dict[int, int], int]:
     return off, n
 
 
+class _Rows:
+    """Sparse constraint rows ``A v (= or ≤) b`` built block by block (COO triplets)."""
+
+    def __init__(self) -> None:
+        self.r: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+        self.c: list[np.ndarray] = [np.zeros(0, dtype=np.int64)]
+        self.v: list[np.ndarray] = [np.zeros(0)]
+        self.b: list[np.ndarray] = [np.zeros(0)]
+        self.count = 0
+
+    def add(self, terms: list[tuple[np.ndarray, np.ndarray, np.ndarray]], rhs: np.ndarray) -> None:
+        """``k = rhs.size`` new rows; each term ``(row offsets, columns, values)``."""
+        for rr, cc, vv in terms:
+            self.r.append(rr + self.count)
+            self.c.append(cc)
+            self.v.append(vv)
+        self.b.append(rhs)
+        self.count += rhs.size
+
+    def matrix(self, cols: int) -> object:
+        from scipy import sparse
+
+        data = (np.concatenate(self.v), (np.concatenate(self.r), np.concatenate(self.c)))
+        return sparse.csr_matrix(data, shape=(self.count, cols))
+
+    def rhs(self) -> np.ndarray:
+        return np.concatenate(self.b)
+
+
+def _affine(cone: Cone, i: int, off: dict[int, int], eq: _Rows) -> None:
+    """``v_i − Σ_j A_j v_j = bias``."""
+    from scipy import sparse
+
+    nd = cone.nodes[i]
+    s = nd.support.numel()
+    terms = [(np.arange(s), np.arange(s) + off[i], np.ones(s))]
+    for j, c, m in zip(nd.inputs, nd.cols, nd.mats, strict=True):
+        pos = torch.searchsorted(cone.nodes[j].support, c).numpy() + off[j]
+        mm = sparse.coo_matrix(m.numpy())
+        terms.append((mm.row, pos[mm.col], -mm.data))
+    eq.add(terms, nd.bias.numpy())
+
+
+def _relu(cone: Cone, i: int, off: dict[int, int], box: tuple[np.ndarray, np.ndarray],
+          pre: dict[int, tuple[Tensor, Tensor]], eq: _Rows, le: _Rows, binaries: int | None) -> int:
+    """A ReLU node's rows: ``y = x`` where active, the triangle where unstable and, with
+    ``binaries`` (the next free column), the big-M rows of one binary per unstable ReLU.
+    Returns how many binaries it adds."""
+    nd = cone.nodes[i]
+    j = nd.inputs[0]
+    rows = np.arange(nd.support.numel()) + off[i]
+    where = torch.searchsorted(cone.nodes[j].support, nd.support)
+    lo, up = pre[j][0][where].numpy(), pre[j][1][where].numpy()
+    xcol = where.numpy() + off[j]
+    box[0][rows], box[1][rows] = 0.0, np.maximum(up, 0.0)
+    act = lo >= 0
+    k = int(act.sum())  # active: y − x = 0
+    eq.add([(np.arange(k), rows[act], np.ones(k)), (np.arange(k), xcol[act], -np.ones(k))], np.zeros(k))
+    un = (lo < 0) & (up > 0)
+    k, y, x, lu, uu = int(un.sum()), rows[un], xcol[un], lo[un], up[un]
+    su, rk = uu / (uu - lu), np.arange(k)
+    # x − y ≤ 0 ; y − su x ≤ −su l
+    le.add([(rk, x, np.ones(k)), (rk, y, -np.ones(k)), (rk + k, y, np.ones(k)), (rk + k, x, -su)],
+           np.concatenate([np.zeros(k), -su * lu]))
+    if binaries is None:
+        return 0
+    d = rk + binaries  # y − x − l δ ≤ −l ; y − u δ ≤ 0
+    le.add([(rk, y, np.ones(k)), (rk, x, -np.ones(k)), (rk, d, -lu), (rk + k, y, np.ones(k)), (rk + k, d, -uu)],
+           np.concatenate([-lu, np.zeros(k)]))
+    return k
+
+
 def lp_upper(cone: Cone, bounds: tuple[float, float], pre: dict[int, tuple[Tensor, Tensor]],
              objective: Tensor | None = None, time_limit: float = 60.0, exact: bool = False) -> float:
     """Upper bound of ``objective · v_target`` (default: the first target element) over the box;
@@ -33,82 +105,33 @@ def lp_upper(cone: Cone, bounds: tuple[float, float], pre: dict[int, tuple[Tenso
     solver does not finish. With ``exact``, a binary per unstable ReLU (``y ≤ x − l(1 − δ)``,
     ``y ≤ u δ``) makes it the mixed-integer program whose optimum is the exact maximum over the
     box; the solver's dual bound is returned (valid also when the time limit stops it)."""
-    from scipy import sparse
-
     off, n = _offsets(cone)
     n_bin = 0  # binaries (exact)
-    lb, ub = np.full(n, -np.inf), np.full(n, np.inf)
-    empty_i, empty_f = np.zeros(0, dtype=np.int64), np.zeros(0)
-    eq_r, eq_c, eq_v, eq_b = [empty_i], [empty_i], [empty_f], [empty_f]
-    in_r, in_c, in_v, in_b = [empty_i], [empty_i], [empty_f], [empty_f]
-    neq = nin = 0
+    box = (np.full(n, -np.inf), np.full(n, np.inf))
+    eq, le = _Rows(), _Rows()
     for i in sorted(cone.nodes):
         nd = cone.nodes[i]
-        s = nd.support.numel()
-        rows = np.arange(s) + off[i]
         if nd.kind == "input":
-            lb[rows], ub[rows] = bounds
-        elif nd.kind == "affine":  # v_i - Σ A v_j = b
-            eq_r.append(np.arange(s) + neq)
-            eq_c.append(rows)
-            eq_v.append(np.ones(s))
-            for j, c, m in zip(nd.inputs, nd.cols, nd.mats, strict=True):
-                pos = torch.searchsorted(cone.nodes[j].support, c).numpy() + off[j]
-                mm = sparse.coo_matrix(m.numpy())
-                eq_r.append(mm.row + neq)
-                eq_c.append(pos[mm.col])
-                eq_v.append(-mm.data)
-            eq_b.append(nd.bias.numpy())
-            neq += s
+            rows = np.arange(nd.support.numel()) + off[i]
+            box[0][rows], box[1][rows] = bounds
+        elif nd.kind == "affine":
+            _affine(cone, i, off, eq)
         else:
-            j = nd.inputs[0]
-            where = torch.searchsorted(cone.nodes[j].support, nd.support)
-            lo_j, up_j = pre[j][0][where].numpy(), pre[j][1][where].numpy()
-            xcol = where.numpy() + off[j]
-            lb[rows] = 0.0
-            ub[rows] = np.maximum(up_j, 0.0)
-            act = lo_j >= 0
-            # active: y - x = 0
-            k = int(act.sum())
-            eq_r += [np.arange(k) + neq, np.arange(k) + neq]
-            eq_c += [rows[act], xcol[act]]
-            eq_v += [np.ones(k), -np.ones(k)]
-            eq_b.append(np.zeros(k))
-            neq += k
-            un = (lo_j < 0) & (up_j > 0)
-            k = int(un.sum())
-            su = up_j[un] / (up_j[un] - lo_j[un])
-            # x - y <= 0 ; y - su x <= -su l
-            in_r += [np.arange(k) + nin, np.arange(k) + nin, np.arange(k) + nin + k, np.arange(k) + nin + k]
-            in_c += [xcol[un], rows[un], rows[un], xcol[un]]
-            in_v += [np.ones(k), -np.ones(k), np.ones(k), -su]
-            in_b += [np.zeros(k), -su * lo_j[un]]
-            nin += 2 * k
-            if exact:  # y - x - l δ <= -l ; y - u δ <= 0
-                d = np.arange(k) + n + n_bin
-                r1, r2 = np.arange(k) + nin, np.arange(k) + nin + k
-                in_r += [r1, r1, r1, r2, r2]
-                in_c += [rows[un], xcol[un], d, rows[un], d]
-                in_v += [np.ones(k), -np.ones(k), -lo_j[un], np.ones(k), -up_j[un]]
-                in_b += [-lo_j[un], np.zeros(k)]
-                nin += 2 * k
-                n_bin += k
+            n_bin += _relu(cone, i, off, box, pre, eq, le, n + n_bin if exact else None)
     cols = n + n_bin
-    a_eq = sparse.csr_matrix((np.concatenate(eq_v), (np.concatenate(eq_r), np.concatenate(eq_c))), shape=(neq, cols))
-    a_in = sparse.csr_matrix((np.concatenate(in_v), (np.concatenate(in_r), np.concatenate(in_c))), shape=(nin, cols))
     t = cone.target
     w = np.zeros(cols)
     obj = np.zeros(cone.nodes[t].support.numel()) if objective is None else objective.numpy()
     if objective is None:
         obj[0] = 1.0
     w[off[t]:off[t] + obj.size] = -obj  # the solvers minimise
-    lb, ub = np.concatenate([lb, np.zeros(n_bin)]), np.concatenate([ub, np.ones(n_bin)])
+    lb, ub = np.concatenate([box[0], np.zeros(n_bin)]), np.concatenate([box[1], np.ones(n_bin)])
     if exact:
-        return _milp(w, a_in, np.concatenate(in_b), a_eq, np.concatenate(eq_b), lb, ub, n, time_limit)
+        return _milp(w, le.matrix(cols), le.rhs(), eq.matrix(cols), eq.rhs(), lb, ub, n, time_limit)
     from scipy.optimize import linprog
 
-    res = linprog(w, A_ub=a_in if nin else None, b_ub=np.concatenate(in_b) if nin else None, A_eq=a_eq,
-                  b_eq=np.concatenate(eq_b), bounds=np.stack([lb, ub], axis=1), method="highs",
+    res = linprog(w, A_ub=le.matrix(cols) if le.count else None, b_ub=le.rhs() if le.count else None,
+                  A_eq=eq.matrix(cols), b_eq=eq.rhs(), bounds=np.stack([lb, ub], axis=1), method="highs",
                   options={"time_limit": time_limit})
     return float(-res.fun) if res.status == 0 else float("inf")
 
