@@ -168,28 +168,13 @@ def coverage(
     settings = SearchSettings(thr, rows, max_evals, deadline=None if budget is None else start + budget,
                               show_progress=show_progress)
     search = Search(found, Grid.build(x, palette), settings, before.clone(), unreachable & ~before)
-    stopped = "measure_only" if t_max == 0 else "t_max"
 
     def snapshot() -> None:
         if on_snapshot is not None:
             on_snapshot(_result(clf, x, found, search, before, unreachable, seed_best, "snapshot",
                                 time.monotonic() - start))
 
-    try:
-        for t in range(1, t_max + 1):
-            if search.run_level(t) is None:
-                stopped = "complete"
-                break
-            snapshot()
-        if reach and t_max > 0 and stopped != "complete":
-            if reach_phase(search, ReachSettings(), clf.bounds) is None:
-                stopped = "complete"
-            else:
-                snapshot()
-    except _Stop:
-        stopped = "time_budget"
-    except KeyboardInterrupt:
-        stopped = "interrupted"
+    stopped = _search_phases(search, t_max, reach, clf.bounds, snapshot)
     extra = _Proofs()
     try:
         if prove and proof64 is not None and t_max > 0 and stopped != "interrupted":
@@ -206,6 +191,27 @@ def coverage(
     except KeyboardInterrupt:
         stopped = "interrupted"
     return _result(clf, x, found, search, before, unreachable, seed_best, stopped, time.monotonic() - start, extra)
+
+
+def _search_phases(search: Search, t_max: int, reach: bool, bounds: tuple[float, float],
+                   snapshot: Callable[[], None]) -> str:
+    """The grid levels ``1 … t_max``, then the reach phase; how the search stopped
+    (``complete``, ``t_max``, ``measure_only``, ``time_budget`` or ``interrupted``)."""
+    stopped = "measure_only" if t_max == 0 else "t_max"
+    try:
+        for t in range(1, t_max + 1):
+            if search.run_level(t) is None:
+                return "complete"
+            snapshot()
+        if reach and t_max > 0:
+            if reach_phase(search, ReachSettings(), bounds) is None:
+                return "complete"
+            snapshot()
+    except _Stop:
+        stopped = "time_budget"
+    except KeyboardInterrupt:
+        stopped = "interrupted"
+    return stopped
 
 
 class _Proofs:
