@@ -30,6 +30,7 @@ from .execution.memory import default_max_memory, memory_rows
 from .execution.modes import Mode, tune
 from .execution.plan import ExecutionPlan
 from .execution.precision import Rechecked, screening_objective
+from .host_memory import keep_freed_memory
 from .objectives import Objective
 from .result import Result
 
@@ -71,6 +72,7 @@ def prepare(
     ``checkpoint`` file that exists is resumed (it must be of the same model, inputs and
     options). Arguments, and errors, as :func:`evaluate` (no ``show_progress``: pass a
     ``progress`` hook). Run it with :func:`~l0tre.engine.drive` or iterate ``engine.run()``."""
+    keep_freed_memory()
     clf = as_classifier(model, bounds=bounds, device=device)
     opts = EvaluateOptions.build(
         epsilon=epsilon, t_max=t_max, features=features, batch_size=batch_size,

@@ -12,6 +12,7 @@ from l0tre.certify.settings import CertifySettings
 from l0tre.certify.target import resolve
 from l0tre.certify.types import UnsupportedLayerError
 from l0tre.classifier import ieee_float32
+from l0tre.host_memory import keep_freed_memory
 
 __all__ = ["bound_model"]
 
@@ -42,6 +43,7 @@ def bound_model(model: Any, lo: Tensor, hi: Tensor, *, spec: Tensor | None = Non
         UnsupportedLayerError: the model has a layer that cannot be bounded; also for output
             bounds of a model whose trailing softmax was dropped (margins are fine).
     """
+    keep_freed_memory()
     settings = CertifySettings.build(settings, **options)
     if lo.dim() < 2 or lo.shape != hi.shape:
         raise ValueError(f"lo, hi: expected two (B, ...) tensors of the same shape, got "

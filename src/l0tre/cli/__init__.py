@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
+from ..host_memory import keep_freed_memory
 from .parsing import (
     EXIT_ERROR,
     EXIT_INTERRUPTED,
@@ -128,6 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         previous = None
     with _after_error_quiet(debug) as failed:
         try:
+            keep_freed_memory()
             return _dispatch(args)
         except KeyboardInterrupt:
             print("l0tre: interrupted", file=sys.stderr)

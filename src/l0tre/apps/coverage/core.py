@@ -18,6 +18,7 @@ from ...certify.target import resolve
 from ...classifier import Classifier, ModelLike, as_classifier
 from ...engine.grid import check_epsilon, colours, grid_values
 from ...engine.options import check_inputs
+from ...host_memory import keep_freed_memory
 from ...validate import non_negative_int, positive_int, positive_seconds
 from .candidates import Candidates, Grid
 from .certified import CertifyCoverage, NotCoverable, prove_not_coverable
@@ -144,6 +145,7 @@ def coverage(
         ValueError, TypeError: bad arguments, or a model without hidden ReLU activations.
     """
     start = time.monotonic()
+    keep_freed_memory()
     clf = as_classifier(model, bounds=bounds, device=device)
     kind = NeuronKind.parse(neurons)
     thr = check_threshold(threshold)
