@@ -104,7 +104,10 @@ def test_saved_file_loads_without_arch(shared_data: Path, tmp_path: Path) -> Non
     model = load_model(path)
     assert model.input_shape == (1, 28, 28)
     x = torch.rand(5, 1, 28, 28)
-    assert torch.equal(model(x), result.module.eval()(x))
+    want = result.module.eval()(x)
+    assert torch.equal(model.model.eval()(x), want)  # same layers, same weights: bit for bit
+    # through the Classifier, whose padding of the batch to a bucket size may change the rounding
+    assert torch.allclose(model(x), want, rtol=0, atol=1e-5)
     assert [type(m).__name__ for m in model.model].count("Dropout") == 1
 
 
