@@ -55,7 +55,10 @@ def test_padded_batches_give_the_same_rows(n: int) -> None:
     assert out.shape == (n, 4)
     assert net.seen == [bucket_rows(n)]
     clf.bucket = False
-    assert torch.equal(out, clf(x)) and net.seen[-1] == n
+    # the same rows unpadded: equal up to the BLAS's rounding, which may depend on the row count
+    unpadded = clf(x)
+    assert net.seen[-1] == n
+    torch.testing.assert_close(out, unpadded, rtol=0, atol=1e-12)
     # every row alone gives the same output (no leakage from the padding rows)
     alone = torch.cat([l0tre.Classifier(net)(x[i : i + 1]) for i in range(n)])
     torch.testing.assert_close(out, alone, rtol=0, atol=1e-12)

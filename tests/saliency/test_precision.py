@@ -90,10 +90,10 @@ def _spy_chain(monkeypatch: pytest.MonkeyPatch, lie: float) -> list[int]:
     return rows
 
 
-@pytest.mark.parametrize("lie", [0.0, 3.0])
+@pytest.mark.parametrize("lie", [0.0, 1.0, 3.0])
 def test_the_screen_through_the_copys_chain_keeps_flips_and_bounds(monkeypatch: pytest.MonkeyPatch,
                                                                    lie: float) -> None:
-    """bfloat16 rows from the copy's incremental chain (honest, or lying by 3 logits): flips and
+    """bfloat16 rows from the copy's incremental chain (honest, or lying by 1 or 3 logits): flips and
     the upper bound are those of float32, and near the boundary the map is float32."""
     net = _residual_net(4)
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
@@ -103,7 +103,11 @@ def test_the_screen_through_the_copys_chain_keeps_flips_and_bounds(monkeypatch: 
     s = saliency(net, x, precision="bfloat16", **kw)
     assert sum(rows) >= s.evaluations - 2 * 27  # the level-1 rows came from the copy's chain
     assert torch.equal(s.flips, ref.flips) and torch.equal(s.upper, ref.upper)
-    assert 0 < s.rechecked < s.evaluations
+    assert s.rechecked > 0
+    if lie <= 1.0:  # tol ≈ 2 × the error seen < the margins here (≈ 3.2): the screen saves rows.
+        # (With a 3-logit lie the tolerance may cover every row, depending on which rows the probes
+        # hit, i.e. on the rows per call: then all are exact, which is safe but saves nothing.)
+        assert s.rechecked < s.evaluations
     near = ref.sensitivity >= ref.base_score.view(-1, 1, 1) - 2 * lie - 0.5
     torch.testing.assert_close(s.sensitivity[near], ref.sensitivity[near], atol=1e-4, rtol=1e-4)
     far = ref.evaluated & ~near
